@@ -1,0 +1,99 @@
+"""Stage 1 (refine): swap every decoder-block linear for a BitLinear and insert SubLN.
+
+Embeddings, the LM head and the model's own norms stay full precision. The settings are recorded on the
+model (`model.config.bitdistill`) so `save`/`load` can rebuild the same structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from ..errors import BitDistillError
+from ..quant import GRANULARITIES, BitLinear
+from .adapters import adapter_for
+from .subln import SubLNBitLinear
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BitNetSettings:
+    """How a model was converted; stored in config.json under "bitdistill"."""
+
+    subln: bool = True
+    granularity: str = "tensor"
+    group_size: int = 128
+    quantize_activations: bool = True
+    family: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BitNetSettings":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _norm_eps(config) -> float:
+    for name in ("rms_norm_eps", "layer_norm_eps", "norm_eps"):
+        eps = getattr(config, name, None)
+        if eps is not None:
+            return float(eps)
+    return 1e-6
+
+
+def to_bitnet(
+    model: nn.Module,
+    subln: bool = True,
+    granularity: str = "tensor",
+    group_size: int = 128,
+    quantize_activations: bool = True,
+) -> nn.Module:
+    """Convert a Hugging Face causal LM in place (and return it) into its BitNet form.
+
+    Every q/k/v/o and gate/up/down linear of every decoder block becomes a `BitLinear` sharing the original
+    weight; with `subln`, o_proj and down_proj get an RMSNorm (weight 1, the model's own eps) on their input.
+    """
+    if granularity not in GRANULARITIES:
+        raise BitDistillError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
+    if is_bitnet(model):
+        raise BitDistillError("model is already converted to BitNet (config.bitdistill is set)")
+    adapter = adapter_for(model)
+    eps = _norm_eps(model.config)
+    quant = dict(granularity=granularity, group_size=group_size, quantize_activations=quantize_activations)
+    subln_paths = set(adapter.subln_paths()) if subln else set()
+    for i, block in enumerate(adapter.blocks(model)):
+        for path in adapter.linear_paths():
+            parent_path, _, name = path.rpartition(".")
+            parent = block.get_submodule(parent_path)
+            linear = getattr(parent, name)
+            if type(linear) is not nn.Linear:
+                raise BitDistillError(
+                    f"block {i}: {path} is a {type(linear).__name__}, expected nn.Linear; convert the "
+                    "full-precision model (not an already quantized one)"
+                )
+            if granularity == "group" and linear.in_features % group_size:
+                raise BitDistillError(
+                    f"block {i}: {path} has in_features={linear.in_features}, not a multiple of "
+                    f"group_size={group_size}; choose a group size that divides every layer's input width"
+                )
+            if path in subln_paths:
+                new = SubLNBitLinear.from_linear(linear, eps=eps, **quant)
+            else:
+                new = BitLinear.from_linear(linear, **quant)
+            setattr(parent, name, new)
+    settings = BitNetSettings(subln=subln, family=adapter.family, **quant)
+    model.config.bitdistill = settings.to_dict()
+    return model
+
+
+def is_bitnet(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "bitdistill", None) is not None
+
+
+def settings_of(model: nn.Module) -> BitNetSettings:
+    return BitNetSettings.from_dict(model.config.bitdistill)
