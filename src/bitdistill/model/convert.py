@@ -33,7 +33,7 @@ class BitNetSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BitNetSettings":
+    def from_dict(cls, data: dict) -> BitNetSettings:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

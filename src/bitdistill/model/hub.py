@@ -7,6 +7,7 @@ transformers dequantizes it to float on load, so it works offline.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -67,12 +68,18 @@ def load_pretrained(spec: str | os.PathLike, dtype: torch.dtype | None = None, t
     where, kwargs = resolve(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kwargs)
-        tok = AutoTokenizer.from_pretrained(where, **kwargs) if tokenizer else None
     except OSError as err:
         raise BitDistillError(
             f"could not load model {spec!r}: {err}. Pass a local HF directory, a .gguf file, "
             f"{DEFAULT_MODEL!r}, or a hub id with network access (HF_HUB_OFFLINE must be unset)."
         ) from None
+    tok = None
+    if tokenizer:
+        try:
+            tok = AutoTokenizer.from_pretrained(where, **kwargs)
+        except (OSError, ValueError, TypeError) as err:
+            # A weights-only directory is still convertible; stages that need text check for None.
+            warnings.warn(f"{spec}: no usable tokenizer ({err}); continuing without one", stacklevel=2)
     if getattr(model.config, "quantization_config", None) is not None and "gguf_file" in kwargs:
         # The GGUF tensors were dequantized to float on load; nothing quantized remains.
         del model.config.quantization_config

@@ -67,7 +67,9 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     """The parsed config.json of a model directory, with clear errors for missing or corrupt files."""
     path = Path(model_dir) / CONFIG_NAME
     if not Path(model_dir).is_dir():
-        raise BitDistillError(f"{model_dir}: not a directory; pass a directory written by `bitdistill convert`")
+        raise BitDistillError(
+            f"{model_dir}: not a directory; pass a directory written by `bitdistill convert`"
+        )
     if not path.is_file():
         raise BitDistillError(f"{path}: missing; {model_dir} is not a model directory")
     try:
@@ -76,7 +78,9 @@ def read_config(model_dir: str | os.PathLike) -> dict:
         raise BitDistillError(f"{path}: not valid JSON ({err}); re-create the directory") from None
 
 
-def load(model_dir: str | os.PathLike, dtype: torch.dtype | None = None, device: str | None = None) -> nn.Module:
+def load(
+    model_dir: str | os.PathLike, dtype: torch.dtype | None = None, device: str | None = None
+) -> nn.Module:
     """Load a directory written by `save` (BitNet or full precision) in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
@@ -91,7 +95,9 @@ def load(model_dir: str | os.PathLike, dtype: torch.dtype | None = None, device:
         )
     weights = model_dir / WEIGHTS_NAME
     if not weights.is_file():
-        raise BitDistillError(f"{weights}: missing; the directory is incomplete, re-run the step that wrote it")
+        raise BitDistillError(
+            f"{weights}: missing; the directory is incomplete, re-run the step that wrote it"
+        )
     try:
         config = AutoConfig.from_pretrained(model_dir)
     except (ValueError, KeyError, OSError) as err:
@@ -111,9 +117,11 @@ def load(model_dir: str | os.PathLike, dtype: torch.dtype | None = None, device:
     if device is not None:
         model.to(device)
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
+        missing, unexpected = map(sorted, load_model(model, str(weights), strict=False))
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise BitDistillError(f"{weights}: unreadable or mismatched ({err}); re-create the directory") from None
+        raise BitDistillError(
+            f"{weights}: unreadable or mismatched ({err}); re-create the directory"
+        ) from None
     if missing or unexpected:
         raise BitDistillError(
             f"{weights} does not match {model_dir / CONFIG_NAME}: "

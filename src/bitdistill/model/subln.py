@@ -41,7 +41,7 @@ class SubLNBitLinear(BitLinear):
         return super().forward(self.sub_norm(x))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, eps: float = 1e-6, **kwargs) -> "SubLNBitLinear":
+    def from_linear(cls, linear: nn.Linear, eps: float = 1e-6, **kwargs) -> SubLNBitLinear:
         new = super().from_linear(linear, eps=eps, **kwargs)
         # from_linear builds on the meta device; the norm must live beside the real weight.
         w = linear.weight

@@ -67,7 +67,11 @@ def format_summary(info: dict) -> str:
         f"architecture     {info['architecture']} ({info['model_type']}), {info['num_layers']} blocks, "
         f"hidden {info['hidden_size']}",
         f"parameters       {info['parameters'] / 1e6:.1f}M"
-        + (f" ({info['bitlinear_parameters'] / 1e6:.1f}M in BitLinear)" if info["bitlinear_parameters"] else ""),
+        + (
+            f" ({info['bitlinear_parameters'] / 1e6:.1f}M in BitLinear)"
+            if info["bitlinear_parameters"]
+            else ""
+        ),
         f"BitLinear layers {info['num_bitlinear']}",
         f"SubLN norms      {info['num_subln']}",
     ]

@@ -49,7 +49,7 @@ class BitLinear(nn.Linear):
         self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_cache())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, **kwargs) -> "BitLinear":
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> BitLinear:
         """A BitLinear sharing `linear`'s latent weight and bias (no copy)."""
         new = cls(
             linear.in_features,
@@ -72,7 +72,7 @@ class BitLinear(nn.Linear):
     def clear_cache(self) -> None:
         self._cache = None
 
-    def train(self, mode: bool = True) -> "BitLinear":
+    def train(self, mode: bool = True) -> BitLinear:
         self.clear_cache()
         return super().train(mode)
 
