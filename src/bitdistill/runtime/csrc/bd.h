@@ -1,0 +1,78 @@
+/* bitdistill native runtime: shared declarations.
+ *
+ * Ternary weights use the 2-bit interleaved layout documented in bitdistill/quant/packing.py:
+ * uint8 [Np/4][Kp], Np = rows rounded up to 4, Kp = columns rounded up to 128; inside a row group,
+ * block b of row r is the 32 bytes at b*128 + r*32, byte j holding columns b*128 + j + 32*i in bits 2i.
+ * Codes are weight + 1 (0, 1, 2), so a dot product is sum(code * x) - sum(x).
+ *
+ * Every SIMD routine has a scalar twin computing the same integers; bd_set_simd(0) forces the scalar path.
+ * The structs below are mirrored field by field by ctypes in bitdistill/runtime/native.py.
+ */
+#ifndef BD_H
+#define BD_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define BD_BLOCK 128
+#define BD_ROWS 4
+#define BD_EPS 1e-5f
+
+enum { BD_F32 = 0, BD_F16 = 1, BD_BF16 = 2, BD_I8 = 3 };
+enum { BD_SCALE_TENSOR = 0, BD_SCALE_CHANNEL = 1, BD_SCALE_GROUP = 2 };
+enum { BD_ACT_SILU = 0, BD_ACT_GELU_TANH = 1, BD_ACT_GELU = 2 };
+
+typedef struct {
+    const uint8_t *w;      /* packed 2-bit weight [Np/4][Kp] */
+    int32_t n, k, np, kp;
+    int32_t scale_kind;    /* BD_SCALE_* */
+    int32_t group_blocks;  /* group size / 128 when scale_kind == BD_SCALE_GROUP */
+    const float *scale;    /* [1], [n] or [n][k/group] */
+    const float *bias;     /* [n] or NULL */
+    const float *sub_norm; /* SubLN weight [k] applied to the input, or NULL */
+} bd_linear;
+
+typedef struct {
+    bd_linear q, k, v, o, gate, up, down;
+    const float *in_norm;        /* [hidden] */
+    const float *post_attn_norm; /* sandwich norm on the attention output (Gemma3) or NULL */
+    const float *pre_ffn_norm;   /* [hidden] */
+    const float *post_ffn_norm;  /* sandwich norm on the FFN output (Gemma3) or NULL */
+    const float *q_norm, *k_norm;/* [head_dim] (Qwen3, Gemma3) or NULL */
+    const float *inv_freq;       /* [head_dim/2] */
+    float rope_scale;            /* attention scaling multiplied into cos/sin */
+    int32_t window;              /* sliding window (keys with pos > q - window), 0 = full causal */
+} bd_layer;
+
+typedef struct {
+    int32_t n_layers, hidden, n_heads, n_kv, head_dim, inter, vocab, act;
+    float eps, attn_scale, embed_scale, final_softcap, attn_softcap;
+    int32_t embed_dtype, head_dtype;
+    const void *embed; const float *embed_rscale; /* rscale: per-row scale for int8 */
+    const void *head; const float *head_rscale;
+    const float *final_norm;
+    const bd_layer *layers;
+} bd_model;
+
+/* kernels.c */
+int bd_simd_level(void);
+void bd_set_simd(int on);
+int bd_has_openmp(void);
+int bd_max_threads(void);
+void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum);
+void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s);
+void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
+void bd_unpack4(const uint8_t *w, int nb, uint8_t *u);
+void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);
+void bd_idot4(const int8_t *w, int k, const int8_t *x, int32_t out[4]);
+void bd_fdot4(const void *w, int dtype, int k, const float *x, float out[4]);
+void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k, float *out);
+
+/* Row-group range [g0, g1) of a ternary linear, T tokens; out float [T][n] (scaled, biased). */
+void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const float *xs, const int32_t *xsum,
+                    int T, float *y, uint8_t *ubuf);
+/* Rows [r0, r1) of a dense (head) matrix, T tokens. xq/xs used for int8, x for float dtypes. */
+void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, int r0, int r1, const float *x,
+                   const int8_t *xq, const float *xs, int T, float *y);
+
+#endif

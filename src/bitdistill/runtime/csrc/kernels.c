@@ -1,0 +1,463 @@
+/* Kernels: int8 activation quantization, int8 x 2-bit-ternary dot products (GEMV and GEMM forms),
+ * int8 and fp32/fp16/bf16 dot products for the LM head, and row dequantization for embeddings.
+ *
+ * Each *_avx2 routine is compiled with a per-function target attribute and chosen at run time with
+ * __builtin_cpu_supports, so one build runs everywhere; each has a *_scalar twin that computes the same
+ * integer sums (tests compare the two). */
+#include "bd.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BD_X86 1
+#include <immintrin.h>
+#define BD_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define BD_X86 0
+#endif
+
+static int g_simd = -1; /* -1: not decided yet, 0: scalar, 1: AVX2 */
+
+static int simd_on(void) {
+    if (g_simd < 0) {
+        const char *env = getenv("BITDISTILL_SIMD");
+        int want = !(env && (strcmp(env, "scalar") == 0 || strcmp(env, "0") == 0));
+#if BD_X86
+        __builtin_cpu_init();
+        g_simd = want && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                 __builtin_cpu_supports("f16c");
+#else
+        (void)want;
+        g_simd = 0;
+#endif
+    }
+    return g_simd;
+}
+
+int bd_simd_level(void) { return simd_on(); }
+
+void bd_set_simd(int on) {
+    g_simd = -1;
+    if (simd_on() && !on) g_simd = 0;
+}
+
+int bd_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int bd_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ---- activation quantization: exactly bitdistill.quant.numerics.quantize_activation ---- */
+
+void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum) {
+    float amax = 0.0f;
+    for (int i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
+    /* torch: s = 127 / clamp(amax, min=eps); q = clamp(round_half_even(x * s), -128, 127) */
+    float sc = 127.0f / (amax < BD_EPS ? BD_EPS : amax);
+    int32_t acc = 0;
+    for (int i = 0; i < k; i++) {
+        float v = nearbyintf(x[i] * sc);
+        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        xq[i] = (int8_t)v;
+        acc += xq[i];
+    }
+    for (int i = k; i < kp; i++) xq[i] = 0;
+    *s = sc;
+    *sum = acc;
+}
+
+/* Symmetric [-127, 127] variant for the int8 LM head (keeps the AVX2 sign trick overflow free). */
+void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s) {
+    float amax = 0.0f;
+    for (int i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
+    float sc = 127.0f / (amax < BD_EPS ? BD_EPS : amax);
+    for (int i = 0; i < k; i++) {
+        float v = nearbyintf(x[i] * sc);
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        xq[i] = (int8_t)v;
+    }
+    *s = sc;
+}
+
+/* ---- ternary: 4 interleaved rows x nb blocks, raw code sums (caller subtracts sum(x)) ---- */
+
+static void tdot4_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+    int32_t a[4] = {0, 0, 0, 0};
+    for (int b = 0; b < nb; b++) {
+        const int8_t *xb = x + (size_t)b * BD_BLOCK;
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *wb = w + (size_t)b * BD_BLOCK + r * 32;
+            int32_t s = 0;
+            for (int j = 0; j < 32; j++) {
+                uint8_t v = wb[j];
+                s += (v & 3) * xb[j] + ((v >> 2) & 3) * xb[j + 32] + ((v >> 4) & 3) * xb[j + 64] +
+                     (v >> 6) * xb[j + 96];
+            }
+            a[r] += s;
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = a[r];
+}
+
+#if BD_X86
+BD_AVX2 static inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+BD_AVX2 static inline float hsum_f32(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+
+BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+    const __m256i m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+    int b = 0;
+    while (b < nb) {
+        /* int16 partial sums stay below 2*2*128*4 = 2048 per block: 8 blocks fit before widening */
+        int end = b + 8 < nb ? b + 8 : nb;
+        __m256i p[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256()};
+        for (; b < end; b++) {
+            const int8_t *xb = x + (size_t)b * BD_BLOCK;
+            const uint8_t *wb = w + (size_t)b * BD_BLOCK;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+            __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+            for (int r = 0; r < 4; r++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(wb + r * 32));
+                __m256i c0 = _mm256_and_si256(v, m3);
+                __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), m3);
+                __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m3);
+                __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), m3);
+                __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c0, x0), _mm256_maddubs_epi16(c1, x1));
+                s = _mm256_add_epi16(s, _mm256_add_epi16(_mm256_maddubs_epi16(c2, x2),
+                                                         _mm256_maddubs_epi16(c3, x3)));
+                p[r] = _mm256_add_epi16(p[r], s);
+            }
+        }
+        for (int r = 0; r < 4; r++) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p[r], ones));
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
+}
+#endif
+
+void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+#if BD_X86
+    if (simd_on()) {
+        tdot4_avx2(w, x, nb, out);
+        return;
+    }
+#endif
+    tdot4_scalar(w, x, nb, out);
+}
+
+/* Expand one row group to plain codes u[4][nb*128] (column order), reused across prefill tokens. */
+void bd_unpack4(const uint8_t *w, int nb, uint8_t *u) {
+    int kp = nb * BD_BLOCK;
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *wb = w + (size_t)b * BD_BLOCK + r * 32;
+            uint8_t *ub = u + (size_t)r * kp + (size_t)b * BD_BLOCK;
+            for (int j = 0; j < 32; j++) {
+                uint8_t v = wb[j];
+                ub[j] = v & 3;
+                ub[j + 32] = (v >> 2) & 3;
+                ub[j + 64] = (v >> 4) & 3;
+                ub[j + 96] = v >> 6;
+            }
+        }
+}
+
+static void udot4_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+    for (int r = 0; r < 4; r++) {
+        const uint8_t *ur = u + (size_t)r * kp;
+        int32_t s = 0;
+        for (int i = 0; i < kp; i++) s += ur[i] * x[i];
+        out[r] = s;
+    }
+}
+
+#if BD_X86
+BD_AVX2 static void udot4_avx2(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+    for (int i = 0; i < kp; i += 64) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + i + 32));
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *ur = u + (size_t)r * kp + i;
+            __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)ur), x0),
+                                         _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(ur + 32)), x1));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s, ones));
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
+}
+#endif
+
+void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+#if BD_X86
+    if (simd_on()) { /* kp is a multiple of 128 */
+        udot4_avx2(u, kp, x, out);
+        return;
+    }
+#endif
+    udot4_scalar(u, kp, x, out);
+}
+
+/* ---- int8 x int8 (LM head): 4 consecutive rows of a row-major [n][k] matrix ---- */
+
+static void idot4_scalar(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
+    for (int r = 0; r < 4; r++) {
+        const int8_t *wr = w + (size_t)r * k;
+        int32_t s = 0;
+        for (int i = 0; i < k; i++) s += wr[i] * x[i];
+        out[r] = s;
+    }
+}
+
+#if BD_X86
+BD_AVX2 static void idot4_avx2(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
+    /* maddubs needs one unsigned operand: |x| times w carrying x's sign (x, w in [-127, 127]) */
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+    int i = 0;
+    for (; i + 32 <= k; i += 32) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + i));
+        __m256i ax = _mm256_abs_epi8(xv);
+        for (int r = 0; r < 4; r++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (size_t)r * k + i));
+            __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        int32_t s = hsum_i32(acc[r]);
+        const int8_t *wr = w + (size_t)r * k;
+        for (int j = i; j < k; j++) s += wr[j] * x[j];
+        out[r] = s;
+    }
+}
+#endif
+
+void bd_idot4(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
+#if BD_X86
+    if (simd_on()) {
+        idot4_avx2(w, k, x, out);
+        return;
+    }
+#endif
+    idot4_scalar(w, k, x, out);
+}
+
+/* ---- float dtypes ---- */
+
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float load_f(const void *w, int dtype, size_t i) {
+    if (dtype == BD_F32) return ((const float *)w)[i];
+    if (dtype == BD_F16) return f16_to_f32(((const uint16_t *)w)[i]);
+    return bf16_to_f32(((const uint16_t *)w)[i]);
+}
+
+static void fdot4_scalar(const void *w, int dtype, int k, const float *x, float out[4]) {
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+        for (int i = 0; i < k; i++) s += load_f(w, dtype, (size_t)r * k + i) * x[i];
+        out[r] = s;
+    }
+}
+
+#if BD_X86
+BD_AVX2 static inline __m256 load8(const void *w, int dtype, size_t i) {
+    if (dtype == BD_F32) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    if (dtype == BD_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+BD_AVX2 static void fdot4_avx2(const void *w, int dtype, int k, const float *x, float out[4]) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 8 <= k; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        for (int r = 0; r < 4; r++) acc[r] = _mm256_fmadd_ps(load8(w, dtype, (size_t)r * k + i), xv, acc[r]);
+    }
+    for (int r = 0; r < 4; r++) {
+        float s = hsum_f32(acc[r]);
+        for (int j = i; j < k; j++) s += load_f(w, dtype, (size_t)r * k + j) * x[j];
+        out[r] = s;
+    }
+}
+#endif
+
+void bd_fdot4(const void *w, int dtype, int k, const float *x, float out[4]) {
+#if BD_X86
+    if (simd_on()) {
+        fdot4_avx2(w, dtype, k, x, out);
+        return;
+    }
+#endif
+    fdot4_scalar(w, dtype, k, x, out);
+}
+
+static size_t dtype_size(int dtype) { return dtype == BD_F32 ? 4 : dtype == BD_I8 ? 1 : 2; }
+
+void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k, float *out) {
+    size_t base = (size_t)row * k;
+    if (dtype == BD_I8) {
+        const int8_t *wr = (const int8_t *)w + base;
+        for (int i = 0; i < k; i++) out[i] = (float)wr[i] * rscale[row];
+    } else {
+        for (int i = 0; i < k; i++) out[i] = load_f(w, dtype, base + i);
+    }
+}
+
+/* ---- whole-row-range drivers (called by each thread on its share of rows) ---- */
+
+static inline float finish(const bd_linear *L, int row, int32_t acc, float xs) {
+    float y;
+    if (L->scale_kind == BD_SCALE_TENSOR)
+        y = (float)acc * (L->scale[0] / xs); /* BitLinear eval: acc * (delta / s) */
+    else
+        y = ((float)acc * L->scale[row]) / xs;
+    return L->bias ? y + L->bias[row] : y;
+}
+
+void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const float *xs, const int32_t *xsum,
+                    int T, float *y, uint8_t *ubuf) {
+    const int nb = L->kp / BD_BLOCK, kp = L->kp, n = L->n;
+    int32_t a[4];
+    if (L->scale_kind == BD_SCALE_GROUP) {
+        const int gb = L->group_blocks, ng = nb / gb;
+        for (int g = g0; g < g1; g++) {
+            const uint8_t *wg = L->w + (size_t)g * kp;
+            for (int t = 0; t < T; t++) {
+                const int8_t *xt = xq + (size_t)t * kp;
+                float accf[4] = {0, 0, 0, 0};
+                for (int G = 0; G < ng; G++) {
+                    const int8_t *xg = xt + (size_t)G * gb * BD_BLOCK;
+                    int32_t gs = 0;
+                    for (int i = 0; i < gb * BD_BLOCK; i++) gs += xg[i];
+                    bd_tdot4(wg + (size_t)G * gb * BD_BLOCK, xg, gb, a);
+                    for (int r = 0; r < 4; r++) {
+                        int row = g * 4 + r;
+                        if (row < n) accf[r] += (float)(a[r] - gs) * L->scale[(size_t)row * ng + G];
+                    }
+                }
+                for (int r = 0; r < 4; r++) {
+                    int row = g * 4 + r;
+                    if (row >= n) break;
+                    float v = accf[r] / xs[t];
+                    y[(size_t)t * n + row] = L->bias ? v + L->bias[row] : v;
+                }
+            }
+        }
+        return;
+    }
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *wg = L->w + (size_t)g * kp;
+        if (T > 1 && ubuf) bd_unpack4(wg, nb, ubuf);
+        for (int t = 0; t < T; t++) {
+            const int8_t *xt = xq + (size_t)t * kp;
+            if (T > 1 && ubuf)
+                bd_udot4(ubuf, kp, xt, a);
+            else
+                bd_tdot4(wg, xt, nb, a);
+            for (int r = 0; r < 4; r++) {
+                int row = g * 4 + r;
+                if (row >= n) break;
+                y[(size_t)t * n + row] = finish(L, row, a[r] - xsum[t], xs[t]);
+            }
+        }
+    }
+}
+
+void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, int r0, int r1, const float *x,
+                   const int8_t *xq, const float *xs, int T, float *y) {
+    const size_t es = dtype_size(dtype);
+    for (int r = r0; r < r1; r += 4) {
+        int m = r1 - r < 4 ? r1 - r : 4;
+        const char *wr = (const char *)w + (size_t)r * k * es;
+        for (int t = 0; t < T; t++) {
+            if (m == 4) {
+                if (dtype == BD_I8) {
+                    int32_t a[4];
+                    bd_idot4((const int8_t *)wr, k, xq + (size_t)t * k, a);
+                    for (int i = 0; i < 4; i++) y[(size_t)t * n + r + i] = (float)a[i] * (rscale[r + i] / xs[t]);
+                } else {
+                    float f[4];
+                    bd_fdot4(wr, dtype, k, x + (size_t)t * k, f);
+                    for (int i = 0; i < 4; i++) y[(size_t)t * n + r + i] = f[i];
+                }
+            } else { /* ragged tail rows: plain loops */
+                for (int i = 0; i < m; i++) {
+                    size_t base = (size_t)i * k;
+                    if (dtype == BD_I8) {
+                        int32_t s = 0;
+                        for (int j = 0; j < k; j++) s += ((const int8_t *)wr)[base + j] * xq[(size_t)t * k + j];
+                        y[(size_t)t * n + r + i] = (float)s * (rscale[r + i] / xs[t]);
+                    } else {
+                        float s = 0.0f;
+                        for (int j = 0; j < k; j++) s += load_f(wr, dtype, base + j) * x[(size_t)t * k + j];
+                        y[(size_t)t * n + r + i] = s;
+                    }
+                }
+            }
+        }
+    }
+}

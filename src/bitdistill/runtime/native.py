@@ -1,0 +1,134 @@
+"""ctypes binding of the native runtime library (built from csrc/ by setup.py; no torch needed).
+
+The Structure classes mirror bd.h field by field. Callers (runtime.model) validate every shape, dtype and
+offset in Python before a pointer reaches C; the C side re-checks only the cheap invariants of a call.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import importlib.machinery
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BitDistillError
+
+F32, F16, BF16, I8 = 0, 1, 2, 3
+SCALE_TENSOR, SCALE_CHANNEL, SCALE_GROUP = 0, 1, 2
+ACT_SILU, ACT_GELU_TANH, ACT_GELU = 0, 1, 2
+
+_fp = C.POINTER(C.c_float)
+_u8p = C.POINTER(C.c_uint8)
+
+
+class Linear(C.Structure):
+    _fields_ = [
+        ("w", _u8p),
+        ("n", C.c_int32), ("k", C.c_int32), ("np", C.c_int32), ("kp", C.c_int32),
+        ("scale_kind", C.c_int32), ("group_blocks", C.c_int32),
+        ("scale", _fp), ("bias", _fp), ("sub_norm", _fp),
+    ]  # fmt: skip
+
+
+class Layer(C.Structure):
+    _fields_ = [
+        *[(name, Linear) for name in ("q", "k", "v", "o", "gate", "up", "down")],
+        ("in_norm", _fp), ("post_attn_norm", _fp), ("pre_ffn_norm", _fp), ("post_ffn_norm", _fp),
+        ("q_norm", _fp), ("k_norm", _fp), ("inv_freq", _fp),
+        ("rope_scale", C.c_float), ("window", C.c_int32),
+    ]  # fmt: skip
+
+
+class Model(C.Structure):
+    _fields_ = [
+        *[(n, C.c_int32) for n in ("n_layers", "hidden", "n_heads", "n_kv", "head_dim", "inter")],
+        ("vocab", C.c_int32), ("act", C.c_int32),
+        *[(n, C.c_float) for n in ("eps", "attn_scale", "embed_scale", "final_softcap", "attn_softcap")],
+        ("embed_dtype", C.c_int32), ("head_dtype", C.c_int32),
+        ("embed", C.c_void_p), ("embed_rscale", _fp),
+        ("head", C.c_void_p), ("head_rscale", _fp),
+        ("final_norm", _fp),
+        ("layers", C.POINTER(Layer)),
+    ]  # fmt: skip
+
+
+def _find_library() -> Path:
+    here = Path(__file__).resolve().parent
+    override = os.environ.get("BITDISTILL_RUNTIME_LIB")
+    if override:
+        return Path(override)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        cand = here / f"_bdrt{suffix}"
+        if cand.exists():
+            return cand
+    raise BitDistillError(
+        f"the native runtime library (_bdrt*.so) is not built in {here}. Reinstall from source with a C "
+        "compiler available: `pip install -e .` (or `python setup.py build_ext --inplace`)"
+    )
+
+
+_LIB: C.CDLL | None = None
+
+
+def lib() -> C.CDLL:
+    """The loaded library with argument/return types declared (loaded once)."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    L = C.CDLL(str(_find_library()))
+    vp, i32 = C.c_void_p, C.c_int
+    L.bd_simd_level.restype = i32
+    L.bd_set_simd.argtypes = [i32]
+    L.bd_has_openmp.restype = i32
+    L.bd_max_threads.restype = i32
+    L.bd_quantize.argtypes = [vp, i32, i32, i32, vp, vp, vp]
+    L.bd_ternary_acc.argtypes = [vp, i32, i32, vp, i32, vp, i32]
+    L.bd_linear_forward.argtypes = [C.POINTER(Linear), vp, i32, vp, i32, i32]
+    L.bd_linear_forward.restype = i32
+    L.bd_dense_forward.argtypes = [vp, i32, vp, i32, i32, vp, i32, vp, i32]
+    L.bd_dense_forward.restype = i32
+    L.bd_state_new.argtypes = [C.POINTER(Model), i32, i32, i32]
+    L.bd_state_new.restype = vp
+    L.bd_state_free.argtypes = [vp]
+    L.bd_state_bytes.argtypes = [C.POINTER(Model), i32]
+    L.bd_state_bytes.restype = C.c_size_t
+    L.bd_forward.argtypes = [C.POINTER(Model), vp, vp, i32, i32, vp, i32, i32]
+    L.bd_forward.restype = i32
+    _LIB = L
+    return L
+
+
+def ptr(a: np.ndarray | None) -> int | None:
+    """Address of a C-contiguous array's data (None for None)."""
+    if a is None:
+        return None
+    if not a.flags["C_CONTIGUOUS"]:
+        raise ValueError("native kernels need C-contiguous arrays")
+    return a.ctypes.data
+
+
+def fptr(a: np.ndarray | None):
+    """A float* for a float32 array (NULL for None)."""
+    if a is None:
+        return None
+    assert a.dtype == np.float32 and a.flags["C_CONTIGUOUS"]
+    return a.ctypes.data_as(_fp)
+
+
+def set_simd(on: bool) -> None:
+    """Force the scalar path (on=False) or re-enable AVX2 when the CPU has it (for tests)."""
+    lib().bd_set_simd(int(on))
+
+
+def simd_level() -> int:
+    """1 when the AVX2/FMA paths are in use, 0 for the portable scalar path."""
+    return lib().bd_simd_level()
+
+
+def default_threads() -> int:
+    env = os.environ.get("BITDISTILL_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(lib().bd_max_threads(), os.cpu_count() or 1))

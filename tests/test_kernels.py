@@ -1,0 +1,141 @@
+"""Native kernels == scalar path == numpy integer reference == PyTorch BitLinear (eval mode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bitdistill.quant import BitLinear
+from bitdistill.quant.numerics import quantize_activation, ternarize
+from bitdistill.quant.packing import pack_2bit, quantize_rows_int8
+from bitdistill.runtime import kernels
+from bitdistill.runtime.native import set_simd, simd_level
+
+SHAPES = [(1, 1, 1), (5, 7, 3), (13, 129, 2), (64, 256, 5), (33, 300, 1), (100, 640, 4)]  # (n, k, T)
+
+
+@pytest.fixture(params=["avx2", "scalar"])
+def simd(request):
+    if request.param == "avx2":
+        set_simd(True)
+        if simd_level() == 0:
+            pytest.skip("CPU without AVX2: only the scalar path exists here")
+    else:
+        set_simd(False)
+    yield request.param
+    set_simd(True)
+
+
+def _x(t: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(t, k)).astype(np.float32) * rng.uniform(0.1, 10, size=(t, 1)).astype(np.float32)
+    return x
+
+
+def test_quantize_matches_numerics(simd) -> None:
+    x = _x(6, 301, 0)
+    x[2] = 0.0  # all-zero token: eps guard
+    x[3, :] = 0.5  # ties at .5 after scaling exercise round-half-even
+    x[3, 0] = 127.0
+    xq, s, sums = kernels.quantize(x)
+    ref_q, ref_s = quantize_activation(torch.from_numpy(x))
+    np.testing.assert_array_equal(xq[:, :301], ref_q.numpy())
+    assert (xq[:, 301:] == 0).all()
+    np.testing.assert_array_equal(s, ref_s.numpy()[:, 0])
+    np.testing.assert_array_equal(sums, ref_q.numpy().astype(np.int64).sum(axis=1))
+
+
+@pytest.mark.parametrize("n,k,t", SHAPES)
+@pytest.mark.parametrize("gemm", [False, True])
+def test_ternary_integer_sums_exact(simd, n: int, k: int, t: int, gemm: bool) -> None:
+    rng = np.random.default_rng(n * k + t)
+    q = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+    xq = np.zeros((t, (k + 127) // 128 * 128), np.int8)
+    xq[:, :k] = rng.integers(-128, 128, size=(t, k))
+    acc = kernels.ternary_acc(pack_2bit(q), n, xq, gemm=gemm)
+    ref = xq[:, :k].astype(np.int64) @ q.astype(np.int64).T  # naive exact integer reference
+    np.testing.assert_array_equal(acc, ref)
+
+
+def test_extreme_activations_do_not_saturate(simd) -> None:
+    """All -128 activations against all +1 weights: the largest int16 partial sums the kernel can see."""
+    n, k = 8, 128 * 40
+    q = np.ones((n, k), np.int8)
+    q[1::2] = -1
+    xq = np.full((1, k), -128, np.int8)
+    for gemm in (False, True):
+        acc = kernels.ternary_acc(pack_2bit(q), n, xq, gemm=gemm)
+        np.testing.assert_array_equal(acc[0], np.where(np.arange(n) % 2 == 0, -128 * k, 128 * k))
+
+
+def _bitlinear(n: int, k: int, granularity: str, bias: bool, seed: int, group_size: int = 128) -> BitLinear:
+    torch.manual_seed(seed)
+    lin = BitLinear(k, n, bias=bias, granularity=granularity, group_size=group_size)
+    with torch.no_grad():
+        lin.weight.normal_(0, 0.05)
+        if bias:
+            lin.bias.normal_(0, 0.1)
+    return lin.eval()
+
+
+@pytest.mark.parametrize("n,k,t", SHAPES)
+@pytest.mark.parametrize("gemm", [False, True])
+def test_linear_matches_bitlinear_tensor_scale(simd, n: int, k: int, t: int, gemm: bool) -> None:
+    lin = _bitlinear(n, k, "tensor", bias=n % 2 == 1, seed=n + k)
+    x = _x(t, k, seed=t)
+    with torch.no_grad():
+        ref = lin(torch.from_numpy(x)).numpy()
+    q, delta = ternarize(lin.weight)
+    bias = None if lin.bias is None else lin.bias.detach().numpy()
+    y = kernels.linear_forward(pack_2bit(q.numpy()), n, x, delta.numpy(), bias, threads=2, gemm=gemm)
+    # integer sums are exact (test above); the float epilogue acc * (delta / s) agrees to ~1 ulp
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "group"])
+@pytest.mark.parametrize("gemm", [False, True])
+def test_linear_matches_bitlinear_channel_and_group(simd, granularity: str, gemm: bool) -> None:
+    n, k, t = 37, 512, 3
+    lin = _bitlinear(n, k, granularity, bias=True, seed=7, group_size=256)
+    x = _x(t, k, seed=1)
+    with torch.no_grad():
+        ref = lin(torch.from_numpy(x)).numpy()
+    q, delta = ternarize(lin.weight, granularity, 256)
+    scale = delta.numpy().reshape(n, -1) if granularity == "group" else delta.numpy().reshape(n)
+    y = kernels.linear_forward(
+        pack_2bit(q.numpy()), n, x, scale, lin.bias.detach().numpy(), group_size=256, threads=2, gemm=gemm
+    )
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("n,k", [(37, 64), (9, 13), (128, 200)])
+def test_dense_float_head(simd, dtype: str, n: int, k: int) -> None:
+    rng = np.random.default_rng(n + k)
+    w32 = rng.normal(size=(n, k)).astype(np.float32)
+    x = _x(3, k, seed=2)
+    tw = torch.from_numpy(w32).to(
+        {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    )
+    bits = tw.numpy() if dtype != "bf16" else tw.view(torch.int16).numpy().view(np.uint16)
+    y = kernels.dense_forward(bits, dtype, x, threads=2)
+    ref = x.astype(np.float64) @ tw.float().numpy().astype(np.float64).T
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("n,k", [(37, 64), (10, 45), (256, 1000)])
+def test_dense_int8_head(simd, n: int, k: int) -> None:
+    rng = np.random.default_rng(k)
+    w = rng.normal(size=(n, k)).astype(np.float32)
+    x = _x(2, k, seed=3)
+    q, rs = quantize_rows_int8(w)
+    y = kernels.dense_forward(q, "int8", x, rscale=rs, threads=2)
+    # reference written out: symmetric per-token int8 x, exact integer sums, acc * (row_scale / s)
+    s = (127.0 / np.maximum(np.abs(x).max(axis=1), 1e-5)).astype(np.float32)
+    xq = np.clip(np.rint(x * s[:, None]), -127, 127)
+    acc = xq.astype(np.int64) @ q.astype(np.int64).T
+    ref = acc.astype(np.float32) * (rs[None, :] / s[:, None])
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    # and it approximates the float product closely
+    np.testing.assert_allclose(y, x @ w.T, atol=0.05 * np.abs(x @ w.T).max())
