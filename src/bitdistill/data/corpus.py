@@ -14,6 +14,9 @@ blocks of `block_size` tokens; the tail shorter than a block is dropped. Each bl
 Budget: with `token_budget` the corpus yields ceil(token_budget / block_size) blocks (so at least the budget
 is trained on) and cycles over the sources again if they run out first. Without a budget it makes one pass.
 
+DataLoader workers: with `num_workers > 1` pass `worker_chunk=<the DataLoader batch size>` so workers take
+turns batch by batch and the order is the same as with one process; without it only worker 0 reads.
+
 Resume: `skip_blocks(n)` (or `load_state_dict({"blocks": n})`) makes the next iteration start at block n of
 the same stream, so a resumed run continues exactly where it stopped. `state_dict()` reports the blocks this
 object has yielded so far (exact with `num_workers=0`; a training loop that prefetches should count the blocks
@@ -189,6 +192,7 @@ class PackedCorpus(IterableDataset):
         token_budget: int | None = None,
         text_field: str = "text",
         tokenize_batch: int = 64,
+        worker_chunk: int | None = None,
     ) -> None:
         super().__init__()
         if block_size < 2:
@@ -203,6 +207,7 @@ class PackedCorpus(IterableDataset):
         self.token_budget = token_budget
         self.text_field = text_field
         self.tokenize_batch = tokenize_batch
+        self.worker_chunk = worker_chunk
         self._start = 0
         self._position = 0
 
@@ -265,6 +270,12 @@ class PackedCorpus(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # A DataLoader takes whole batches from its workers in turn, so blocks are dealt to workers in
+        # chunks of `worker_chunk` (set it to the batch size); without it only worker 0 yields, which keeps
+        # the order and still moves tokenization off the training process.
+        deal = self.worker_chunk or 0
+        if workers > 1 and not deal and worker > 0:
+            return
         limit = self.num_blocks
         index = 0
         self._position = self._start
@@ -275,7 +286,8 @@ class PackedCorpus(IterableDataset):
             while len(buf) - offset >= self.block_size:
                 if limit is not None and index >= limit:
                     return
-                if index >= self._start and index % workers == worker:
+                mine = workers == 1 or not deal or ((index - self._start) // deal) % workers == worker
+                if index >= self._start and mine:
                     ids = torch.tensor(buf[offset : offset + self.block_size], dtype=torch.long)
                     self._position = index + 1
                     yield {"input_ids": ids, "labels": ids.clone()}

@@ -195,8 +195,9 @@ class Task:
         }
 
     def example(self, row: Row, columns: dict[str, str | None], where: str) -> Example:
-        text = self._text(row, columns["text"], where)
-        pair = self._text(row, columns["text_pair"], where) if columns["text_pair"] else None
+        # Surrounding whitespace is noise (GLUE sentences end with a space); strip it from the prompt.
+        text = self._text(row, columns["text"], where).strip()
+        pair = self._text(row, columns["text_pair"], where).strip() if columns["text_pair"] else None
         prompt, spans = render(self.template, text, pair)
         if self.kind == "summarization":
             summary = self._text(row, columns["label"], where).strip()

@@ -1,0 +1,82 @@
+"""QKVCapture returns exactly what the chosen block's q/k/v projections compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from bitdistill import to_bitnet
+from bitdistill.distill import QKVCapture, attention_relation_loss
+from bitdistill.errors import BitDistillError
+from bitdistill.quant import BitLinear
+
+COMMON = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=2,
+)  # fmt: skip
+
+
+def build(family: str):
+    torch.manual_seed(0)
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(**COMMON))
+    return Qwen3ForCausalLM(Qwen3Config(**COMMON, head_dim=16))
+
+
+def by_hand(model, ids, mask, layer):
+    """Run the model for the block's input, then call its norm and projections directly."""
+    n = model.config.num_hidden_layers
+    i = layer % n
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[i]
+        block = model.model.layers[i]
+        x = block.input_layernorm(hidden)
+        attn = block.self_attn
+        return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("layer", [0, 1, -1])
+@pytest.mark.parametrize("bitnet", [False, True])
+def test_capture_equals_calling_the_projections(family, layer, bitnet):
+    model = build(family)
+    if bitnet:
+        model = to_bitnet(model)
+        assert isinstance(model.model.layers[0].self_attn.q_proj, BitLinear)
+    model.eval()
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with QKVCapture(model, layer=layer) as cap, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    want = by_hand(model, ids, mask, layer)
+    assert [tuple(t.shape) for t in cap.qkv] == [(2, 9, 64), (2, 9, 32), (2, 9, 32)]
+    for got, ref in zip(cap.qkv, want, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_capture_keeps_the_graph_for_the_student_and_removes_its_hooks():
+    student, teacher = to_bitnet(build("llama")).train(), build("qwen3").eval()
+    ids = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
+    with QKVCapture(teacher) as t_cap, torch.no_grad():
+        teacher(input_ids=ids)
+    with QKVCapture(student, layer=-2) as s_cap:
+        student(input_ids=ids)
+    loss = attention_relation_loss(t_cap.qkv, s_cap.qkv, None, num_relation_heads=4)
+    loss.backward()
+    q_proj = student.model.layers[1].self_attn.q_proj
+    assert q_proj.weight.grad is not None and q_proj.weight.grad.abs().sum() > 0
+    assert student.model.layers[2].self_attn.q_proj.weight.grad is None  # past the captured layer
+    for module in s_cap.modules + t_cap.modules:
+        assert not module._forward_hooks
+
+
+def test_capture_errors():
+    model = build("llama")
+    with pytest.raises(BitDistillError, match="out of range: the model has 3 decoder layers"):
+        QKVCapture(model, layer=3)
+    cap = QKVCapture(model, layer=-3)
+    assert cap.layer_index == 0
+    with pytest.raises(RuntimeError, match="no forward pass"):
+        _ = cap.qkv
