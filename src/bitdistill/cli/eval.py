@@ -1,0 +1,66 @@
+"""`bitdistill eval DIR --task T`: metrics of any model directory on a task's dev (or other) split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model directory (FP, BitNet, packed) on a task: accuracy/macro-F1 or ROUGE/BLEU",
+        description="Classification tasks are scored by label-word log-likelihood (accuracy, macro-F1); "
+        "summarization tasks generate (greedy or beam) and score ROUGE-1/2/L/Lsum and BLEU.",
+    )
+    p.add_argument("dir", metavar="DIR", help="model directory (bitdistill, HF or packed), .gguf or hub id")
+    p.add_argument("--task", default="sst2", help="sst2, mnli, qnli, cnndm or custom (default sst2)")
+    p.add_argument("--data", help="local data: a directory of {split}.tsv/.jsonl/.csv/.parquet or one file")
+    p.add_argument("--split", default="dev", help="split to evaluate (default dev)")
+    p.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence (prompt is shortened)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="summarization: tokens to generate")
+    p.add_argument("--beams", type=int, default=1, help="summarization: beam width (1 = greedy)")
+    p.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="task option, e.g. text_column=review label_words=' bad',' good' (custom task; repeatable)",
+    )  # fmt: skip
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--json", metavar="OUT", help="write the full result (with per-example predictions) here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def parse_task_options(items: list[str]) -> dict:
+    from ..errors import BitDistillError
+
+    opts: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BitDistillError(f"--task-option {item!r}: expected KEY=VALUE, e.g. text_column=review")
+        if key in ("label_words", "label_names"):
+            opts[key] = [w for w in value.split(",")]
+        else:
+            opts[key] = value
+    return opts
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval._io import atomic_write_text
+    from ..eval.evaluate import evaluate_dir
+
+    result = evaluate_dir(
+        args.dir, args.task, data=args.data, split=args.split, limit=args.limit,
+        task_options=parse_task_options(args.task_option), device=args.device,
+        batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
+        num_beams=args.beams, progress=not args.no_progress, keep_predictions=bool(args.json),
+    )  # fmt: skip
+    m = result["metrics"]
+    shown = ", ".join(f"{k}={v * 100:.2f}" for k, v in m.items() if k != "n")
+    print(f"{args.dir}: {result['task']} {args.split} (n={m['n']}): {shown}  [{result['seconds']:.1f}s]")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0

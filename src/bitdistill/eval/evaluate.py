@@ -1,0 +1,157 @@
+"""Evaluate any checkpoint directory on a task: FP or BitNet (bitdistill/HF dirs), and packed directories.
+
+Classification is scored by label-word log-likelihood (`data.scoring`), giving accuracy and macro-F1;
+summarization generates with greedy or beam search (`generate.py`) and scores ROUGE-1/2/L/Lsum and BLEU.
+The result is a JSON-friendly dict: the metrics, the counts, what model was evaluated, timing, and
+optionally the per-example predictions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.tasks import Example, Task, get_task
+from ..errors import BitDistillError
+from .metrics import classification_metrics, summarization_metrics
+
+
+def is_packed_dir(path: str | os.PathLike) -> bool:
+    """True for a directory written by the runtime's packer (config.json carries a "packed" key)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    import json
+
+    try:
+        return "packed" in json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def _load_packed(path: Path):
+    """(logits model, tokenizer) for a packed directory, through the runtime's torch-free engine.
+
+    The runtime exposes `bitdistill.runtime.load_for_eval(dir) -> (model, tokenizer)` where `model(
+    input_ids=LongTensor[B, T], attention_mask=LongTensor[B, T])` returns an object with `.logits` [B, T, V];
+    until it does, packed directories are refused with a message saying what to evaluate instead.
+    """
+    import importlib
+
+    runtime = importlib.import_module("bitdistill.runtime")
+    loader = getattr(runtime, "load_for_eval", None)
+    if loader is None:
+        raise BitDistillError(
+            f"{path}: a packed model directory; this build's runtime cannot compute full-sequence logits for "
+            "evaluation yet. Evaluate the BitNet directory it was packed from (the distill stage's model/), "
+            "whose ternary numerics are the same"
+        )
+    return loader(path)
+
+
+def load_for_eval(path: str | os.PathLike, device: str | None = None):
+    """(model in eval mode, tokenizer, description dict) for a model directory or model spec."""
+    p = Path(str(path))
+    if p.is_dir() and is_packed_dir(p):
+        model, tok = _load_packed(p)
+        return model, tok, {"format": "packed"}
+    from ..model.hub import load_any
+
+    model, tok = load_any(path)
+    if tok is None:
+        raise BitDistillError(f"{path}: no tokenizer beside the model; save the model with its tokenizer")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    settings = getattr(model.config, "bitdistill", None)
+    params = sum(p.numel() for p in {id(q): q for q in model.parameters()}.values())
+    return model, tok, {"format": "bitnet" if settings else "fp", "settings": settings, "parameters": params}
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    max_new_tokens: int = 128,
+    num_beams: int = 1,
+    progress: bool = False,
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
+    """Metrics of `model` on labelled `examples` of `task` (see the module docstring)."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    if task.kind == "classification":
+        from ..data.scoring import check_label_words, score_label_words
+
+        examples = [ex for ex in examples if ex.label is not None]  # unlabeled (test) rows cannot be scored
+        if not examples:
+            raise BitDistillError(f"task {task.name}: no labelled examples to evaluate")
+        check_label_words(tokenizer, task.label_words, examples[0].prompt)
+        scores = score_label_words(
+            model, tokenizer, examples, task.label_words, batch_size=batch_size, max_length=max_length,
+            progress=progress,
+        )  # fmt: skip
+        preds = scores.argmax(dim=-1).tolist()
+        gold = [int(ex.label) for ex in examples]  # type: ignore[arg-type]
+        out["metrics"] = classification_metrics(preds, gold)
+        if keep_predictions:
+            out["predictions"] = [{"label": g, "prediction": p} for g, p in zip(gold, preds, strict=True)]
+    else:
+        from .generate import generate
+
+        if not examples:
+            raise BitDistillError(f"task {task.name}: no examples to evaluate")
+        hyps = generate(
+            model, tokenizer, examples, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            batch_size=batch_size, max_length=max_length, progress=progress,
+        )  # fmt: skip
+        refs = [ex.target.strip() for ex in examples]
+        out["metrics"] = summarization_metrics(hyps, refs)
+        out["generation"] = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+        if keep_predictions:
+            out["predictions"] = [{"reference": r, "prediction": h} for r, h in zip(refs, hyps, strict=True)]
+    seconds = time.perf_counter() - t0
+    out["seconds"] = seconds
+    out["examples_per_second"] = len(examples) / max(seconds, 1e-9)
+    return out
+
+
+def evaluate_dir(
+    model_dir: str | os.PathLike,
+    task: str | Task = "sst2",
+    data: str | os.PathLike | None = None,
+    split: str = "dev",
+    limit: int | None = None,
+    task_options: dict[str, Any] | None = None,
+    device: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load `model_dir`, read `split` of `task` (from `data`, else the task's hub dataset), evaluate.
+
+    Extra keyword arguments go to `evaluate_model` (batch_size, max_length, max_new_tokens, num_beams,
+    progress, keep_predictions).
+    """
+    task_obj = task if isinstance(task, Task) else get_task(task, **(task_options or {}))
+    examples = task_obj.load(split, path=data, limit=limit)
+    model, tok, info = load_for_eval(model_dir, device)
+    result = evaluate_model(model, tok, task_obj, examples, **kwargs)
+    return {
+        "model_dir": str(model_dir),
+        "model": info,
+        "task": task_obj.name,
+        "kind": task_obj.kind,
+        "split": split,
+        "data": str(data) if data is not None else None,
+        "limit": limit,
+        **result,
+    }
