@@ -98,6 +98,7 @@ def test_mnli_and_qnli_glue_tsv_columns():
     assert train[0].prompt == mnli.template.format(text=rows[0][8].strip(), text_pair=rows[0][9].strip())
     assert train[0].target == " maybe" and train[3].target == " no"
     dev = mnli.load("dev", FIX / "mnli")  # resolves dev_matched.tsv
+    assert dev == mnli.load("validation_matched", FIX / "mnli") == mnli.load("dev_matched", FIX / "mnli")
     assert [e.label for e in dev] == [1, 2] and '"Government Executive"' in dev[1].prompt
     qnli = get_task("qnli")
     ex = qnli.load("dev", FIX / "qnli")

@@ -31,6 +31,9 @@ SPLIT_ALIASES = {
     "validation": "dev",
     "valid": "dev",
     "val": "dev",
+    "dev_matched": "dev",
+    "validation_matched": "dev",
+    "validation_mismatched": "dev_mismatched",
     "train": "train",
     "test": "test",
 }
@@ -269,7 +272,12 @@ TASKS: dict[str, Task] = {
         text_pair_columns=("hypothesis", "sentence2"),
         label_columns=("label", "gold_label"),
         hub=("glue", "mnli"),
-        hub_splits={"train": "train", "dev": "validation_matched", "test": "test_matched"},
+        hub_splits={
+            "train": "train",
+            "dev": "validation_matched",
+            "dev_mismatched": "validation_mismatched",
+            "test": "test_matched",
+        },
         dev_stems=("dev_matched", "dev", "validation_matched", "validation"),
     ),
     "qnli": Task(
