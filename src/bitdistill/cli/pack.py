@@ -1,0 +1,63 @@
+"""`bitdistill pack DIR --out PACKED`: write a packed ternary model for the native CPU runtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import BitDistillError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pack",
+        help="pack a BitNet model into 2-bit or 1.58-bit ternary weights for the CPU runtime",
+        description="Pack a converted/trained BitNet model directory (or, with --convert, any full-precision "
+        "model) into a directory the native runtime loads: ternary linears at 2 or 1.58 bits per weight, "
+        "embeddings/head in the chosen dtype, norms as is, tokenizer copied.",
+    )
+    p.add_argument("model", help="BitNet model directory (bitdistill convert/train output), or with --convert "
+                   "any model spec: HF directory, .gguf file, 'smollm2-135m'")  # fmt: skip
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--bits", choices=["2", "1.58"], default="2", help="2: 4 weights/byte; 1.58: 5 per byte")
+    p.add_argument("--head-dtype", choices=["int8", "fp16", "bf16", "fp32"], default="int8",
+                   help="LM head dtype (int8 per-row is fastest; default int8)")  # fmt: skip
+    p.add_argument("--embed-dtype", choices=["int8", "fp16", "bf16", "fp32"], default=None,
+                   help="embedding dtype (default: same as the head, one shared copy when tied)")  # fmt: skip
+    p.add_argument("--convert", action="store_true",
+                   help="the model is full precision: ternarize it as is (no SubLN, no training) before packing")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..model.convert import is_bitnet, to_bitnet
+    from ..model.hub import load_any
+    from ..runtime.packed import load_packed, pack_model
+
+    model, tok = load_any(args.model)
+    if not is_bitnet(model):
+        if not args.convert:
+            raise BitDistillError(
+                f"{args.model}: a full-precision model; pack a BitNet model (bitdistill convert/train output) "
+                "or add --convert to ternarize this one as is (quality drops without distillation)"
+            )
+        to_bitnet(model, subln=False)
+    model.eval()
+    out = pack_model(model, args.out, bits=args.bits, head_dtype=args.head_dtype, embed_dtype=args.embed_dtype,
+                     tokenizer=tok)  # fmt: skip
+    pm = load_packed(out)  # validates what was written
+    arch = pm.arch
+    fp16 = arch["linear_params"] * 2
+    size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
+    print(
+        f"packed {arch['family']} ({arch['n_layers']} layers) -> {out}\n"
+        f"  linear weights: {arch['linear_bytes_on_disk'] / 2**20:.1f} MiB at {arch['bits']} bits "
+        f"({fp16 / arch['linear_bytes_on_disk']:.2f}x smaller than fp16)\n"
+        f"  head/embeddings: {arch['head_dtype']}/{arch['embed_dtype']}{' (tied)' if arch['tied'] else ''}; "
+        f"directory total {size / 2**20:.1f} MiB",
+        file=sys.stdout,
+    )
+    if tok is None:
+        print("  note: no tokenizer found; `generate` needs one (token ids still work via the Python API)")
+    return 0

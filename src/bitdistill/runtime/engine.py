@@ -1,0 +1,266 @@
+"""The decode engine: a packed model bound to the native library, with a KV cache and a generation loop.
+
+Python only hands token ids in and gets logits back; each call runs a whole forward step (every layer,
+attention over the cache, the LM head) in native code. Prompts are prefilled in batches (the GEMM path).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BitDistillError
+from ..quant.packing import BLOCK, ROWS, packed_2bit_shape
+from .native import (
+    ACT_GELU,
+    ACT_GELU_TANH,
+    ACT_SILU,
+    BF16,
+    F16,
+    F32,
+    I8,
+    SCALE_CHANNEL,
+    SCALE_GROUP,
+    SCALE_TENSOR,
+    Layer,
+    Linear,
+    Model,
+    default_threads,
+    fptr,
+    lib,
+    ptr,
+)
+from .packed import PackedModel, _linear_dims, load_packed
+from .sampling import SamplingParams, sample
+
+_DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8}
+_ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH, "gelu": ACT_GELU}
+_SCALES = {"tensor": SCALE_TENSOR, "channel": SCALE_CHANNEL, "group": SCALE_GROUP}
+PREFILL_CHUNK = 128
+GREEDY = SamplingParams()
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        # the first new token comes out of the prefill; decode steps produce the rest
+        steps = max(self.new_tokens - 1, 0)
+        return steps / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class Engine:
+    """A packed model ready to run. `forward` appends tokens to the KV cache and returns their logits."""
+
+    def __init__(self, packed: PackedModel, threads: int | None = None) -> None:
+        self.packed = packed
+        self.arch = a = packed.arch
+        self.threads = threads or default_threads()
+        t = packed.tensors
+        self._arrays = t  # every pointer below points into these arrays: keep them alive with the engine
+        self._layers = (Layer * a["n_layers"])()
+        dims = _linear_dims(a)
+        for i in range(a["n_layers"]):
+            lay = self._layers[i]
+            for name, (n, k) in dims.items():
+                p = f"layers.{i}.{name}"
+                g, kp = packed_2bit_shape(n, k)
+                w = t[f"{p}.packed"]
+                assert w.shape == (g, kp) and w.dtype == np.uint8 and w.flags["C_CONTIGUOUS"]
+                setattr(
+                    lay,
+                    name,
+                    Linear(
+                        w=w.ctypes.data_as(C.POINTER(C.c_uint8)),
+                        n=n, k=k, np=g * ROWS, kp=kp,
+                        scale_kind=_SCALES[a["granularity"]],
+                        group_blocks=a["group_size"] // BLOCK if a["granularity"] == "group" else 0,
+                        scale=fptr(t[f"{p}.scale"]), bias=fptr(t.get(f"{p}.bias")),
+                        sub_norm=fptr(t.get(f"{p}.sub_norm")),
+                    ),
+                )  # fmt: skip
+            p = f"layers.{i}"
+            lay.in_norm = fptr(t[f"{p}.attn_norm"])
+            lay.pre_ffn_norm = fptr(t[f"{p}.ffn_norm"])
+            lay.post_attn_norm = fptr(t.get(f"{p}.post_attn_norm"))
+            lay.post_ffn_norm = fptr(t.get(f"{p}.post_ffn_norm"))
+            lay.q_norm = fptr(t.get(f"{p}.q_norm"))
+            lay.k_norm = fptr(t.get(f"{p}.k_norm"))
+            rope = a["layer_rope"][i]
+            lay.inv_freq = fptr(t[f"rope.{rope}.inv_freq"])
+            lay.rope_scale = a["rope_scale"][rope]
+            lay.window = a["layer_window"][i]
+        head_key = "embed" if a["tied"] else "head"
+        self._model = Model(
+            n_layers=a["n_layers"], hidden=a["hidden"], n_heads=a["n_heads"], n_kv=a["n_kv"],
+            head_dim=a["head_dim"], inter=a["inter"], vocab=a["vocab"], act=_ACTS[a["act"]],
+            eps=a["eps"], attn_scale=a["attn_scale"], embed_scale=a["embed_scale"],
+            final_softcap=a["final_softcap"], attn_softcap=a["attn_softcap"],
+            embed_dtype=_DTYPES[a["embed_dtype"]], head_dtype=_DTYPES[a["head_dtype" if not a["tied"] else "embed_dtype"]],
+            embed=ptr(t["embed"]), embed_rscale=fptr(t.get("embed.scale")),
+            head=ptr(t[head_key]), head_rscale=fptr(t.get(f"{head_key}.scale")),
+            final_norm=fptr(t["norm"]), layers=self._layers,
+        )  # fmt: skip
+        self._state: int | None = None
+        self._state_seq = 0
+        self._state_t = 0
+        self.pos = 0
+
+    # -- state -------------------------------------------------------------------------------------------
+
+    def reset(self, max_seq: int, max_batch: int = PREFILL_CHUNK) -> None:
+        """Start a new sequence with room for `max_seq` tokens (reallocates the KV cache when it must grow)."""
+        if max_seq < 1:
+            raise BitDistillError(f"max_seq={max_seq}: need room for at least one token")
+        max_batch = max(1, min(max_batch, max_seq))
+        if self._state is None or max_seq > self._state_seq or max_batch > self._state_t:
+            self._free()
+            state = lib().bd_state_new(C.byref(self._model), max_seq, max_batch, self.threads)
+            if not state:
+                need = lib().bd_state_bytes(C.byref(self._model), max_seq) / 2**20
+                raise BitDistillError(f"out of memory allocating a {max_seq}-token KV cache ({need:.0f} MiB)")
+            self._state, self._state_seq, self._state_t = state, max_seq, max_batch
+        self.pos = 0
+
+    def _free(self) -> None:
+        if self._state is not None:
+            lib().bd_state_free(self._state)
+            self._state = None
+
+    def __del__(self) -> None:
+        try:
+            self._free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- forward -----------------------------------------------------------------------------------------
+
+    def forward(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append `tokens` at the current position; logits [len, vocab] (all_logits) or [vocab] (last)."""
+        if self._state is None:
+            self.reset(max(len(tokens), 1) + 256)
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise BitDistillError("forward: no tokens given")
+        v = self.arch["vocab"]
+        if ids.min() < 0 or ids.max() >= v:
+            raise BitDistillError(f"token id out of range [0, {v}): the tokenizer does not match the model")
+        if self.pos + ids.size > self._state_seq:
+            raise BitDistillError(
+                f"context full: {self.pos} + {ids.size} tokens > {self._state_seq}; call reset() with a larger max_seq"
+            )
+        ids32 = ids.astype(np.int32)
+        outs = []
+        for start in range(0, ids32.size, self._state_t):
+            chunk = np.ascontiguousarray(ids32[start : start + self._state_t])
+            last = start + chunk.size == ids32.size
+            rows = chunk.size if all_logits else 1
+            out = np.empty((rows, v), np.float32)
+            if all_logits or last:
+                rc = lib().bd_forward(
+                    C.byref(self._model), self._state, ptr(chunk), chunk.size, self.pos, ptr(out),
+                    int(all_logits), self.threads,
+                )  # fmt: skip
+            else:  # an inner prefill chunk: its logits are not needed, compute only the last row's
+                rc = lib().bd_forward(
+                    C.byref(self._model),
+                    self._state,
+                    ptr(chunk),
+                    chunk.size,
+                    self.pos,
+                    ptr(out),
+                    0,
+                    self.threads,
+                )
+            if rc != 0:
+                raise BitDistillError(f"native forward rejected its arguments (code {rc})")
+            self.pos += chunk.size
+            if all_logits or last:
+                outs.append(out)
+        return np.concatenate(outs) if all_logits else outs[-1][0]
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams = GREEDY,
+        stop_ids: Sequence[int] = (),
+        stats: GenerationStats | None = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids one at a time (prefill in batches, then one native call per token)."""
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise BitDistillError("the prompt is empty: give at least one token")
+        stats = stats if stats is not None else GenerationStats()
+        stats.prompt_tokens = len(prompt)
+        self.reset(len(prompt) + max_new_tokens)
+        rng = np.random.default_rng(params.seed)
+        stop = set(int(s) for s in stop_ids)
+        t0 = time.perf_counter()
+        logits = self.forward(prompt)
+        stats.prefill_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for i in range(max_new_tokens):
+            tok = sample(logits, params, rng)
+            stats.new_tokens += 1
+            stats.decode_s = time.perf_counter() - t1
+            yield tok
+            if tok in stop or i == max_new_tokens - 1:
+                break
+            logits = self.forward([tok])
+        stats.decode_s = time.perf_counter() - t1
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams = GREEDY,
+        stop_ids: Sequence[int] = (),
+        on_token: Callable[[int], None] | None = None,
+    ) -> tuple[list[int], GenerationStats]:
+        """All generated ids (stopping after a stop id) and timing stats."""
+        stats = GenerationStats()
+        out = []
+        for tok in self.stream(prompt_ids, max_new_tokens, params, stop_ids, stats):
+            out.append(tok)
+            if on_token is not None:
+                on_token(tok)
+        return out, stats
+
+
+def load(path: str | os.PathLike, threads: int | None = None) -> Engine:
+    """Load and validate a packed directory and bind it to the native runtime: one call, ready to run."""
+    return Engine(load_packed(path), threads=threads)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The `tokenizers.Tokenizer` saved in a packed directory (tokenizer.json)."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    f = Path(path) / "tokenizer.json"
+    if not f.is_file():
+        raise BitDistillError(
+            f"{f}: missing; pack the model with its tokenizer (the source directory had none)"
+        )
+    try:
+        return Tokenizer.from_file(str(f))
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise BitDistillError(f"{f}: unreadable tokenizer ({err}); re-run bitdistill pack") from None

@@ -1,0 +1,504 @@
+"""The packed model directory: write it from a converted (BitNet) model, read and validate it without torch.
+
+A packed directory holds
+  config.json        the HF config, the "bitdistill" conversion settings, and a "packed" key with the format
+                     version, the architecture the engine needs ("arch"), the tensor index (name -> dtype,
+                     shape) and the CRC-32 of the weights file;
+  model.safetensors  ternary linears (2-bit kernel layout or base-3), their scales/biases/SubLN weights, the
+                     norms (fp32, Gemma's 1+w folded in), RoPE inverse frequencies, the embedding / LM head
+                     in fp32, fp16, bf16 (stored as uint16 bits) or int8 per row (+ fp32 row scales);
+  tokenizer files    whatever the source model's tokenizer saved.
+
+Everything a C pointer will be derived from is checked here first: the CRC, every tensor's dtype and shape
+against the architecture, value ranges of the packed codes, finiteness of scales, and sane dimensions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BitDistillError
+from ..quant.packing import (
+    BLOCK,
+    base3_to_2bit,
+    has_invalid_2bit_code,
+    pack_2bit,
+    pack_base3,
+    packed_2bit_shape,
+    packed_base3_shape,
+    quantize_rows_int8,
+)
+
+PACKED_FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+BITS = ("2", "1.58")
+DENSE_DTYPES = ("fp32", "fp16", "bf16", "int8")
+ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+_MAX_DIM = 1 << 20
+
+
+@dataclass
+class PackedModel:
+    """A validated packed model in memory: `arch` (dict) and `tensors` (name -> numpy array, 2-bit layout)."""
+
+    path: Path
+    arch: dict
+    tensors: dict[str, np.ndarray] = field(repr=False)
+    config: dict = field(repr=False)
+
+    def linear_bytes(self) -> int:
+        """Bytes of the ternary linear weights as stored on disk (2-bit or base-3)."""
+        return int(self.arch.get("linear_bytes_on_disk", 0))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# writing (needs torch; imported lazily so the runtime itself never imports it)
+
+
+def _linear_dims(arch: dict) -> dict[str, tuple[int, int]]:
+    h, qd, kvd, inter = (
+        arch["hidden"],
+        arch["n_heads"] * arch["head_dim"],
+        arch["n_kv"] * arch["head_dim"],
+        arch["inter"],
+    )
+    return {"q": (qd, h), "k": (kvd, h), "v": (kvd, h), "o": (h, qd), "gate": (inter, h), "up": (inter, h), "down": (h, inter)}  # fmt: skip
+
+
+def _dense_to_numpy(w, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    import torch
+
+    w = w.detach().float().cpu()
+    if dtype == "fp32":
+        return w.numpy().copy(), None
+    if dtype == "fp16":
+        return w.half().numpy().copy(), None
+    if dtype == "bf16":
+        return w.bfloat16().view(torch.int16).numpy().view(np.uint16).copy(), None
+    return quantize_rows_int8(w.numpy())
+
+
+def _rope_tables(model, family: str) -> dict[str, tuple[np.ndarray, float]]:
+    rot = model.get_submodule("model.rotary_emb")
+    tables = {}
+    if family == "gemma3":
+        for lt in rot.layer_types:
+            tables[lt] = (getattr(rot, f"{lt}_inv_freq"), float(getattr(rot, f"{lt}_attention_scaling")))
+    else:
+        tables["default"] = (rot.inv_freq, float(rot.attention_scaling))
+    return {k: (v.detach().float().cpu().numpy().copy(), s) for k, (v, s) in tables.items()}
+
+
+def pack_model(
+    model,
+    out_dir: str | os.PathLike,
+    bits: str = "2",
+    head_dtype: str = "int8",
+    embed_dtype: str | None = None,
+    tokenizer=None,
+) -> Path:
+    """Write a converted (BitNet) model as a packed directory; returns its path. Atomic: temp dir + rename."""
+    import torch
+
+    from ..model.adapters import adapter_for
+    from ..model.convert import is_bitnet, settings_of
+    from ..quant.numerics import ternarize
+
+    bits = str(bits)
+    if bits not in BITS:
+        raise BitDistillError(f"--bits {bits!r}: choose 2 or 1.58")
+    embed_dtype = embed_dtype or head_dtype
+    for name, d in (("head dtype", head_dtype), ("embedding dtype", embed_dtype)):
+        if d not in DENSE_DTYPES:
+            raise BitDistillError(f"{name} {d!r}: choose one of {', '.join(DENSE_DTYPES)}")
+    if not is_bitnet(model):
+        raise BitDistillError(
+            "the model is not converted to BitNet (config.bitdistill is missing); pack a directory written "
+            "by bitdistill convert/train, or pass --convert to ternarize a full-precision model as is"
+        )
+    settings = settings_of(model)
+    if not settings.quantize_activations:
+        raise BitDistillError("the runtime needs int8 activations; this model was converted with them off")
+    if settings.granularity == "group" and settings.group_size % BLOCK:
+        raise BitDistillError(
+            f"group_size={settings.group_size}: the native kernels need a multiple of {BLOCK}; re-convert with "
+            "granularity=tensor/channel or group_size a multiple of 128"
+        )
+    adapter = adapter_for(model)
+    family = adapter.family
+    cfg = model.config
+    blocks = adapter.blocks(model)
+    attn0 = adapter.attention(blocks[0])
+    n_heads, n_kv = (
+        cfg.num_attention_heads,
+        getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+    )
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    act_name = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu")
+    if act_name not in ACTS:
+        raise BitDistillError(f"activation {act_name!r} is not supported by the runtime ({', '.join(ACTS)})")
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    tied = head.weight.data_ptr() == emb.weight.data_ptr()
+    gemma = family == "gemma3"
+    rope = _rope_tables(model, family)
+    arch = {
+        "family": family,
+        "n_layers": len(blocks),
+        "hidden": cfg.hidden_size,
+        "n_heads": n_heads,
+        "n_kv": n_kv,
+        "head_dim": head_dim,
+        "inter": cfg.intermediate_size,
+        "vocab": emb.weight.shape[0],
+        "act": ACTS[act_name],
+        "eps": float(cfg.rms_norm_eps),
+        "attn_scale": float(attn0.scaling),
+        "embed_scale": float(getattr(emb, "embed_scale", torch.tensor(1.0)).to(emb.weight.dtype).float())
+        if gemma
+        else 1.0,
+        "final_softcap": float(getattr(cfg, "final_logit_softcapping", None) or 0.0),
+        "attn_softcap": float(getattr(cfg, "attn_logit_softcapping", None) or 0.0),
+        "tied": bool(tied),
+        "head_dtype": head_dtype,
+        "embed_dtype": embed_dtype,
+        "bits": bits,
+        "granularity": settings.granularity,
+        "group_size": settings.group_size,
+        "subln": settings.subln,
+        "sandwich_norms": gemma,
+        "qk_norm": adapter.has_qk_norm,
+        "rope_scale": {k: s for k, (_, s) in rope.items()},
+        "layer_rope": [],
+        "layer_window": [],
+        "bias": {},
+        "bos_token_id": getattr(cfg, "bos_token_id", None),
+        "eos_token_id": getattr(cfg, "eos_token_id", None),
+        "max_position_embeddings": int(getattr(cfg, "max_position_embeddings", 0) or 0),
+    }
+    norm_w = (lambda m: (1.0 + m.weight.detach().float()).numpy().copy()) if gemma else (
+        lambda m: m.weight.detach().float().numpy().copy()
+    )  # fmt: skip
+    tensors: dict[str, np.ndarray] = {}
+    for name, (table, _) in rope.items():
+        tensors[f"rope.{name}.inv_freq"] = table
+    linear_bytes = 0
+    dims = _linear_dims(arch)
+    for i, block in enumerate(blocks):
+        attn, mlp = adapter.attention(block), adapter.feed_forward(block)
+        layer_type = (getattr(cfg, "layer_types", None) or ["full_attention"] * len(blocks))[i]
+        arch["layer_rope"].append(layer_type if gemma else "default")
+        window = cfg.sliding_window if family == "mistral" else getattr(attn, "sliding_window", None)
+        arch["layer_window"].append(int(window or 0))
+        mods = {
+            "q": getattr(attn, adapter.q), "k": getattr(attn, adapter.k), "v": getattr(attn, adapter.v),
+            "o": getattr(attn, adapter.o), "gate": getattr(mlp, adapter.gate), "up": getattr(mlp, adapter.up),
+            "down": getattr(mlp, adapter.down),
+        }  # fmt: skip
+        for lname, mod in mods.items():
+            if tuple(mod.weight.shape) != dims[lname]:
+                raise BitDistillError(
+                    f"layer {i} {lname}: weight shape {tuple(mod.weight.shape)} != {dims[lname]} implied by "
+                    "the config; this architecture variant is not supported by the runtime"
+                )
+            q, delta = ternarize(mod.weight, settings.granularity, settings.group_size)
+            qn = q.numpy()
+            packed = pack_2bit(qn) if bits == "2" else pack_base3(qn)
+            linear_bytes += packed.nbytes
+            p = f"layers.{i}.{lname}"
+            tensors[f"{p}.packed"] = packed
+            d = delta.float().numpy()
+            if settings.granularity == "tensor":
+                tensors[f"{p}.scale"] = d.reshape(1).copy()
+            elif settings.granularity == "channel":
+                tensors[f"{p}.scale"] = d.reshape(-1).copy()
+            else:
+                tensors[f"{p}.scale"] = d.reshape(d.shape[0], -1).copy()
+            if mod.bias is not None:
+                tensors[f"{p}.bias"] = mod.bias.detach().float().numpy().copy()
+                arch["bias"][lname] = True
+            sub = getattr(mod, "sub_norm", None)
+            if sub is not None:
+                if abs(sub.eps - arch["eps"]) > 1e-12:
+                    raise BitDistillError(f"layer {i} {lname}: SubLN eps {sub.eps} differs from rms_norm_eps")
+                tensors[f"{p}.sub_norm"] = sub.weight.detach().float().numpy().copy()
+        p = f"layers.{i}"
+        tensors[f"{p}.attn_norm"] = norm_w(block.input_layernorm)
+        if gemma:
+            tensors[f"{p}.post_attn_norm"] = norm_w(block.post_attention_layernorm)
+            tensors[f"{p}.ffn_norm"] = norm_w(block.pre_feedforward_layernorm)
+            tensors[f"{p}.post_ffn_norm"] = norm_w(block.post_feedforward_layernorm)
+        else:
+            tensors[f"{p}.ffn_norm"] = norm_w(block.post_attention_layernorm)
+        if adapter.has_qk_norm:
+            tensors[f"{p}.q_norm"] = norm_w(attn.q_norm)
+            tensors[f"{p}.k_norm"] = norm_w(attn.k_norm)
+    tensors["norm"] = norm_w(model.get_submodule("model.norm"))
+    tensors["embed"], escale = _dense_to_numpy(emb.weight, embed_dtype)
+    if escale is not None:
+        tensors["embed.scale"] = escale
+    if not tied or head_dtype != embed_dtype:
+        arch["tied"] = False
+        tensors["head"], hscale = _dense_to_numpy(head.weight, head_dtype)
+        if hscale is not None:
+            tensors["head.scale"] = hscale
+    arch["linear_bytes_on_disk"] = linear_bytes
+    arch["linear_params"] = sum(n * k for n, k in dims.values()) * len(blocks)
+    return _write_dir(model, out_dir, arch, tensors, tokenizer)
+
+
+def _write_dir(model, out_dir, arch: dict, tensors: dict[str, np.ndarray], tokenizer) -> Path:
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "bitdistill-packed"})
+        config = json.loads(model.config.to_json_string())
+        config["packed"] = {
+            "format_version": PACKED_FORMAT_VERSION,
+            "arch": arch,
+            "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
+            "weights_crc32": _crc32(tmp / WEIGHTS_NAME),
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading and validation (numpy + safetensors only)
+
+
+def _fail(path: Path, what: str) -> BitDistillError:
+    return BitDistillError(
+        f"{path}: {what}; the packed model is corrupt or incomplete — re-run bitdistill pack"
+    )
+
+
+def _int(arch: dict, key: str, path: Path, lo: int = 1, hi: int = _MAX_DIM) -> int:
+    v = arch.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _fail(path, f'"packed.arch.{key}" = {v!r} is not an integer in [{lo}, {hi}]')
+    return v
+
+
+def _float(arch: dict, key: str, path: Path, positive: bool = False) -> float:
+    v = arch.get(key)
+    if (
+        not isinstance(v, (int, float))
+        or isinstance(v, bool)
+        or not math.isfinite(v)
+        or v < 0
+        or (positive and v == 0)
+    ):
+        raise _fail(
+            path,
+            f'"packed.arch.{key}" = {v!r} is not a finite {"positive" if positive else "non-negative"} number',
+        )
+    return float(v)
+
+
+def validate_arch(arch: object, path: Path) -> dict:
+    """Check every architecture field the engine relies on; return the arch dict."""
+    if not isinstance(arch, dict):
+        raise _fail(path, '"packed.arch" is missing or not an object')
+    for key in ("n_layers", "hidden", "n_heads", "n_kv", "head_dim", "inter"):
+        _int(arch, key, path, hi=4096 if key == "n_layers" else _MAX_DIM)
+    _int(arch, "vocab", path, hi=1 << 24)
+    if arch["n_heads"] % arch["n_kv"] or arch["head_dim"] % 2:
+        raise _fail(path, "n_heads must be a multiple of n_kv and head_dim even")
+    for key in ("eps", "attn_scale", "embed_scale"):
+        _float(arch, key, path, positive=True)
+    for key in ("final_softcap", "attn_softcap"):
+        _float(arch, key, path)
+    checks = {
+        "act": ("silu", "gelu_tanh", "gelu"),
+        "bits": BITS,
+        "head_dtype": DENSE_DTYPES,
+        "embed_dtype": DENSE_DTYPES,
+        "granularity": ("tensor", "channel", "group"),
+    }
+    for key, allowed in checks.items():
+        if arch.get(key) not in allowed:
+            raise _fail(path, f'"packed.arch.{key}" = {arch.get(key)!r} is not one of {allowed}')
+    if arch["granularity"] == "group":
+        gs = _int(arch, "group_size", path)
+        for _n, k in _linear_dims(arch).values():
+            if gs % BLOCK or k % gs:
+                raise _fail(path, f"group_size {gs} does not divide the layer width {k} in blocks of {BLOCK}")
+    for key in ("tied", "subln", "sandwich_norms", "qk_norm"):
+        if not isinstance(arch.get(key), bool):
+            raise _fail(path, f'"packed.arch.{key}" is not true/false')
+    n = arch["n_layers"]
+    rope_scale = arch.get("rope_scale")
+    if not isinstance(rope_scale, dict) or not rope_scale:
+        raise _fail(path, '"packed.arch.rope_scale" is missing')
+    for k in rope_scale:
+        _float(rope_scale, k, path, positive=True)
+    lr, lw = arch.get("layer_rope"), arch.get("layer_window")
+    if not isinstance(lr, list) or len(lr) != n or any(r not in rope_scale for r in lr):
+        raise _fail(path, '"packed.arch.layer_rope" does not name a RoPE table for every layer')
+    if (
+        not isinstance(lw, list)
+        or len(lw) != n
+        or any(not isinstance(w, int) or not 0 <= w < 1 << 30 for w in lw)
+    ):
+        raise _fail(path, '"packed.arch.layer_window" is not a list of window sizes, one per layer')
+    if not isinstance(arch.get("bias"), dict) or any(k not in LINEARS for k in arch["bias"]):
+        raise _fail(path, '"packed.arch.bias" is malformed')
+    return arch
+
+
+def expected_tensors(arch: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (numpy dtype name, shape) of every tensor a packed file must hold, and nothing else."""
+    h, hd, v = arch["hidden"], arch["head_dim"], arch["vocab"]
+    exp: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name in arch["rope_scale"]:
+        exp[f"rope.{name}.inv_freq"] = ("float32", (hd // 2,))
+    for i in range(arch["n_layers"]):
+        for lname, (n, k) in _linear_dims(arch).items():
+            p = f"layers.{i}.{lname}"
+            shape = packed_2bit_shape(n, k) if arch["bits"] == "2" else packed_base3_shape(n, k)
+            exp[f"{p}.packed"] = ("uint8", shape)
+            gran = arch["granularity"]
+            sshape = (1,) if gran == "tensor" else (n,) if gran == "channel" else (n, k // arch["group_size"])
+            exp[f"{p}.scale"] = ("float32", sshape)
+            if arch["bias"].get(lname):
+                exp[f"{p}.bias"] = ("float32", (n,))
+            if arch["subln"] and lname in ("o", "down"):
+                exp[f"{p}.sub_norm"] = ("float32", (k,))
+        p = f"layers.{i}"
+        exp[f"{p}.attn_norm"] = exp[f"{p}.ffn_norm"] = ("float32", (h,))
+        if arch["sandwich_norms"]:
+            exp[f"{p}.post_attn_norm"] = exp[f"{p}.post_ffn_norm"] = ("float32", (h,))
+        if arch["qk_norm"]:
+            exp[f"{p}.q_norm"] = exp[f"{p}.k_norm"] = ("float32", (hd,))
+    exp["norm"] = ("float32", (h,))
+    npd = {"fp32": "float32", "fp16": "float16", "bf16": "uint16", "int8": "int8"}
+    exp["embed"] = (npd[arch["embed_dtype"]], (v, h))
+    if arch["embed_dtype"] == "int8":
+        exp["embed.scale"] = ("float32", (v,))
+    if not arch["tied"]:
+        exp["head"] = (npd[arch["head_dtype"]], (v, h))
+        if arch["head_dtype"] == "int8":
+            exp["head.scale"] = ("float32", (v,))
+    return exp
+
+
+def read_packed_config(path: str | os.PathLike) -> dict:
+    """config.json of a packed directory, parsed, with the "packed" key checked for presence and version."""
+    d = Path(path)
+    if not d.is_dir():
+        raise BitDistillError(f"{d}: not a directory; pass the output directory of `bitdistill pack`")
+    cfg_path = d / CONFIG_NAME
+    try:
+        config = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise BitDistillError(
+            f"{cfg_path}: missing; {d} is not a packed model (run bitdistill pack)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _fail(cfg_path, f"not valid JSON ({err})") from None
+    packed = config.get("packed") if isinstance(config, dict) else None
+    if not isinstance(packed, dict):
+        raise BitDistillError(
+            f'{cfg_path}: no "packed" section; {d} is not a packed model. Pack it: bitdistill pack {d} --out DIR'
+        )
+    version = packed.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise _fail(cfg_path, f'"packed.format_version" = {version!r} is invalid')
+    if version > PACKED_FORMAT_VERSION:
+        raise BitDistillError(
+            f"{cfg_path}: packed format {version} is newer than this bitdistill; upgrade it"
+        )
+    return config
+
+
+def load_packed(path: str | os.PathLike) -> PackedModel:
+    """Read and fully validate a packed directory. Linear weights come back in the 2-bit kernel layout."""
+    from safetensors.numpy import load_file
+
+    d = Path(path)
+    config = read_packed_config(d)
+    cfg_path = d / CONFIG_NAME
+    packed = config["packed"]
+    arch = validate_arch(packed.get("arch"), cfg_path)
+    wpath = d / WEIGHTS_NAME
+    if not wpath.is_file():
+        raise BitDistillError(
+            f"{wpath}: missing; the packed directory is incomplete — re-run bitdistill pack"
+        )
+    crc = packed.get("weights_crc32")
+    if not isinstance(crc, int):
+        raise _fail(cfg_path, '"packed.weights_crc32" is missing')
+    if _crc32(wpath) != crc:
+        raise _fail(wpath, "CRC-32 mismatch (the file was truncated or modified after packing)")
+    try:
+        tensors = load_file(str(wpath))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a malformed file
+        raise _fail(wpath, f"unreadable safetensors ({type(err).__name__}: {err})") from None
+    expected = expected_tensors(arch)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise _fail(
+            wpath, f"tensors missing {missing[:4]} / unexpected {unexpected[:4]} for the recorded arch"
+        )
+    for name, (dtype, shape) in expected.items():
+        t = tensors[name]
+        if str(t.dtype) != dtype or tuple(t.shape) != tuple(shape):
+            raise _fail(wpath, f"tensor {name!r} is {t.dtype}{list(t.shape)}, expected {dtype}{list(shape)}")
+        if t.dtype.kind == "f" and name != "embed" and name != "head" and not np.isfinite(t).all():
+            raise _fail(wpath, f"tensor {name!r} holds NaN/inf")
+        if name.endswith(".scale") and not (t > 0).all():
+            raise _fail(wpath, f"tensor {name!r} holds a non-positive scale")
+    dims = _linear_dims(arch)
+    for i in range(arch["n_layers"]):
+        for lname, (n, k) in dims.items():
+            key = f"layers.{i}.{lname}.packed"
+            if arch["bits"] == "1.58":
+                tensors[key] = base3_to_2bit(tensors[key], n, k)  # raises on bytes > 242
+            elif has_invalid_2bit_code(tensors[key]):
+                raise _fail(wpath, f"tensor {key!r} holds the invalid 2-bit code 3")
+    return PackedModel(path=d, arch=arch, tensors=tensors, config=config)
+
+
+def unpack_weight(pm: PackedModel, layer: int, name: str) -> np.ndarray:
+    """The exact int8 ternary matrix of one linear (for checks and export)."""
+    from ..quant.packing import unpack_2bit
+
+    n, k = _linear_dims(pm.arch)[name]
+    return unpack_2bit(pm.tensors[f"layers.{layer}.{name}.packed"], n, k)
