@@ -1,0 +1,150 @@
+"""The comparison table and report from a fixture results file, against hand-computed numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import bitdistill
+from bitdistill.cli import main
+from bitdistill.errors import BitDistillError
+from bitdistill.eval.report import build_report, write_report
+from tiny_models import COMMON, save_tiny_hf_dir, tiny_model, tiny_tokenizer
+
+FIXTURE = Path(__file__).parent / "fixtures" / "report"
+
+
+def build_run(root: Path) -> Path:
+    """A finished run directory: the fixture results.json and logs, and tiny model directories."""
+    run = root / "run"
+    run.mkdir(parents=True)
+    results = json.loads((FIXTURE / "results_fixture.json").read_text())
+    base = save_tiny_hf_dir(root / "base", "llama", seed=0)
+    results["model"] = str(root / "base")
+    (run / "results.json").write_text(json.dumps(results))
+    for stage in ("teacher", "bitnet_sft", "continue_pretrain", "distill"):
+        (run / stage / "train").mkdir(parents=True)
+        shutil.copy(FIXTURE / "logs" / f"{stage}.jsonl", run / stage / "train" / "log.jsonl")
+    bitdistill.save(tiny_model("llama", seed=1), run / "teacher" / "model", tokenizer=tiny_tokenizer())
+    for seed, stage in enumerate(("bitnet_sft", "distill"), start=2):
+        bitdistill.save(bitdistill.to_bitnet(tiny_model("llama", seed=seed)), run / stage / "model")
+    # "continued pre-training": the base weights pushed away from zero, so the histograms differ
+    with torch.no_grad():
+        for p in base.parameters():
+            if p.dim() == 2:
+                p.add_(0.5 * p.abs().mean() * torch.sign(p))
+    bitdistill.save(bitdistill.to_bitnet(base), run / "continue_pretrain" / "model")
+    return run
+
+
+def hand_sizes() -> dict[str, dict[str, int]]:
+    """Parameter counts and bytes of the tiny Llama (tests/tiny_models.py COMMON) written out by hand."""
+    h, inter, n, vocab = (
+        COMMON["hidden_size"],
+        COMMON["intermediate_size"],
+        COMMON["num_hidden_layers"],
+        COMMON["vocab_size"],
+    )
+    kv = COMMON["num_key_value_heads"] * (h // COMMON["num_attention_heads"])
+    linear = n * (h * h + 2 * h * kv + h * h + 3 * h * inter)  # q, k, v, o, gate, up, down
+    fp_total = (
+        linear + 2 * vocab * h + n * 2 * h + h
+    )  # + embeddings, untied LM head, 2 norms/block, final norm
+    bit_total = fp_total + n * (h + inter)  # + SubLN before o_proj (h) and before down_proj (inter)
+    scales = 7 * n  # one fp32 scale per ternary matrix (tensor granularity)
+    two = math.ceil(linear * 2 / 8) + 4 * scales
+    five = math.ceil(linear * 1.6 / 8) + 4 * scales
+    fp = {"linear_fp16": 2 * linear, "model_fp16": 2 * fp_total}
+    bit = {"linear_fp16": 2 * linear, "model_fp16": 2 * bit_total, "linear_2bit": two, "linear_1.58bit": five,
+           "model_2bit": two + 2 * (bit_total - linear), "model_1.58bit": five + 2 * (bit_total - linear)}  # fmt: skip
+    return {"fp": fp, "bit": bit, "linear": linear, "fp_total": fp_total, "bit_total": bit_total}
+
+
+def kib(b: int) -> str:
+    return f"{b / 1024:.1f} KiB"
+
+
+def _table_rows(md: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("| Method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_comparison_table_from_fixture(tmp_path):
+    run = build_run(tmp_path)
+    md, report = build_report(run, plots=False)
+    s = hand_sizes()
+    fp, bit = s["fp"], s["bit"]
+    head = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert head == ("| Method | Accuracy | Macro-F1 | Δ Accuracy vs FP16-SFT | Linear FP16 | Linear 2-bit | "
+                    "Linear 1.58-bit | Model FP16 | Model 2-bit | Model 1.58-bit |")  # fmt: skip
+    rows = _table_rows(md)
+    # accuracies 791, 697, 777, 760 of 872; gap = (row - teacher) / 872 * 100 points
+    assert rows["FP16-SFT"] == ["90.71", "90.68", "+0.00", kib(fp["linear_fp16"]), "—", "—",
+                                kib(fp["model_fp16"]), "—", "—"]  # fmt: skip
+    bit_cells = [kib(bit[k]) for k in ("linear_fp16", "linear_2bit", "linear_1.58bit", "model_fp16", "model_2bit",
+                                       "model_1.58bit")]  # fmt: skip
+    assert rows["BitNet-SFT"] == ["79.93", "79.81", f"{(697 - 791) / 872 * 100:+.2f}", *bit_cells]
+    assert rows["BitNet-SFT"][2] == "-10.78"
+    assert rows["BitDistill"] == ["89.11", "89.05", "-1.61", *bit_cells]
+    assert rows["BitDistill (LD only)"] == ["87.16", "87.02", "-3.56", *bit_cells]
+    assert list(rows)[:4] == ["FP16-SFT", "BitNet-SFT", "BitDistill", "BitDistill (LD only)"]
+    # the gap closed: (777 - 697) / (791 - 697)
+    assert f"**{80 / 94 * 100:.1f} %**" in md
+    assert report["report"]["gap_closed"] == pytest.approx(80 / 94)
+
+    by = {r["label"]: r for r in report["report"]["rows"]}
+    assert by["FP16-SFT"]["params"]["linear_params"] == s["linear"]
+    assert by["FP16-SFT"]["params"]["total_params"] == s["fp_total"]
+    assert by["BitDistill"]["params"]["total_params"] == s["bit_total"]
+    assert {k: by["BitDistill"]["memory_bytes"][k] for k in bit} == bit
+    assert {k: by["FP16-SFT"]["memory_bytes"][k] for k in fp} == fp
+    assert by["BitNet-SFT"]["gap"]["accuracy"] == pytest.approx((697 - 791) / 872 * 100)
+    assert by["BitNet-SFT"]["gap"]["macro_f1"] == pytest.approx((0.7981 - 0.9068) * 100)
+    # the training table
+    assert "| teacher | 120 | 61,440 | 10.0 min | 102 | 2.5000 → 0.2500 |" in md
+    assert "| continue_pretrain | 118 | 120,832 | 20.0 min | 101 | 7.0000 → 4.0000 |" in md
+    assert "λ = 10.0, γ = 100000.0, τ = 5.0, relation heads A_r = 4, student layer -1" in md
+    # report.json is results.json plus the report
+    results = json.loads((run / "results.json").read_text())
+    assert all(report[k] == results[k] for k in results)
+
+
+def test_write_report_files_and_extra_run(tmp_path):
+    run = build_run(tmp_path)
+    # Another run: no continued pre-training, attention distillation only (lambda = 0)
+    other = tmp_path / "ablation"
+    other.mkdir()
+    rec = {"model_dir": str(run / "distill" / "model"), "eval": {"accuracy": 700 / 872, "n": 872},
+           "distill": {"lambda": 0.0, "gamma": 1e5, "ce": True}}  # fmt: skip
+    (other / "results.json").write_text(json.dumps({"stages": {"teacher": {}, "distill": rec}}))
+    report = write_report(run, extra_runs=[(None, other, "distill")], plots=False)
+    md = (run / "report.md").read_text()
+    label = "BitDistill (w/o continued pre-training, AD only)"
+    assert label in _table_rows(md)
+    assert _table_rows(md)[label][:3] == ["80.28", "—", f"{(700 - 791) / 872 * 100:+.2f}"]
+    assert json.loads((run / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert [r["label"] for r in report["report"]["rows"]][-1] == label
+
+
+def test_report_cli_and_errors(tmp_path, capsys):
+    run = build_run(tmp_path)
+    assert main(["report", str(run), "--no-plots"]) == 0
+    assert (run / "report.md").is_file()
+    assert "BitDistill" in capsys.readouterr().out
+    with pytest.raises(BitDistillError, match="results.json: missing"):
+        build_report(tmp_path / "nowhere", plots=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.json").write_text(json.dumps({"stages": {"teacher": {"steps": 3}}}))
+    with pytest.raises(BitDistillError, match="no stage has an evaluation"):
+        build_report(tmp_path / "empty", plots=False)
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert main(["report", str(run), "--add", "x=" + str(tmp_path / "nowhere")]) == 2
