@@ -340,3 +340,23 @@ def test_check_label_words():
         warnings.simplefilter("always")
         check_label_words(tok, [" so good", " so bad"])
     assert any("share their first token" in str(w.message) for w in caught)
+
+
+class PlainForward(torch.nn.Module):
+    """A causal LM whose forward takes no `logits_to_keep` (scoring then projects every position)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_scoring_models_without_logits_to_keep():
+    tok = tokenizer()
+    model = tiny_llama(len(tok))
+    examples = get_task("qnli").load("dev", FIX / "qnli")
+    words = [" yes", " no way"]
+    got = score_label_words(PlainForward(model), tok, examples, words, batch_size=2)
+    torch.testing.assert_close(got, naive_scores(model, tok, examples, words), atol=2e-4, rtol=1e-4)

@@ -10,6 +10,7 @@ Batches are right-padded, so causal attention never lets a real token see paddin
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 
@@ -68,7 +69,7 @@ def _jobs(tokenizer, examples: Sequence[Example], label_words: Sequence[str], ma
     return jobs
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: BitLinear caches built here may be reused with autograd
 def score_label_words(
     model,
     tokenizer,
@@ -84,6 +85,7 @@ def score_label_words(
     pad = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     order = sorted(range(len(jobs)), key=lambda i: len(jobs[i][1]))  # similar lengths pad less
+    keep_supported = "logits_to_keep" in inspect.signature(model.forward).parameters
     was_training = model.training
     model.eval()
     bar = None
@@ -100,7 +102,6 @@ def score_label_words(
             for r, (_, seq, _) in enumerate(batch):
                 ids[r, : len(seq)] = torch.tensor(seq)
                 mask[r, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             rows, cols, toks, owners = [], [], [], []
             for r, (n, _, targets) in enumerate(batch):
                 for label, p, t in targets:
@@ -110,6 +111,15 @@ def score_label_words(
                         cols.append(p + j - 1)
                         toks.append(tok)
                         owners.append((n, label))
+            kwargs = {}
+            if keep_supported:
+                # Project only the positions some row needs onto the vocabulary (B x T x V floats is
+                # gigabytes for a 150k vocabulary); the batch is length-sorted, so the union is small.
+                needed = sorted(set(cols))
+                where = {c: i for i, c in enumerate(needed)}
+                cols = [where[c] for c in cols]
+                kwargs["logits_to_keep"] = torch.tensor(needed, device=device)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
             picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float()
             logp = torch.log_softmax(picked, dim=-1)
             values = logp[torch.arange(len(toks), device=device), torch.tensor(toks, device=device)].cpu()
