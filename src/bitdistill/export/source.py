@@ -1,0 +1,108 @@
+"""Read a converted bitdistill model into plain arrays for export: ternary linears, norms, embeddings.
+
+The ternary weights come from `bitdistill.quant.numerics.ternarize` (through `BitLinear.ternary_weight`),
+exactly what the packed format stores and what the eval-mode BitLinear multiplies with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ..errors import BitDistillError
+from ..model.adapters import FamilyAdapter, adapter_for
+from ..model.convert import BitNetSettings, is_bitnet, settings_of
+from ..quant import BitLinear
+from .blocks import TernaryMatrix
+
+LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass
+class Block:
+    """One decoder block: ternary linears by role (q, k, v, o, gate, up, down) and fp32 vectors."""
+
+    linears: dict[str, TernaryMatrix]
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
+    norms: dict[str, np.ndarray] = field(default_factory=dict)  # attn, ffn, q, k, attn_sub, ffn_sub
+
+
+@dataclass
+class ExportSource:
+    """Everything the GGUF writer needs, independent of torch."""
+
+    config: object  # the Hugging Face PretrainedConfig
+    settings: BitNetSettings
+    adapter: FamilyAdapter
+    embed: np.ndarray
+    head: np.ndarray | None  # None when tied to `embed`
+    final_norm: np.ndarray
+    blocks: list[Block]
+    tokenizer_dir: Path | None
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().float().numpy()
+
+
+def _linear(block: nn.Module, path: str, i: int) -> BitLinear:
+    module = block.get_submodule(path)
+    if not isinstance(module, BitLinear):
+        raise BitDistillError(
+            f"block {i}: {path} is a {type(module).__name__}, not a BitLinear; the directory does not hold a "
+            "converted model — run `bitdistill convert` first"
+        )
+    return module
+
+
+def from_model(model: nn.Module, tokenizer_dir: Path | None = None) -> ExportSource:
+    """Collect the ternary weights and float tensors of a converted (BitNet) model."""
+    if not is_bitnet(model):
+        raise BitDistillError(
+            "export needs a BitNet model (config.json has no 'bitdistill' settings): convert it first with "
+            "`bitdistill convert MODEL --out DIR` (add --no-subln for stock llama.cpp)"
+        )
+    settings = settings_of(model)
+    adapter = adapter_for(model)
+    blocks = []
+    for i, block in enumerate(adapter.blocks(model)):
+        paths = dict(zip(LINEARS, adapter.linear_paths(), strict=True))
+        linears, biases, norms = {}, {}, {}
+        for role, path in paths.items():
+            lin = _linear(block, path, i)
+            linears[role] = TernaryMatrix.from_ternarize(*lin.ternary_weight())
+            if lin.bias is not None:
+                biases[role] = _np(lin.bias)
+            sub = getattr(lin, "sub_norm", None)
+            if sub is not None:
+                norms["attn_sub" if role == "o" else "ffn_sub"] = _np(sub.weight)
+        norms["attn"] = _np(block.input_layernorm.weight)
+        norms["ffn"] = _np(block.post_attention_layernorm.weight)
+        attn = adapter.attention(block)
+        if adapter.has_qk_norm:
+            norms["q"] = _np(attn.q_norm.weight)
+            norms["k"] = _np(attn.k_norm.weight)
+        blocks.append(Block(linears, biases, norms))
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    tied = head is embed or head.data_ptr() == embed.data_ptr()
+    return ExportSource(
+        config=model.config,
+        settings=settings,
+        adapter=adapter,
+        embed=_np(embed),
+        head=None if tied else _np(head),
+        final_norm=_np(model.model.norm.weight),
+        blocks=blocks,
+        tokenizer_dir=tokenizer_dir,
+    )
+
+
+def from_directory(model_dir: str | Path) -> ExportSource:
+    """Load a directory written by `bitdistill convert` / training (bitdistill.load) for export."""
+    from ..model.io import load
+
+    return from_model(load(model_dir), tokenizer_dir=Path(model_dir))
