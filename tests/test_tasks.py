@@ -76,6 +76,10 @@ def test_split_names_limit_and_unlabeled_test_split():
         task.load("train", FIX / "qnli")
     with pytest.raises(BitDistillError, match="no such file or directory"):
         task.load("train", FIX / "does-not-exist")
+    with pytest.raises(BitDistillError, match="no label column"):
+        task.load("train", FIX / "sst2" / "test.tsv")  # only the test split may be unlabeled
+    with pytest.raises(BitDistillError, match="no rows"):
+        task.load("train", FIX / "malformed" / "header_only.tsv")
 
 
 def test_jsonl_csv_parquet_give_the_same_examples():

@@ -110,19 +110,24 @@ class Task:
         or from the hub when no path is given. `limit` keeps the first N rows in file order."""
         path = path if path is not None else self.path
         if path is None:
-            rows = self._hub_rows(split, limit)
+            rows, source = self._hub_rows(split, limit), f"{self.hub} split {split!r}"
         else:
-            rows = read_rows(self.split_file(path, split))
+            file = self.split_file(path, split)
+            rows, source = read_rows(file), str(file)
         examples: list[Example] = []
         if limit is not None and limit <= 0:
             return examples
+        # Only a test split may lack labels (GLUE test files); elsewhere a missing label column is an error.
+        labeled = SPLIT_ALIASES.get(split, split) != "test"
         columns: dict[str, str | None] | None = None
         for where, row in rows:
             if columns is None:
-                columns = self._columns(row, where)
+                columns = self._columns(row, where, labeled)
             examples.append(self.example(row, columns, where))
             if limit is not None and len(examples) >= limit:
                 break
+        if not examples:
+            raise BitDistillError(f"{source}: no rows (task {self.name!r}, split {split!r})")
         return examples
 
     def split_file(self, path: str | Path, split: str) -> Path:
@@ -171,7 +176,7 @@ class Task:
 
     # -- rows -> examples ----------------------------------------------------------------------------
 
-    def _columns(self, row: Row, where: str) -> dict[str, str | None]:
+    def _columns(self, row: Row, where: str, labeled: bool = True) -> dict[str, str | None]:
         """Pick, once per file, which column plays which role (first accepted name present wins)."""
         source = where.rsplit(" line ", 1)[0].rsplit(" row ", 1)[0]
         keys = list(row)
@@ -189,11 +194,11 @@ class Task:
                 )
             return None
 
-        label_required = self.kind == "summarization"
+        label_required = labeled or self.kind == "summarization"
         return {
             "text": pick("text", self.text_columns, True),
             "text_pair": pick("text_pair", self.text_pair_columns, bool(self.text_pair_columns)),
-            # A classification file without a label column (GLUE test files) gives unlabeled examples.
+            # A test file without a label column (GLUE test.tsv) gives unlabeled examples.
             "label": pick("label", self.label_columns, label_required),
         }
 
