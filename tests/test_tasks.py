@@ -200,6 +200,25 @@ def test_hub_without_network_says_to_pass_a_path(monkeypatch):
         get_task("qnli").load("dev", limit=2)
 
 
+def test_hub_rows_use_the_hub_columns_and_split_names(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    rows = [
+        {"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": 0, "idx": 0},
+        {"premise": "A dog runs.", "hypothesis": "A cat sits.", "label": -1, "idx": 1},
+    ]
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ex = get_task("mnli").load("dev", limit=2)
+    assert calls == [("nyu-mll/glue", "mnli", "validation_matched[:2]")]
+    assert [e.label for e in ex] == [0, None] and ex[0].target == " yes" and ex[1].target == ""
+    assert ex[0].prompt.startswith("Premise: A man sleeps.\nHypothesis: A person rests.\n")
+
+
 @pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="../shared/data/sst2 not present")
 def test_real_sst2_files_load():
     task = get_task("sst2")

@@ -257,6 +257,7 @@ class Task:
 # -- registry --------------------------------------------------------------------------------------------
 
 TASKS: dict[str, Task] = {
+    # GLUE lives at nyu-mll/glue on the hub (the old id "glue" redirects there).
     "sst2": Task(
         name="sst2",
         kind="classification",
@@ -264,7 +265,7 @@ TASKS: dict[str, Task] = {
         label_words=[" negative", " positive"],
         label_names=["negative", "positive"],
         text_columns=("sentence",),
-        hub=("glue", "sst2"),
+        hub=("nyu-mll/glue", "sst2"),
     ),
     "mnli": Task(
         name="mnli",
@@ -276,7 +277,7 @@ TASKS: dict[str, Task] = {
         text_columns=("premise", "sentence1"),
         text_pair_columns=("hypothesis", "sentence2"),
         label_columns=("label", "gold_label"),
-        hub=("glue", "mnli"),
+        hub=("nyu-mll/glue", "mnli"),
         hub_splits={
             "train": "train",
             "dev": "validation_matched",
@@ -293,7 +294,7 @@ TASKS: dict[str, Task] = {
         label_names=["entailment", "not_entailment"],
         text_columns=("question",),
         text_pair_columns=("sentence",),
-        hub=("glue", "qnli"),
+        hub=("nyu-mll/glue", "qnli"),
     ),
     "cnndm": Task(
         name="cnndm",
