@@ -17,15 +17,21 @@
 #define BARRIER
 #endif
 
+/* Per-thread private scratch. Every thread keeps its own copy of the residual stream and computes the
+ * cheap per-token steps (norms, activation quantization, residual adds) redundantly, so the only
+ * synchronisation points are the five places where a thread needs rows another thread produced. */
+typedef struct {
+    float *x, *h, *o, *xs, *scores;
+    int8_t *xq;
+    int32_t *xsum;
+    uint8_t *ubuf;
+} bd_tls;
+
 typedef struct {
     int max_seq, max_t, nthreads, kp_max, width;
-    float *kc, *vc;                 /* [layer][kv head][max_seq][head_dim] */
-    float *x, *h, *q, *k, *v, *att, *g, *u, *tmp;
-    int8_t *xq;
-    float *xs;
-    int32_t *xsum;
-    uint8_t *ubuf;                  /* per thread: 4 * kp_max unpacked codes */
-    float *scores;                  /* per thread: max_seq */
+    float *kc, *vc; /* [layer][kv head][max_seq][head_dim] */
+    float *q, *k, *v, *att, *g, *u, *tmp; /* shared: rows written by their owner thread */
+    bd_tls *tls;
 } bd_state;
 
 static int ceil_to(int n, int m) { return (n + m - 1) / m * m; }
@@ -33,9 +39,15 @@ static int imax(int a, int b) { return a > b ? a : b; }
 
 void bd_state_free(bd_state *st) {
     if (!st) return;
-    free(st->kc); free(st->vc); free(st->x); free(st->h); free(st->q); free(st->k); free(st->v);
-    free(st->att); free(st->g); free(st->u); free(st->tmp); free(st->xq); free(st->xs); free(st->xsum);
-    free(st->ubuf); free(st->scores); free(st);
+    if (st->tls)
+        for (int i = 0; i < st->nthreads; i++) {
+            bd_tls *t = &st->tls[i];
+            free(t->x); free(t->h); free(t->o); free(t->xs); free(t->scores); free(t->xq); free(t->xsum);
+            free(t->ubuf);
+        }
+    free(st->tls);
+    free(st->kc); free(st->vc); free(st->q); free(st->k); free(st->v); free(st->att); free(st->g); free(st->u);
+    free(st->tmp); free(st);
 }
 
 bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads) {
@@ -48,25 +60,31 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads) 
     int qd = m->n_heads * m->head_dim, kvd = m->n_kv * m->head_dim;
     st->width = imax(imax(m->hidden, qd), m->inter);
     st->kp_max = ceil_to(st->width, BD_BLOCK);
-    size_t cache = (size_t)m->n_layers * kvd * max_seq, T = max_t;
-    st->kc = calloc(cache, sizeof(float));
-    st->vc = calloc(cache, sizeof(float));
-    st->x = malloc(T * m->hidden * sizeof(float));
-    st->h = malloc(T * st->width * sizeof(float));
-    st->q = malloc(T * qd * sizeof(float));
-    st->k = malloc(T * kvd * sizeof(float));
-    st->v = malloc(T * kvd * sizeof(float));
-    st->att = malloc(T * qd * sizeof(float));
-    st->g = malloc(T * m->inter * sizeof(float));
-    st->u = malloc(T * m->inter * sizeof(float));
-    st->tmp = malloc(T * m->hidden * sizeof(float));
-    st->xq = malloc(T * st->kp_max);
-    st->xs = malloc(T * sizeof(float));
-    st->xsum = malloc(T * sizeof(int32_t));
-    st->ubuf = malloc((size_t)nthreads * 4 * st->kp_max);
-    st->scores = malloc((size_t)nthreads * max_seq * sizeof(float));
-    if (!st->kc || !st->vc || !st->x || !st->h || !st->q || !st->k || !st->v || !st->att || !st->g || !st->u ||
-        !st->tmp || !st->xq || !st->xs || !st->xsum || !st->ubuf || !st->scores) {
+    size_t cache = (size_t)m->n_layers * kvd * max_seq, T = max_t, F = sizeof(float);
+    st->kc = calloc(cache, F);
+    st->vc = calloc(cache, F);
+    st->q = malloc(T * qd * F);
+    st->k = malloc(T * kvd * F);
+    st->v = malloc(T * kvd * F);
+    st->att = malloc(T * qd * F);
+    st->g = malloc(T * m->inter * F);
+    st->u = malloc(T * m->inter * F);
+    st->tmp = malloc(T * m->hidden * F);
+    st->tls = calloc(nthreads, sizeof(bd_tls));
+    int ok = st->kc && st->vc && st->q && st->k && st->v && st->att && st->g && st->u && st->tmp && st->tls;
+    for (int i = 0; ok && i < nthreads; i++) {
+        bd_tls *t = &st->tls[i];
+        t->x = malloc(T * m->hidden * F);
+        t->h = malloc(T * st->width * F);
+        t->o = malloc(T * m->hidden * F);
+        t->xs = malloc(T * F);
+        t->scores = malloc((size_t)max_seq * F);
+        t->xq = malloc(T * imax(st->kp_max, m->hidden));
+        t->xsum = malloc(T * sizeof(int32_t));
+        t->ubuf = malloc((size_t)4 * st->kp_max);
+        ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf;
+    }
+    if (!ok) {
         bd_state_free(st);
         return NULL;
     }
@@ -90,23 +108,27 @@ static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) 
     for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * inv);
 }
 
-/* rows [0,T) of x[T][stride_in] normed into y (may alias x) by this thread's share */
-static void norm_rows(const float *x, const float *w, int T, int n, float eps, float *y, int tid, int nth) {
-    int a, b;
-    part(T, tid, nth, &a, &b);
-    for (int t = a; t < b; t++) rmsnorm(x + (size_t)t * n, w, n, eps, y + (size_t)t * n);
+/* private: (optionally normed) rows of src[T][n] quantized into this thread's xq/xs/xsum */
+static void prep_input(const float *src, const float *norm, int T, int n, int kp, float eps, bd_tls *tl) {
+    for (int t = 0; t < T; t++) {
+        const float *row = src + (size_t)t * n;
+        if (norm) {
+            rmsnorm(row, norm, n, eps, tl->h);
+            row = tl->h;
+        }
+        bd_quantize_row(row, n, kp, tl->xq + (size_t)t * kp, &tl->xs[t], &tl->xsum[t]);
+    }
 }
 
-static void quant_rows(const float *x, int T, int n, int kp, bd_state *st, int tid, int nth) {
-    int a, b;
-    part(T, tid, nth, &a, &b);
-    for (int t = a; t < b; t++) bd_quantize_row(x + (size_t)t * n, n, kp, st->xq + (size_t)t * kp, &st->xs[t], &st->xsum[t]);
-}
-
-static void linear(const bd_linear *L, int T, float *y, bd_state *st, int tid, int nth) {
+/* this thread's share of a linear's row groups; returns the first/last output row it wrote */
+static void linear(const bd_linear *L, int T, float *y, bd_tls *tl, int tid, int nth, int *r0, int *r1) {
     int a, b;
     part(L->np / BD_ROWS, tid, nth, &a, &b);
-    bd_linear_rows(L, a, b, st->xq, st->xs, st->xsum, T, y, st->ubuf + (size_t)tid * 4 * st->kp_max);
+    bd_linear_rows(L, a, b, tl->xq, tl->xs, tl->xsum, T, y, tl->ubuf);
+    if (r0) {
+        *r0 = a * BD_ROWS;
+        *r1 = b * BD_ROWS < L->n ? b * BD_ROWS : L->n;
+    }
 }
 
 static inline float act(int kind, float x) {
@@ -126,114 +148,94 @@ static void rope(float *v, const float *inv_freq, float scale, int hd, int pos) 
     }
 }
 
+/* private: x += (optionally normed) shared rows src[T][H] */
+static void residual(float *x, const float *src, const float *norm, int T, int H, float eps, bd_tls *tl) {
+    for (int t = 0; t < T; t++) {
+        const float *o = src + (size_t)t * H;
+        if (norm) {
+            rmsnorm(o, norm, H, eps, tl->o);
+            o = tl->o;
+        }
+        float *xt = x + (size_t)t * H;
+        for (int i = 0; i < H; i++) xt[i] += o[i];
+    }
+}
+
 static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, int pos0, bd_state *st, int tid,
                           int nth) {
     const int H = m->hidden, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv;
-    const int qd = nh * hd, kvd = nkv * hd, I = m->inter;
-    int a, b;
+    const int qd = nh * hd, kvd = nkv * hd, I = m->inter, rep = nh / nkv;
+    bd_tls *tl = &st->tls[tid];
+    int a, b, r0, r1;
 
-    /* attention block */
-    norm_rows(st->x, L->in_norm, T, H, m->eps, st->h, tid, nth);
+    /* attention block: q/k/v rows by row group */
+    prep_input(tl->x, L->in_norm, T, H, L->q.kp, m->eps, tl);
+    linear(&L->q, T, st->q, tl, tid, nth, NULL, NULL);
+    linear(&L->k, T, st->k, tl, tid, nth, NULL, NULL);
+    linear(&L->v, T, st->v, tl, tid, nth, NULL, NULL);
     BARRIER
-    quant_rows(st->h, T, H, L->q.kp, st, tid, nth);
-    BARRIER
-    linear(&L->q, T, st->q, st, tid, nth);
-    linear(&L->k, T, st->k, st, tid, nth);
-    linear(&L->v, T, st->v, st, tid, nth);
-    BARRIER
-    /* per (token, head): q/k norm, RoPE, cache write */
-    part(T * (nh + nkv), tid, nth, &a, &b);
-    for (int it = a; it < b; it++) {
-        int t = it / (nh + nkv), hh = it % (nh + nkv), pos = pos0 + t;
-        if (hh < nh) {
-            float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
-            if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
-            rope(qh, L->inv_freq, L->rope_scale, hd, pos);
-        } else {
-            int kh = hh - nh;
+    /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention */
+    part(nkv, tid, nth, &a, &b);
+    for (int kh = a; kh < b; kh++) {
+        float *kb = st->kc + ((size_t)li * nkv + kh) * st->max_seq * hd;
+        float *vb = st->vc + ((size_t)li * nkv + kh) * st->max_seq * hd;
+        for (int t = 0; t < T; t++) {
             float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd;
             if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
-            rope(kv, L->inv_freq, L->rope_scale, hd, pos);
-            size_t off = (((size_t)li * nkv + kh) * st->max_seq + pos) * hd;
-            memcpy(st->kc + off, kv, hd * sizeof(float));
-            memcpy(st->vc + off, st->v + (size_t)t * kvd + (size_t)kh * hd, hd * sizeof(float));
+            rope(kv, L->inv_freq, L->rope_scale, hd, pos0 + t);
+            memcpy(kb + (size_t)(pos0 + t) * hd, kv, hd * sizeof(float));
+            memcpy(vb + (size_t)(pos0 + t) * hd, st->v + (size_t)t * kvd + (size_t)kh * hd, hd * sizeof(float));
         }
+        float *sc = tl->scores;
+        for (int hh = kh * rep; hh < (kh + 1) * rep; hh++)
+            for (int t = 0; t < T; t++) {
+                int pos = pos0 + t;
+                int lo = (L->window > 0 && pos - L->window + 1 > 0) ? pos - L->window + 1 : 0;
+                float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
+                if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
+                rope(qh, L->inv_freq, L->rope_scale, hd, pos);
+                float mx = -INFINITY;
+                for (int j = lo; j <= pos; j++) {
+                    const float *kj = kb + (size_t)j * hd;
+                    float s = 0.0f;
+                    for (int d = 0; d < hd; d++) s += qh[d] * kj[d];
+                    s *= m->attn_scale;
+                    if (m->attn_softcap > 0.0f) s = tanhf(s / m->attn_softcap) * m->attn_softcap;
+                    sc[j] = s;
+                    if (s > mx) mx = s;
+                }
+                float sum = 0.0f;
+                for (int j = lo; j <= pos; j++) {
+                    sc[j] = expf(sc[j] - mx);
+                    sum += sc[j];
+                }
+                float *o = st->att + (size_t)t * qd + (size_t)hh * hd;
+                for (int d = 0; d < hd; d++) o[d] = 0.0f;
+                for (int j = lo; j <= pos; j++) {
+                    const float *vj = vb + (size_t)j * hd;
+                    float p = sc[j] / sum;
+                    for (int d = 0; d < hd; d++) o[d] += p * vj[d];
+                }
+            }
     }
     BARRIER
-    /* per (token, head): causal (optionally sliding-window) softmax attention over the cache */
-    float *sc = st->scores + (size_t)tid * st->max_seq;
-    const int rep = nh / nkv;
-    part(T * nh, tid, nth, &a, &b);
-    for (int it = a; it < b; it++) {
-        int t = it / nh, hh = it % nh, pos = pos0 + t, kh = hh / rep;
-        int lo = (L->window > 0 && pos - L->window + 1 > 0) ? pos - L->window + 1 : 0;
-        const float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
-        const float *kb = st->kc + ((size_t)li * nkv + kh) * st->max_seq * hd;
-        const float *vb = st->vc + ((size_t)li * nkv + kh) * st->max_seq * hd;
-        float mx = -INFINITY;
-        for (int j = lo; j <= pos; j++) {
-            const float *kj = kb + (size_t)j * hd;
-            float s = 0.0f;
-            for (int d = 0; d < hd; d++) s += qh[d] * kj[d];
-            s *= m->attn_scale;
-            if (m->attn_softcap > 0.0f) s = tanhf(s / m->attn_softcap) * m->attn_softcap;
-            sc[j] = s;
-            if (s > mx) mx = s;
-        }
-        float sum = 0.0f;
-        for (int j = lo; j <= pos; j++) {
-            sc[j] = expf(sc[j] - mx);
-            sum += sc[j];
-        }
-        float *o = st->att + (size_t)t * qd + (size_t)hh * hd;
-        for (int d = 0; d < hd; d++) o[d] = 0.0f;
-        for (int j = lo; j <= pos; j++) {
-            const float *vj = vb + (size_t)j * hd;
-            float p = sc[j] / sum;
-            for (int d = 0; d < hd; d++) o[d] += p * vj[d];
-        }
+    prep_input(st->att, L->o.sub_norm, T, qd, L->o.kp, m->eps, tl);
+    linear(&L->o, T, st->tmp, tl, tid, nth, NULL, NULL);
+    BARRIER
+    residual(tl->x, st->tmp, L->post_attn_norm, T, H, m->eps, tl);
+    /* feed-forward block: gate/up rows by row group, activation on the rows this thread owns */
+    prep_input(tl->x, L->pre_ffn_norm, T, H, L->gate.kp, m->eps, tl);
+    linear(&L->gate, T, st->g, tl, tid, nth, &r0, &r1);
+    linear(&L->up, T, st->u, tl, tid, nth, NULL, NULL);
+    for (int t = 0; t < T; t++) {
+        float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
+        for (int i = r0; i < r1; i++) g[i] = act(m->act, g[i]) * u[i];
     }
     BARRIER
-    if (L->o.sub_norm) {
-        norm_rows(st->att, L->o.sub_norm, T, qd, m->eps, st->att, tid, nth);
-        BARRIER
-    }
-    quant_rows(st->att, T, qd, L->o.kp, st, tid, nth);
+    prep_input(st->g, L->down.sub_norm, T, I, L->down.kp, m->eps, tl);
+    linear(&L->down, T, st->tmp, tl, tid, nth, NULL, NULL);
     BARRIER
-    linear(&L->o, T, st->tmp, st, tid, nth);
-    BARRIER
-    part(T, tid, nth, &a, &b);
-    for (int t = a; t < b; t++) {
-        float *o = st->tmp + (size_t)t * H, *x = st->x + (size_t)t * H;
-        if (L->post_attn_norm) rmsnorm(o, L->post_attn_norm, H, m->eps, o);
-        for (int i = 0; i < H; i++) x[i] += o[i];
-        rmsnorm(x, L->pre_ffn_norm, H, m->eps, st->h + (size_t)t * H);
-    }
-    BARRIER
-    /* feed-forward block */
-    quant_rows(st->h, T, H, L->gate.kp, st, tid, nth);
-    BARRIER
-    linear(&L->gate, T, st->g, st, tid, nth);
-    linear(&L->up, T, st->u, st, tid, nth);
-    BARRIER
-    part(T * I, tid, nth, &a, &b);
-    for (int i = a; i < b; i++) st->g[i] = act(m->act, st->g[i]) * st->u[i];
-    BARRIER
-    if (L->down.sub_norm) {
-        norm_rows(st->g, L->down.sub_norm, T, I, m->eps, st->g, tid, nth);
-        BARRIER
-    }
-    quant_rows(st->g, T, I, L->down.kp, st, tid, nth);
-    BARRIER
-    linear(&L->down, T, st->tmp, st, tid, nth);
-    BARRIER
-    part(T, tid, nth, &a, &b);
-    for (int t = a; t < b; t++) {
-        float *o = st->tmp + (size_t)t * H, *x = st->x + (size_t)t * H;
-        if (L->post_ffn_norm) rmsnorm(o, L->post_ffn_norm, H, m->eps, o);
-        for (int i = 0; i < H; i++) x[i] += o[i];
-    }
-    BARRIER
+    residual(tl->x, st->tmp, L->post_ffn_norm, T, H, m->eps, tl);
 }
 
 /* Returns 0 on success, a negative code when the arguments do not fit the state (checked before any work). */
@@ -254,33 +256,30 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
 #else
         int tid = 0, nth = 1;
 #endif
-        int a, b;
-        part(T, tid, nth, &a, &b);
-        for (int t = a; t < b; t++) {
-            float *x = st->x + (size_t)t * H;
+        bd_tls *tl = &st->tls[tid];
+        for (int t = 0; t < T; t++) {
+            float *x = tl->x + (size_t)t * H;
             bd_row_to_f32(m->embed, m->embed_dtype, m->embed_rscale, tokens[t], H, x);
             if (m->embed_scale != 1.0f)
                 for (int i = 0; i < H; i++) x[i] *= m->embed_scale;
         }
-        BARRIER
         for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos0, st, tid, nth);
         /* final norm (+ symmetric int8 quantization for an int8 head) of the rows that need logits */
-        part(nout, tid, nth, &a, &b);
-        for (int t = a; t < b; t++) {
-            float *h = st->h + (size_t)t * H;
-            rmsnorm(st->x + (size_t)(t0 + t) * H, m->final_norm, H, m->eps, h);
-            if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, st->xq + (size_t)t * H, &st->xs[t]);
+        for (int t = 0; t < nout; t++) {
+            float *h = tl->h + (size_t)t * H;
+            rmsnorm(tl->x + (size_t)(t0 + t) * H, m->final_norm, H, m->eps, h);
+            if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, tl->xq + (size_t)t * H, &tl->xs[t]);
         }
-        BARRIER
+        int a, b;
         part((V + 3) / 4, tid, nth, &a, &b);
         int r1 = b * 4 < V ? b * 4 : V;
-        bd_dense_rows(m->head, m->head_dtype, m->head_rscale, V, H, a * 4, r1, st->h, st->xq, st->xs, nout,
-                      logits);
-        if (m->final_softcap > 0.0f) {
-            BARRIER
-            part(nout * V, tid, nth, &a, &b);
-            for (int i = a; i < b; i++) logits[i] = tanhf(logits[i] / m->final_softcap) * m->final_softcap;
-        }
+        bd_dense_rows(m->head, m->head_dtype, m->head_rscale, V, H, a * 4, r1, tl->h, tl->xq, tl->xs, nout, logits);
+        if (m->final_softcap > 0.0f)
+            for (int t = 0; t < nout; t++)
+                for (int i = a * 4; i < r1; i++) {
+                    float *l = logits + (size_t)t * V + i;
+                    *l = tanhf(*l / m->final_softcap) * m->final_softcap;
+                }
     }
     return 0;
 }

@@ -1,0 +1,76 @@
+"""`bitdistill generate PACKED --prompt TEXT`: stream text from a packed model on the native CPU runtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text with a packed model on the native CPU runtime (streams tokens)",
+        description="Generate from a `bitdistill pack` directory. Greedy by default; --temperature > 0 "
+        "samples (with optional --top-k / --top-p).",
+    )
+    p.add_argument("packed", help="packed model directory (bitdistill pack --out)")
+    p.add_argument("--prompt", required=True, help="prompt text ('-' reads standard input)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-sequence token")
+    p.add_argument("--stats", action="store_true", help="print prefill/decode speed to stderr")
+    p.set_defaults(func=run)
+
+
+def eos_ids(arch: dict) -> list[int]:
+    eos = arch.get("eos_token_id")
+    if isinstance(eos, int):
+        return [eos]
+    return [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import BitDistillError
+    from ..runtime.engine import GenerationStats, SamplingParams, load, load_tokenizer
+    from ..runtime.scoring import encode
+
+    if args.max_new_tokens < 1:
+        raise BitDistillError("--max-new-tokens must be at least 1")
+    if not 0 < args.top_p <= 1:
+        raise BitDistillError("--top-p must be in (0, 1]")
+    tok = load_tokenizer(args.packed)
+    engine = load(args.packed, threads=args.threads)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    ids = encode(tok, prompt)
+    if not ids:
+        raise BitDistillError("the prompt encodes to no tokens; give some text")
+    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+    stats = GenerationStats()
+    out: list[int] = []
+    shown = ""
+    stop = [] if args.no_stop else eos_ids(engine.arch)
+    for t in engine.stream(ids, args.max_new_tokens, params, stop, stats):
+        if t in stop:
+            break
+        out.append(t)
+        # decode the whole continuation each time: byte-level BPE pieces only become text once complete
+        text = tok.decode(out, skip_special_tokens=True)
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(shown) :])
+            sys.stdout.flush()
+            shown = text
+    text = tok.decode(out, skip_special_tokens=True)
+    if text.startswith(shown):
+        sys.stdout.write(text[len(shown) :])
+    sys.stdout.write("\n")
+    if args.stats:
+        print(
+            f"[{stats.prompt_tokens} prompt tokens: {stats.prefill_tok_s:.1f} tok/s prefill; "
+            f"{stats.new_tokens} new tokens: {stats.decode_tok_s:.1f} tok/s decode; {engine.threads} threads]",
+            file=sys.stderr,
+        )
+    return 0
