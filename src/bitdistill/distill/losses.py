@@ -28,6 +28,7 @@ from ..data.encode import IGNORE_INDEX
 from ..errors import BitDistillError
 
 QKV = Sequence[torch.Tensor]
+_MASKED = -1e9  # relation score of a masked key (see _relation_log_probs)
 
 
 def target_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ def valid_relation_heads(*widths: int) -> list[int]:
 def _relation_log_probs(
     x: torch.Tensor, heads: int, key_mask: torch.Tensor | None, causal: bool, who: str
 ) -> torch.Tensor:
-    """log R for x [B, T, D]: [B, A_r, T, T] float32, masked keys at -inf."""
+    """log R for x [B, T, D]: [B, A_r, T, T] float32; masked keys get probability exactly 0."""
     b, t, d = x.shape
     if d % heads:
         raise BitDistillError(
@@ -105,9 +106,10 @@ def _relation_log_probs(
     if causal:
         allowed = allowed & torch.ones((t, t), dtype=torch.bool, device=x.device).tril()
     # A query with no valid key (a row that is all padding) keeps every key: it is excluded from the mean
-    # anyway, and an all -inf row would make NaNs.
+    # anyway. Masked keys get a large finite score rather than -inf: exp() makes their probability exactly
+    # 0, and 0 · log p stays 0 instead of NaN, so the KL needs no extra masking tensors.
     allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    scores = scores.masked_fill(~allowed, _MASKED)
     return F.log_softmax(scores, dim=-1)
 
 
@@ -145,10 +147,8 @@ def attention_relation_loss(
             )
         log_t = _relation_log_probs(xt.detach(), num_relation_heads, key_mask, causal, f"teacher {name}")
         log_s = _relation_log_probs(xs, num_relation_heads, key_mask, causal, f"student {name}")
-        # KL over keys; masked keys have p_t = 0 and contribute nothing (avoid 0 · (-inf) = nan).
-        p_t = log_t.exp()
-        diff = torch.where(p_t > 0, log_t - log_s, torch.zeros_like(log_t))
-        kl = (p_t * diff).sum(dim=-1)  # [B, A, T]
+        # KL over keys; masked keys have p_t = 0 exactly and finite logs, so they add 0.
+        kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # [B, A, T]
         if key_mask is not None:
             q = key_mask[:, None, :].expand_as(kl)
             part = kl[q].sum() / q.sum().clamp(min=1)
