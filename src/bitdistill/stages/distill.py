@@ -1,0 +1,115 @@
+"""Distillation (the paper's stage 3): L = CE + λ·τ²·KL(teacher ‖ student) + γ·L_AD on the task.
+
+The teacher (full precision, frozen) and the BitNet student see the same batch; logits KD acts on the
+target tokens, attention-relation KD on the q/k/v of one layer per model (chosen separately, so a larger
+teacher works). Each term can be switched off in the recipe for the paper's ablations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..distill.capture import QKVCapture, projection_modules
+from ..distill.losses import distill_loss, valid_relation_heads
+from ..errors import BitDistillError
+from ..recipe.schema import Recipe
+from .common import convert, finished_model, load_model_dir_or_spec, load_task_data
+from .sft import train_task_model
+
+
+def _same_tokenizer(teacher_tok, student_tok, where: str) -> None:
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise BitDistillError(
+            f"{where}: the teacher's tokenizer differs from the student's ({len(teacher_tok)} vs "
+            f"{len(student_tok)} tokens); distillation needs a teacher of the same tokenizer family"
+        )
+
+
+def load_student(recipe: Recipe):
+    spec = recipe.distill
+    if spec.student != "auto":
+        return load_model_dir_or_spec(spec.student)
+    if recipe.continue_pretrain.enabled:
+        return load_model_dir_or_spec(finished_model(recipe, "continue_pretrain"))
+    # Ablation "no continued pre-training": distill straight into the stage-1 conversion.
+    model, tok = load_model_dir_or_spec(recipe.model)
+    return convert(model, recipe), tok
+
+
+def load_teacher(recipe: Recipe):
+    spec = recipe.distill
+    where = spec.teacher if spec.teacher != "auto" else finished_model(recipe, "teacher")
+    teacher, tok = load_model_dir_or_spec(where)
+    teacher.eval().requires_grad_(False)
+    return teacher, tok
+
+
+def default_relation_heads(student, teacher, spec) -> int:
+    """The largest A_r <= the student's head count that divides every q/k/v width of both models.
+
+    With GQA the k/v width is smaller than the q width (SmolLM2: 576 vs 192), so the head count itself
+    (9) need not divide both; A_r only has to split each tensor evenly.
+    """
+    widths = [m.out_features for m in projection_modules(student, spec.student_layer)]
+    widths += [m.out_features for m in projection_modules(teacher, spec.teacher_layer)]
+    cap = student.config.num_attention_heads
+    return max(a for a in valid_relation_heads(*widths) if a <= cap)
+
+
+def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
+    spec = recipe.distill
+    lam, gam = spec.weights(kind)
+    lam = lam if spec.logits else 0.0
+    gam = gam if spec.attention else 0.0
+    heads = spec.relation_heads or default_relation_heads(student, teacher, spec)
+    s_cap = QKVCapture(student, spec.student_layer) if gam else None
+    t_cap = QKVCapture(teacher, spec.teacher_layer) if gam else None
+
+    def loss_fn(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        teacher_logits = t_qkv = s_qkv = None
+        if lam or gam:
+            with torch.no_grad():
+                if t_cap is not None:
+                    t_cap.attach()
+                try:
+                    teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
+                    t_qkv = t_cap.qkv if t_cap is not None else None
+                finally:
+                    if t_cap is not None:
+                        t_cap.remove()
+                        t_cap.clear()
+        if s_cap is not None:
+            s_cap.attach()
+        try:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            s_qkv = s_cap.qkv if s_cap is not None else None
+        finally:
+            if s_cap is not None:
+                s_cap.remove()
+                s_cap.clear()
+        parts = distill_loss(
+            logits, batch["labels"], teacher_logits if lam else None, t_qkv, s_qkv, mask,
+            temperature=spec.temperature, kd_weight=lam, ad_weight=gam, num_relation_heads=heads,
+            ce_weight=1.0 if spec.ce else 0.0,
+        )  # fmt: skip
+        return parts["loss"], {k: float(v.detach()) for k, v in parts.items() if k != "loss"}
+
+    return loss_fn, {"lambda": lam, "gamma": gam, "temperature": spec.temperature, "relation_heads": heads,
+                     "student_layer": spec.student_layer, "teacher_layer": spec.teacher_layer,
+                     "ce": spec.ce}  # fmt: skip
+
+
+def run_distill(recipe: Recipe) -> dict[str, Any]:
+    student, tok = load_student(recipe)
+    teacher, t_tok = load_teacher(recipe)
+    _same_tokenizer(t_tok, tok, f"{recipe.source}: distill")
+    data = load_task_data(recipe)
+    loss_fn, settings = make_distill_loss(recipe, student, teacher, data.task.kind)
+    # The teacher must sit where the student's batches go; train_task_model moves the student.
+    from ..train import make_accelerator
+
+    teacher.to(make_accelerator(recipe.train_config("distill").precision).device)
+    return train_task_model(recipe, "distill", student, tok, data, loss_fn, {"distill": settings})

@@ -1,0 +1,104 @@
+"""Task fine-tuning stages: the full-precision teacher (FP16-SFT) and the BitNet-SFT baseline.
+
+Both train `prompt -> target` with cross-entropy on the target tokens; they differ only in the model:
+the teacher trains the full-precision model (or a larger one of the same tokenizer, or reuses a
+user-supplied fine-tuned directory), BitNet-SFT first applies the stage-1 conversion (BitLinear + SubLN).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import model as bd_model
+from ..recipe.schema import Recipe
+from ..train import make_accelerator, train
+from ..train.loop import LossFn, result_dict
+from .common import (
+    TaskData,
+    Timer,
+    ce_loss,
+    convert,
+    eval_metric,
+    evaluate_model,
+    load_model_dir_or_spec,
+    load_task_data,
+    read_stage,
+    stage_dir,
+    task_batches,
+    write_stage,
+)
+
+
+def train_task_model(
+    recipe: Recipe,
+    stage: str,
+    model,
+    tokenizer,
+    data: TaskData,
+    loss_fn: LossFn,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `model` on the task with `loss_fn` through the shared loop; save it; write stage.json."""
+    timer = Timer()
+    out = stage_dir(recipe, stage)
+    cfg = recipe.train_config(stage)
+    accelerator = make_accelerator(cfg.precision)
+    model.to(accelerator.device)
+    batches = task_batches(tokenizer, data.train, recipe, cfg.batch_size, cfg.seed, accelerator)
+    metric, greater = eval_metric(data.task.kind)
+    eval_fn = None
+    if cfg.eval_every or cfg.select == "best":
+        eval_fn = lambda m: evaluate_model(m, tokenizer, data, recipe)  # noqa: E731
+    result = train(
+        model, batches, loss_fn, cfg, out / "train", eval_fn=eval_fn, metric=metric,
+        greater_is_better=greater, desc=stage, accelerator=accelerator,
+    )  # fmt: skip
+    model_dir = out / "model"
+    if accelerator.is_main_process:
+        bd_model.save(accelerator.unwrap_model(model), model_dir, tokenizer=tokenizer)
+        record = {
+            "stage": stage,
+            "model_dir": str(model_dir),
+            "train": result_dict(result),
+            "wall_seconds": timer.seconds,
+            "precision": cfg.precision,
+            **(extra or {}),
+        }
+        write_stage(out, record)
+    accelerator.wait_for_everyone()
+    return read_stage(out) or {}
+
+
+def run_teacher(recipe: Recipe) -> dict[str, Any]:
+    """Fine-tune the full-precision teacher, or register a user-supplied teacher directory."""
+    spec = recipe.teacher
+    out = stage_dir(recipe, "teacher")
+    if spec.path:
+        # A ready teacher: nothing to train; record where it is so distill and eval use it.
+        timer = Timer()
+        load_model_dir_or_spec(spec.path)  # fail now, with a clear message, if it does not load
+        record = {"stage": "teacher", "model_dir": str(Path(spec.path)), "reused": True}
+        record["wall_seconds"] = timer.seconds
+        write_stage(out, record)
+        return record
+    model, tok = load_model_dir_or_spec(spec.model or recipe.model)
+    data = load_task_data(recipe)
+    return train_task_model(
+        recipe, "teacher", model, tok, data, ce_loss, {"base_model": spec.model or recipe.model}
+    )
+
+
+def run_bitnet_sft(recipe: Recipe) -> dict[str, Any]:
+    """The BitNet-SFT baseline: stage-1 conversion + plain cross-entropy task fine-tuning."""
+    model, tok = load_model_dir_or_spec(recipe.model)
+    convert(model, recipe)
+    data = load_task_data(recipe)
+    return train_task_model(recipe, "bitnet_sft", model, tok, data, ce_loss, {"base_model": recipe.model})
+
+
+def evaluate_dir(recipe: Recipe, model_dir: str | Path, data: TaskData | None = None) -> dict[str, Any]:
+    """Dev-set metrics of a model directory (FP or BitNet)."""
+    model, tok = load_model_dir_or_spec(model_dir)
+    data = data or load_task_data(recipe, need_train=False)
+    return evaluate_model(model.eval(), tok, data, recipe, progress=True)

@@ -1,0 +1,113 @@
+"""Batch sources whose order is a pure function of (seed, micro-step), so a resumed run sees the same data.
+
+`ShuffledBatches` serves a map-style dataset: micro-batch `i` comes from epoch `i // batches_per_epoch`,
+whose order is a permutation drawn from a generator seeded with `seed + epoch`. Nothing has to be replayed
+on resume: the loop asks for micro-batch `i` directly. Each process of a multi-process run takes its own
+slice of the same global batch, so `accelerate launch` shards data without a sampler.
+
+`StreamBatches` serves an iterable (streamed, packed) corpus: on resume it fast-forwards the stream with
+the corpus's own `skip_blocks` / `load_state_dict` when it has one, otherwise by reading and discarding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+
+class ShuffledBatches:
+    """Deterministic, resumable, shardable micro-batches over a map-style dataset."""
+
+    def __init__(
+        self,
+        dataset: Sequence[Any],
+        batch_size: int,
+        collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+        seed: int,
+        shuffle: bool = True,
+        num_processes: int = 1,
+        process_index: int = 0,
+    ) -> None:
+        if len(dataset) == 0:
+            raise ValueError("empty training set")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate = collate
+        self.seed = seed
+        self.shuffle = shuffle
+        self.world = num_processes
+        self.rank = process_index
+        global_batch = batch_size * num_processes
+        # Drop the ragged tail of an epoch so every micro-batch has the same size on every process.
+        self.batches_per_epoch = max(1, len(dataset) // global_batch)
+        self._epoch = -1
+        self._order: list[int] = []
+
+    def _order_for(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            n = len(self.dataset)
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed + epoch)
+                self._order = torch.randperm(n, generator=g).tolist()
+            else:
+                self._order = list(range(n))
+            self._epoch = epoch
+        return self._order
+
+    def batch(self, micro_step: int) -> dict[str, torch.Tensor]:
+        epoch, within = divmod(micro_step, self.batches_per_epoch)
+        order = self._order_for(epoch)
+        start = (within * self.world + self.rank) * self.batch_size
+        idx = [order[(start + j) % len(order)] for j in range(self.batch_size)]
+        return self.collate([self.dataset[i] for i in idx])
+
+    def iterate(self, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        i = start_micro_step
+        while True:
+            yield self.batch(i)
+            i += 1
+
+
+class StreamBatches:
+    """Micro-batches from an iterable dataset of equal-length blocks, resumable by fast-forwarding."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        collate: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None,
+        num_processes: int = 1,
+        process_index: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate = collate or _stack
+        self.world = num_processes
+        self.rank = process_index
+
+    def iterate(self, start_micro_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        per_step = self.batch_size * self.world
+        skip = start_micro_step * per_step
+        if skip and hasattr(self.dataset, "skip_blocks"):
+            self.dataset.skip_blocks(skip)
+            skip = 0
+        buf: list[Any] = []
+        seen = 0
+        for item in self.dataset:
+            if seen < skip:
+                seen += 1
+                continue
+            buf.append(item)
+            if len(buf) == per_step:
+                yield self.collate(buf[self.rank * self.batch_size : (self.rank + 1) * self.batch_size])
+                buf = []
+        # The corpus ran dry (its token budget is spent): the loop ends the stage when the iterator stops.
+
+
+def _stack(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        out[key] = torch.stack([torch.as_tensor(it[key]) for it in items])
+    return out
