@@ -72,6 +72,24 @@ def test_capture_keeps_the_graph_for_the_student_and_removes_its_hooks():
         assert not module._forward_hooks
 
 
+def test_capture_through_a_wrapper():
+    model = build("llama").eval()
+
+    class Wrapper(torch.nn.Module):  # stands in for DDP / FSDP, which keep the model as `.module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, **kwargs):
+            return self.module(**kwargs)
+
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(3))
+    with QKVCapture(Wrapper(model), layer=1) as cap, torch.no_grad():
+        Wrapper(model)(input_ids=ids)
+    for got, ref in zip(cap.qkv, by_hand(model, ids, None, 1), strict=True):
+        torch.testing.assert_close(got, ref)
+
+
 def test_capture_errors():
     model = build("llama")
     with pytest.raises(BitDistillError, match="out of range: the model has 3 decoder layers"):

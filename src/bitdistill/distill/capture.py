@@ -19,8 +19,19 @@ from ..errors import BitDistillError
 from ..model.adapters import adapter_for
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The HF model inside DDP/FSDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
+    while not hasattr(model, "config"):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            break
+        model = inner
+    return model
+
+
 def projection_modules(model: nn.Module, layer: int = -1) -> tuple[nn.Module, nn.Module, nn.Module]:
     """The (q, k, v) projection modules of decoder block `layer` (negative counts from the end)."""
+    model = unwrap(model)
     adapter = adapter_for(model)
     blocks = adapter.blocks(model)
     n = len(blocks)
@@ -40,7 +51,8 @@ class QKVCapture:
         self.model = model
         self.layer = layer
         self.modules = projection_modules(model, layer)
-        n = len(adapter_for(model).blocks(model))
+        inner = unwrap(model)
+        n = len(adapter_for(inner).blocks(inner))
         self.layer_index = layer % n
         self._outputs: list[torch.Tensor | None] = [None, None, None]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
