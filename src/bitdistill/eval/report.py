@@ -223,16 +223,20 @@ def _distill_line(results: dict[str, Any]) -> str | None:
 
 
 def _sweep_section(run_dir: Path, sweep: dict[str, Any], plot: str | None) -> list[str]:
+    metric = sweep.get("metric_name", "accuracy")
+    shift = any(e.get("task_shift") is not None for e in sweep.get("layers", []))
     lines = ["## Distillation layer", ""]
-    lines.append(
-        "| Student layer | Teacher layer | " + f"{sweep.get('metric', 'accuracy')} | Criterion score |"
-    )
-    lines.append("|---:|---:|---:|---:|")
+    lines.append(f"| Student layer | Teacher layer | {METRIC_NAMES.get(metric, metric)} | Relation divergence at init |"
+                 + (" Task shift |" if shift else ""))  # fmt: skip
+    lines.append("|---:|---:|---:|---:|" + ("---:|" if shift else ""))
+
+    def num(v: float | None) -> str:
+        return "—" if v is None else f"{v:.4g}"
+
     for e in sweep.get("layers", []):
-        score = e.get("criterion")
         lines.append(
-            f"| {e['student_layer']} | {e.get('teacher_layer', '—')} | {_fmt_metric('accuracy', e.get('metric'))} | "
-            f"{'—' if score is None else f'{score:.4g}'} |"
+            f"| {e['student_layer']} | {e.get('teacher_layer', '—')} | {_fmt_metric(metric, e.get('metric'))} | "
+            f"{num(e.get('criterion'))} |" + (f" {num(e.get('task_shift'))} |" if shift else "")
         )
     best, pick = sweep.get("best_layer"), (sweep.get("criterion") or {}).get("pick")
     if best is not None:
@@ -246,6 +250,13 @@ def _sweep_section(run_dir: Path, sweep: dict[str, Any], plot: str | None) -> li
                 if sweep["criterion"].get("points_below_best") is not None
                 else " (no sweep measurement for it)."
             )
+        )
+    crit = sweep.get("criterion") or {}
+    if crit.get("task_shift_pick") is not None:
+        below = crit.get("task_shift_points_below_best")
+        lines.append(
+            f"The task-shift score (teacher vs base model relations) picks layer **{crit['task_shift_pick']}**"
+            + (f": {below:.2f} points below the sweep's best." if below is not None else ".")
         )
     if plot:
         lines += ["", f"![accuracy per distillation layer]({plot})"]
