@@ -160,7 +160,8 @@ def test_registry_and_option_errors():
     assert {"sst2", "mnli", "qnli", "cnndm", "custom"} <= set(TASKS)
     assert TASKS["sst2"].label_words == [" negative", " positive"]
     assert get_task("sst2", label_words=[" bad", " good"]).label_words == [" bad", " good"]
-    assert TASKS["sst2"].label_words == [" negative", " positive"]  # overrides never touch the registry
+    get_task("sst2").label_words.append(" neutral")
+    assert TASKS["sst2"].label_words == [" negative", " positive"]  # copies never touch the registry
     with pytest.raises(BitDistillError, match="unknown task 'sst3'"):
         get_task("sst3")
     with pytest.raises(BitDistillError, match="unknown option"):

@@ -333,9 +333,12 @@ def get_task(name: str, **options: object) -> Task:
             f"task {key!r}: unknown option(s) {', '.join(unknown)}; built-in tasks accept "
             f"{', '.join(OVERRIDABLE)} (use task 'custom' for other columns)"
         )
-    task = dataclasses.replace(
-        TASKS[key], **{k: (list(v) if k.startswith("label") else v) for k, v in options.items()}
-    )
+    base = TASKS[key]
+    # Fresh lists/dicts: a caller mutating its task must never change the registry.
+    fresh = {"label_words": list(base.label_words), "label_names": list(base.label_names)}
+    fresh["hub_splits"] = dict(base.hub_splits)
+    fresh.update({k: (list(v) if k.startswith("label") else v) for k, v in options.items()})
+    task = dataclasses.replace(base, **fresh)
     _validate(task)
     return task
 
