@@ -130,10 +130,8 @@ def test_sweep_runs_each_layer_through_the_distill_stage(tiny_sweep):
     assert on_disk["best_layer"] == result["best_layer"]
 
 
-def test_sweep_resumes_without_retraining_and_feeds_the_report(tiny_sweep):
+def test_sweep_resumes_without_retraining(tiny_sweep):
     from bitdistill.eval.layers import sweep_layers
-    from bitdistill.eval.report import write_report
-    from bitdistill.recipe import run_recipe
 
     recipe, result, _ = tiny_sweep
     marker = recipe.out / "layer_sweep" / "layer_0" / "stage.json"
@@ -141,12 +139,22 @@ def test_sweep_resumes_without_retraining_and_feeds_the_report(tiny_sweep):
     again = sweep_layers(recipe, "0", steps=2, criterion=False)
     assert marker.stat().st_mtime_ns == before  # the finished layer was reused, not retrained
     assert again["layers"][0]["metric"] == result["layers"][0]["metric"]
-    assert "criterion" not in again
-    # the run's own stages (teacher, continue_pretrain done; bitnet_sft and distill short) then the report
-    recipe.bitnet_sft.train = {"steps": 1}
-    recipe.distill.train = {"steps": 1}
-    run_recipe(recipe)
-    report = write_report(recipe.out)
-    assert report["report"]["plots"]["layer_sweep"] == "layer_sweep.png"
-    md = (recipe.out / "report.md").read_text()
-    assert "## Distillation layer" in md and "Best layer by sweep: **0**" in md
+    assert "criterion" not in again and again["best_layer"] == 0
+
+
+def test_sweep_layers_cli_criterion_only(tiny_sweep, capsys):
+    from bitdistill.cli import main
+
+    recipe, _, world = tiny_sweep
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
+    sets = [f"model={world['model']}", f"task.path={world['data']}", f"continue_pretrain.corpus.sources=[{world['corpus']}]",
+            "teacher.train.steps=3", "continue_pretrain.corpus.tokens=256"]  # fmt: skip
+    args = ["sweep-layers", str(cfg), "--output-dir", str(recipe.out), "--criterion-only", "--no-base",
+            "--examples", "8", *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    sweep = json.loads((recipe.out / "layer_sweep.json").read_text())
+    assert all(e["metric"] is None for e in sweep["layers"]) and "best_layer" not in sweep
+    assert f"picks layer {sweep['criterion']['pick']}" in out
+    assert sweep["criterion"]["task_shift"] is None
+    assert main([*args, "--no-criterion"]) == 2

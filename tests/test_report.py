@@ -148,3 +148,19 @@ def test_report_cli_and_errors(tmp_path, capsys):
         build_report(tmp_path / "empty", plots=False)
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert main(["report", str(run), "--add", "x=" + str(tmp_path / "nowhere")]) == 2
+
+
+def test_layer_sweep_section(tmp_path):
+    run = build_run(tmp_path)
+    layers = [{"student_layer": i, "teacher_layer": i, "metric": m, "criterion": c, "task_shift": t}
+              for i, (m, c, t) in enumerate([(0.80, 0.1, 0.5), (0.85, 0.3, 0.2), (0.846, 0.4, 0.1)])]  # fmt: skip
+    crit = {"name": "relation_divergence_at_init", "pick": 2, "points_below_best": 0.4, "within_0_5": True,
+            "task_shift_pick": 0, "task_shift_points_below_best": 5.0}  # fmt: skip
+    sweep = {"task": "sst2", "metric_name": "accuracy", "layers": layers, "best_layer": 1, "criterion": crit}
+    (run / "layer_sweep.json").write_text(json.dumps(sweep))
+    md, report = build_report(run, plots=False)
+    assert "| 1 | 1 | 85.00 | 0.3 | 0.2 |" in md
+    assert "Best layer by sweep: **1**." in md
+    assert "picks layer **2**: 0.40 points below the sweep's best (within 0.5 points)." in md
+    assert "picks layer **0**: 5.00 points below" in md
+    assert report["report"]["layer_sweep"] == sweep
