@@ -77,6 +77,10 @@ def lib() -> C.CDLL:
     global _LIB
     if _LIB is not None:
         return _LIB
+    # Idle OpenMP workers sleep between calls instead of spinning: a decode step wakes them once, and on a
+    # shared machine a spinning idle thread steals the core the Python thread needs. The engine's own
+    # barriers inside a step spin briefly then yield (engine.c). Users may override the variable.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     L = C.CDLL(str(_find_library()))
     vp, i32 = C.c_void_p, C.c_int
     L.bd_simd_level.restype = i32

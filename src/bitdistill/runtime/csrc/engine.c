@@ -4,18 +4,50 @@
  *
  * Numerics follow the Hugging Face eager forward in fp32 and BitLinear's eval path exactly (int8 per-token
  * activations, integer sums, acc * (delta / s)); the only differences are float summation orders. */
+#define _GNU_SOURCE
 #include "bd.h"
 
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
-#define BARRIER _Pragma("omp barrier")
-#else
-#define BARRIER
 #endif
+
+/* A sense-reversing barrier that spins briefly and then yields the CPU. OpenMP's own barrier spins for a
+ * long time before sleeping, which is fast on an idle machine but collapses when the cores are shared
+ * with other processes (a waiting thread burns the time slice its partner needs). Spin-then-yield keeps
+ * the quick hand-off when the partner is running and gives the core away when it is not. */
+typedef struct {
+    atomic_int count;
+    atomic_int sense;
+} bd_barrier;
+
+static void barrier_wait(bd_barrier *b, int n, int *local_sense) {
+    if (n == 1) return;
+    int s = !*local_sense;
+    *local_sense = s;
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->sense, s, memory_order_release);
+    } else {
+        int spins = 0;
+        while (atomic_load_explicit(&b->sense, memory_order_acquire) != s) {
+            if (++spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+                __builtin_ia32_pause();
+#endif
+            } else {
+                sched_yield();
+            }
+        }
+    }
+}
+
+#define BARRIER barrier_wait(&st->barrier, nth, &st->tls[tid].sense);
 
 /* Per-thread private scratch. Every thread keeps its own copy of the residual stream and computes the
  * cheap per-token steps (norms, activation quantization, residual adds) redundantly, so the only
@@ -25,6 +57,8 @@ typedef struct {
     int8_t *xq;
     int32_t *xsum;
     uint8_t *ubuf;
+    int sense;
+    char pad[60]; /* keep each thread's hot fields on its own cache line */
 } bd_tls;
 
 typedef struct {
@@ -32,6 +66,7 @@ typedef struct {
     float *kc, *vc; /* [layer][kv head][max_seq][head_dim] */
     float *q, *k, *v, *att, *g, *u, *tmp; /* shared: rows written by their owner thread */
     bd_tls *tls;
+    bd_barrier barrier;
 } bd_state;
 
 static int ceil_to(int n, int m) { return (n + m - 1) / m * m; }
@@ -257,6 +292,8 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
         int tid = 0, nth = 1;
 #endif
         bd_tls *tl = &st->tls[tid];
+        /* the global sense cannot flip before every thread reached the first barrier, so this read is safe */
+        tl->sense = atomic_load(&st->barrier.sense);
         for (int t = 0; t < T; t++) {
             float *x = tl->x + (size_t)t * H;
             bd_row_to_f32(m->embed, m->embed_dtype, m->embed_rscale, tokens[t], H, x);
