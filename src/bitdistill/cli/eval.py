@@ -27,6 +27,7 @@ def register(subparsers) -> None:
         help="task option, e.g. text_column=review label_words=' bad',' good' (custom task; repeatable)",
     )  # fmt: skip
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--threads", type=int, help="packed directories: native runtime threads")
     p.add_argument("--json", metavar="OUT", help="write the full result (with per-example predictions) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_dir(
         args.dir, args.task, data=args.data, split=args.split, limit=args.limit,
-        task_options=parse_task_options(args.task_option), device=args.device,
+        task_options=parse_task_options(args.task_option), device=args.device, threads=args.threads,
         batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
         num_beams=args.beams, progress=not args.no_progress, keep_predictions=bool(args.json),
     )  # fmt: skip

@@ -2,6 +2,7 @@
 
 Classification is scored by label-word log-likelihood (`data.scoring`), giving accuracy and macro-F1;
 summarization generates with greedy or beam search (`generate.py`) and scores ROUGE-1/2/L/Lsum and BLEU.
+Packed directories (written by `bitdistill pack`) run on the native runtime's engine instead of torch.
 The result is a JSON-friendly dict: the metrics, the counts, what model was evaluated, timing, and
 optionally the per-example predictions.
 """
@@ -34,32 +35,91 @@ def is_packed_dir(path: str | os.PathLike) -> bool:
         return False
 
 
-def _load_packed(path: Path):
-    """(logits model, tokenizer) for a packed directory, through the runtime's torch-free engine.
+def evaluate_packed(
+    path: str | os.PathLike,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    max_length: int = 512,
+    max_new_tokens: int = 128,
+    num_beams: int = 1,
+    threads: int | None = None,
+    progress: bool = False,
+    keep_predictions: bool = False,
+    **_ignored: Any,
+) -> dict[str, Any]:
+    """Metrics of a packed directory on the native runtime (no torch in the forward pass).
 
-    The runtime exposes `bitdistill.runtime.load_for_eval(dir) -> (model, tokenizer)` where `model(
-    input_ids=LongTensor[B, T], attention_mask=LongTensor[B, T])` returns an object with `.logits` [B, T, V];
-    until it does, packed directories are refused with a message saying what to evaluate instead.
+    Classification uses the runtime's label-word scoring (the same rule as `data.scoring`, one example at
+    a time); summarization decodes greedily with the engine from the prompt ids training would use.
     """
-    import importlib
+    from ..runtime.engine import load, load_tokenizer
 
-    runtime = importlib.import_module("bitdistill.runtime")
-    loader = getattr(runtime, "load_for_eval", None)
-    if loader is None:
-        raise BitDistillError(
-            f"{path}: a packed model directory; this build's runtime cannot compute full-sequence logits for "
-            "evaluation yet. Evaluate the BitNet directory it was packed from (the distill stage's model/), "
-            "whose ternary numerics are the same"
-        )
-    return loader(path)
+    t0 = time.perf_counter()
+    engine = load(path, threads=threads)
+    bar = _bar(progress, len(examples), "evaluating (packed)")
+    out: dict[str, Any] = {}
+    try:
+        if task.kind == "classification":
+            from ..runtime.scoring import score_label_words
+
+            examples = [ex for ex in examples if ex.label is not None]
+            if not examples:
+                raise BitDistillError(f"task {task.name}: no labelled examples to evaluate")
+            tok = load_tokenizer(path)
+            preds = []
+            for ex in examples:
+                scores = score_label_words(engine, tok, ex.prompt, task.label_words, max_length)
+                preds.append(int(scores.argmax()))
+                if bar is not None:
+                    bar.update(1)
+            gold = [int(ex.label) for ex in examples]  # type: ignore[arg-type]
+            out["metrics"] = classification_metrics(preds, gold)
+            if keep_predictions:
+                out["predictions"] = [{"label": g, "prediction": p} for g, p in zip(gold, preds, strict=True)]
+        else:
+            if num_beams != 1:
+                raise BitDistillError(
+                    f"{path}: the packed runtime decodes greedily; use --beams 1, or evaluate the BitNet "
+                    "directory it was packed from for beam search"
+                )
+            from ..model.io import load_tokenizer as load_hf_tokenizer
+            from .generate import prompt_ids
+
+            hf_tok = load_hf_tokenizer(path)
+            stop = [hf_tok.eos_token_id] if hf_tok.eos_token_id is not None else []
+            hyps = []
+            for ids in prompt_ids(hf_tok, examples, max_length, max_new_tokens):
+                new, _ = engine.generate(ids, max_new_tokens, stop_ids=stop)
+                hyps.append(hf_tok.decode(new, skip_special_tokens=True).strip())
+                if bar is not None:
+                    bar.update(1)
+            refs = [ex.target.strip() for ex in examples]
+            out["metrics"] = summarization_metrics(hyps, refs)
+            out["generation"] = {"max_new_tokens": max_new_tokens, "num_beams": 1}
+            if keep_predictions:
+                out["predictions"] = [
+                    {"reference": r, "prediction": h} for r, h in zip(refs, hyps, strict=True)
+                ]
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    out["seconds"] = seconds
+    out["examples_per_second"] = len(examples) / max(seconds, 1e-9)
+    return out
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ex")
 
 
 def load_for_eval(path: str | os.PathLike, device: str | None = None):
-    """(model in eval mode, tokenizer, description dict) for a model directory or model spec."""
-    p = Path(str(path))
-    if p.is_dir() and is_packed_dir(p):
-        model, tok = _load_packed(p)
-        return model, tok, {"format": "packed"}
+    """(model in eval mode, tokenizer, description dict) for a model directory or model spec (not packed)."""
     from ..model.hub import load_any
 
     model, tok = load_any(path)
@@ -143,8 +203,13 @@ def evaluate_dir(
     """
     task_obj = task if isinstance(task, Task) else get_task(task, **(task_options or {}))
     examples = task_obj.load(split, path=data, limit=limit)
-    model, tok, info = load_for_eval(model_dir, device)
-    result = evaluate_model(model, tok, task_obj, examples, **kwargs)
+    if is_packed_dir(model_dir):
+        info: dict[str, Any] = {"format": "packed"}
+        result = evaluate_packed(model_dir, task_obj, examples, **kwargs)
+    else:
+        model, tok, info = load_for_eval(model_dir, device)
+        kwargs.pop("threads", None)
+        result = evaluate_model(model, tok, task_obj, examples, **kwargs)
     return {
         "model_dir": str(model_dir),
         "model": info,
