@@ -390,3 +390,27 @@ def test_llama_cpp_runs_the_export_when_installed(tmp_path, tokenizer):
     rel = np.abs(got - want).max() / np.abs(want).max()
     print(f"llama.cpp vs torch: max relative logit difference {rel:.2e}")
     assert rel < 0.05, rel
+
+
+@pytest.mark.parametrize("bits", ["2", "1.58"])
+def test_packed_directory_exports_the_same_ternary_tensors(tmp_path, tokenizer, bits):
+    from bitdistill.runtime.packed import pack_model
+
+    cfg = LlamaConfig(intermediate_size=512, tie_word_embeddings=True, **SMALL)
+    model, d = make_dir(tmp_path, tokenizer, cfg, granularity="channel")
+    pack_model(model, tmp_path / "packed", bits=bits, head_dtype="fp16", tokenizer=tokenizer)
+    export_directory(d, tmp_path / "a.gguf", head="f16")
+    export_directory(tmp_path / "packed", tmp_path / "b.gguf", head="f16")
+    fa, ta = read(tmp_path / "a.gguf")
+    fb, tb = read(tmp_path / "b.gguf")
+    assert sorted(ta) == sorted(tb)
+    for name, t in ta.items():
+        assert t.tensor_type == tb[name].tensor_type, name
+        assert np.array_equal(np.asarray(t.data), np.asarray(tb[name].data)), name
+    for key in (
+        "llama.block_count",
+        "llama.rope.freq_base",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+    ):
+        assert fa[key] == fb[key]

@@ -27,6 +27,8 @@ F16_REL_TOL = 2.0**-11  # worst relative error of round-to-nearest fp16 in its n
 TERNARY_TYPES = {
     "tq2_0": GGMLQuantizationType.TQ2_0,
     "tq1_0": GGMLQuantizationType.TQ1_0,
+    # not ternary-packed: W_q · fp16(Δ) as F16, the exact reference container for diagnostics (API only)
+    "f16": GGMLQuantizationType.F16,
 }
 HEAD_TYPES = {
     "q8_0": GGMLQuantizationType.Q8_0,
@@ -145,6 +147,8 @@ def pick_type(m: TernaryMatrix, wanted: GGMLQuantizationType, allow_fallback: bo
     A row width that is not a multiple of the block always falls back (llama.cpp does the same); a scale
     that varies inside a block falls back only with `allow_fallback`, otherwise ValueError.
     """
+    if wanted == GGMLQuantizationType.F16:
+        return wanted, None
     block, _ = GGML_QUANT_SIZES[wanted]
     in_f = m.q.shape[1]
     if block_scales(m, block) is not None:

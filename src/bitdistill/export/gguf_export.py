@@ -39,7 +39,11 @@ GGUF_NORM = {
     "attn": "attn_norm", "ffn": "ffn_norm", "q": "attn_q_norm", "k": "attn_k_norm",
     "attn_sub": "attn_sub_norm", "ffn_sub": "ffn_sub_norm",
 }  # fmt: skip
-FILE_TYPE = {"tq2_0": LlamaFileType.MOSTLY_TQ2_0, "tq1_0": LlamaFileType.MOSTLY_TQ1_0}
+FILE_TYPE = {
+    "tq2_0": LlamaFileType.MOSTLY_TQ2_0,
+    "tq1_0": LlamaFileType.MOSTLY_TQ1_0,
+    "f16": LlamaFileType.MOSTLY_F16,
+}
 
 
 @dataclass

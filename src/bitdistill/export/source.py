@@ -101,8 +101,81 @@ def from_model(model: nn.Module, tokenizer_dir: Path | None = None) -> ExportSou
     )
 
 
+_DENSE_RANK = {"fp32": 3, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+def _dense(pm, name: str, dtype: str) -> np.ndarray:
+    """A packed embedding / head back to float32 (bf16 is stored as its uint16 bits, int8 per row)."""
+    t = pm.tensors[name]
+    if dtype == "bf16":
+        return (t.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "int8":
+        return t.astype(np.float32) * pm.tensors[f"{name}.scale"][:, None]
+    return t.astype(np.float32)
+
+
+def from_packed(packed_dir: str | Path) -> ExportSource:
+    """Read a `bitdistill pack` directory: the trits come from its 2-bit/base-3 codes, Δ from its scales."""
+    from transformers import AutoConfig
+
+    from ..runtime.packed import load_packed, unpack_weight
+
+    pm = load_packed(packed_dir)  # validates CRC, shapes and codes
+    arch = pm.arch
+    config = AutoConfig.from_pretrained(packed_dir)
+    settings = BitNetSettings.from_dict(pm.config.get("bitdistill") or {})
+    adapter = adapter_for(config.model_type)
+    blocks = []
+    for i in range(arch["n_layers"]):
+        linears, biases, norms = {}, {}, {}
+        for role in LINEARS:
+            p = f"layers.{i}.{role}"
+            scale = pm.tensors[f"{p}.scale"].astype(np.float32)
+            if arch["granularity"] in ("tensor", "channel"):  # [1] / [out] -> [1, 1] / [out, 1]
+                scale = scale.reshape(-1, 1)
+            linears[role] = TernaryMatrix(unpack_weight(pm, i, role), np.ascontiguousarray(scale))
+            if f"{p}.bias" in pm.tensors:
+                biases[role] = pm.tensors[f"{p}.bias"]
+            if f"{p}.sub_norm" in pm.tensors:
+                norms["attn_sub" if role == "o" else "ffn_sub"] = pm.tensors[f"{p}.sub_norm"]
+        for key in ("attn", "ffn", "q", "k"):
+            name = f"layers.{i}.{key}_norm"
+            if name in pm.tensors:
+                norms[key] = pm.tensors[name]
+        blocks.append(Block(linears, biases, norms))
+    embed = _dense(pm, "embed", arch["embed_dtype"])
+    head = None if arch["tied"] else _dense(pm, "head", arch["head_dtype"])
+    if head is not None and getattr(config, "tie_word_embeddings", False):
+        # pack stores a tied matrix twice when the head and embedding dtypes differ: keep the finer copy.
+        if _DENSE_RANK[arch["head_dtype"]] > _DENSE_RANK[arch["embed_dtype"]]:
+            embed = head
+        head = None
+    return ExportSource(
+        config=config,
+        settings=settings,
+        adapter=adapter,
+        embed=embed,
+        head=head,
+        final_norm=pm.tensors["norm"],
+        blocks=blocks,
+        tokenizer_dir=Path(packed_dir),
+    )
+
+
+def is_packed_dir(path: str | Path) -> bool:
+    import json
+
+    cfg = Path(path) / "config.json"
+    try:
+        return cfg.is_file() and "packed" in json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def from_directory(model_dir: str | Path) -> ExportSource:
-    """Load a directory written by `bitdistill convert` / training (bitdistill.load) for export."""
+    """A bitdistill model directory (convert / training output, via bitdistill.load) or a packed directory."""
+    if is_packed_dir(model_dir):
+        return from_packed(model_dir)
     from ..model.io import load
 
     return from_model(load(model_dir), tokenizer_dir=Path(model_dir))
