@@ -21,7 +21,8 @@ STAGES = ("teacher", "bitnet_sft", "continue_pretrain", "distill")
 
 
 def run_cli(world: dict[str, Path], out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # One thread: a tiny model gains nothing from more, and oversubscribed OpenMP threads stall.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("BITDISTILL_FAULT", None)
     if fault:
         env["BITDISTILL_FAULT"] = fault
