@@ -12,6 +12,9 @@ each other down 1000x; threaded runs are covered by the kernel tests and the ben
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +204,58 @@ def test_threads_give_identical_results(tmp_path) -> None:
         outs.append(np.concatenate([first, engine.forward([3])[None], engine.forward([5])[None]]))
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def bitnet_dir(tmp_path_factory):
+    """A saved tiny BitNet Llama with the fixture BPE tokenizer (vocab 400), as `bitdistill pack` reads it."""
+    from transformers import PreTrainedTokenizerFast
+
+    from bitdistill.model.io import save
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(FIX / "tokenizer" / "tokenizer.json"), eos_token="<|endoftext|>"
+    )
+    torch.manual_seed(0)
+    model = _model("llama", subln=True, cfg=LlamaConfig(**{**SMALL, "vocab_size": len(tok)}))
+    out = tmp_path_factory.mktemp("cli") / "bitnet"
+    save(model, out, tokenizer=tok)
+    return model, tok, out
+
+
+def test_cli_pack_generate_classify(bitnet_dir, tmp_path, capsys) -> None:
+    from bitdistill.cli import main
+    from bitdistill.data import get_task, score_label_words
+
+    model, tok, src = bitnet_dir
+    packed = tmp_path / "packed"
+    assert main(["pack", str(src), "--out", str(packed), "--bits", "1.58", "--head-dtype", "fp32"]) == 0
+    assert "smaller than fp16" in capsys.readouterr().out
+
+    # generate streams the same greedy continuation PyTorch produces
+    prompt = "the movie was"
+    assert main(["generate", str(packed), "--prompt", prompt, "--max-new-tokens", "8", "--no-stop"]) == 0
+    ids = tok(prompt)["input_ids"]
+    with torch.no_grad():
+        for _ in range(8):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    expect = tok.decode(ids[len(tok(prompt)["input_ids"]) :], skip_special_tokens=True)
+    assert capsys.readouterr().out == expect + "\n"
+
+    # classify predicts what the trainer's scorer predicts on the PyTorch model
+    out_file = tmp_path / "preds.jsonl"
+    args = ["classify", str(packed), "--task", "sst2", "--data", str(FIX / "sst2"), "--limit", "6"]
+    assert main([*args, "--out", str(out_file)]) == 0
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    task = get_task("sst2")
+    examples = task.load("dev", FIX / "sst2", limit=6)
+    ref = score_label_words(model, tok, examples, task.label_words).numpy()
+    assert [r["pred"] for r in rows] == ref.argmax(1).tolist()
+    np.testing.assert_allclose(np.array([r["scores"] for r in rows]), ref, atol=1e-3)
+    assert "accuracy:" in capsys.readouterr().out
+
+    # user errors are reported, not raised
+    assert main(["generate", str(tmp_path / "missing"), "--prompt", "x"]) == 2

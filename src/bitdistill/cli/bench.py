@@ -1,0 +1,53 @@
+"""`bitdistill bench`: decode/prefill tokens/s and peak memory of the native runtime vs PyTorch eager."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ENGINES = ("runtime-2", "runtime-1.58", "torch-fp32", "torch-bf16")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark the native runtime (2-bit, 1.58-bit) against PyTorch eager fp32/bf16",
+        description="Each engine runs in its own subprocess on the same model: a prefill of --prefill tokens "
+        "then --decode greedy tokens, --runs times (after one warm-up run). Prints a table (median [min-max]) "
+        "and writes JSON.",
+    )
+    p.add_argument("--model", default="qwen3-0.6b",
+                   help="qwen3-0.6b (random weights, Qwen3-0.6B shape), smollm2-135m, or a model dir/.gguf")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prefill", type=int, default=128)
+    p.add_argument("--decode", type=int, default=128)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument(
+        "--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}"
+    )
+    p.add_argument("--head-dtype", default="int8", choices=["int8", "fp16", "bf16", "fp32"])
+    p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
+    p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import BitDistillError
+    from ..runtime.bench import format_table, run_bench, write_json
+
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        raise BitDistillError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
+    if min(args.threads, args.prefill, args.decode, args.runs) < 1:
+        raise BitDistillError("--threads, --prefill, --decode and --runs must be at least 1")
+    out = Path(args.out or Path("runs") / "bench" / f"{args.model.replace('/', '_')}.json")
+    res = run_bench(
+        args.model, args.threads, args.prefill, args.decode, args.runs, engines,
+        Path(args.work) if args.work else None, args.head_dtype, out=out,
+    )  # fmt: skip
+    table = format_table(res)
+    print(table)
+    write_json(res, out)
+    print(f"\nwrote {out}")
+    return 0

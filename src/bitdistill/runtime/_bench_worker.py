@@ -1,0 +1,103 @@
+"""One benchmark measurement in a fresh process (run as a script by bitdistill.runtime.bench).
+
+`runtime PACKED_DIR ...`: the native engine, loaded without importing torch (the package __init__ files
+that pull torch in are bypassed with namespace stubs; the worker asserts torch never loaded).
+`torch SPEC ... --dtype fp32|bf16`: transformers eager forward with a KV cache.
+Prints one JSON line: per-run decode and prefill tokens/s, and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import types
+from pathlib import Path
+
+# Run as a script, this file's directory heads sys.path, where kernels.py would shadow the `kernels`
+# package transformers probes for; drop it (the package is imported by its full name below).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _runtime(args) -> dict:
+    pkg = Path(__file__).resolve().parents[1]
+    for name, path in (("bitdistill", pkg), ("bitdistill.quant", pkg / "quant")):
+        mod = types.ModuleType(name)
+        mod.__path__ = [str(path)]
+        sys.modules[name] = mod
+    import numpy as np
+
+    from bitdistill.runtime.engine import load
+
+    engine = load(args.target, threads=args.threads)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, engine.arch["vocab"], args.prefill).tolist()
+    dec, pre = [], []
+    for _ in range(args.runs + 1):  # the first run warms caches and page-faults the weights in
+        engine.reset(args.prefill + args.decode + 1)
+        t = time.perf_counter()
+        logits = engine.forward(prompt)
+        t_pre = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(args.decode):
+            logits = engine.forward([int(np.argmax(logits))])
+        t_dec = time.perf_counter() - t
+        pre.append(args.prefill / t_pre)
+        dec.append(args.decode / t_dec)
+    assert "torch" not in sys.modules, "the runtime worker imported torch"
+    return {"decode": dec[1:], "prefill": pre[1:], "peak_rss_mib": _peak_rss_mib(), "torch_loaded": False}
+
+
+def _torch(args) -> dict:
+    import torch
+
+    from bitdistill.runtime.bench import build_fp_model
+
+    torch.set_num_threads(args.threads)
+    model, _ = build_fp_model(args.target)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = model.to(dtype).eval()
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, vocab, (1, args.prefill), generator=g)
+    dec, pre = [], []
+    runs = args.runs + 1
+    with torch.inference_mode():
+        for _ in range(runs):
+            t = time.perf_counter()
+            out = model(prompt, use_cache=True)
+            t_pre = time.perf_counter() - t
+            cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            t = time.perf_counter()
+            for _ in range(args.decode):
+                out = model(nxt, past_key_values=cache, use_cache=True)
+                cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            t_dec = time.perf_counter() - t
+            pre.append(args.prefill / t_pre)
+            dec.append(args.decode / t_dec)
+    return {"decode": dec[1:], "prefill": pre[1:], "peak_rss_mib": _peak_rss_mib(), "torch_loaded": True}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["runtime", "torch"])
+    p.add_argument("target")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prefill", type=int, default=128)
+    p.add_argument("--decode", type=int, default=128)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--dtype", default="fp32")
+    args = p.parse_args()
+    res = _runtime(args) if args.kind == "runtime" else _torch(args)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

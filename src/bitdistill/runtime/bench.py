@@ -1,0 +1,178 @@
+"""Decode/prefill speed and peak memory: the native runtime (2-bit, 1.58-bit) vs PyTorch eager fp32/bf16.
+
+Every measurement runs in its own subprocess (so peak RSS is that engine's alone), on the same model:
+  smollm2-135m   the embedded SmolLM2-135M-Instruct (GGUF dequantized to fp32), ternarized as is;
+  qwen3-0.6b     a random-weight Qwen3-0.6B-shaped model built from a config (28 layers, hidden 1024,
+                 16/8 heads, head_dim 128, FFN 3072, vocab 151936, tied embeddings), seed 0;
+  a path         any model directory / GGUF load_any understands (BitNet or converted as is).
+The runtime worker never imports torch (checked); PyTorch workers use transformers with a KV cache.
+Per engine: `runs` repetitions of a `prefill`-token prompt then `decode` greedy tokens; the table shows
+the median with min/max.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKER = Path(__file__).with_name("_bench_worker.py")
+QWEN3_SHAPE = dict(
+    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+    num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, max_position_embeddings=40960,
+    rope_theta=1000000.0, rms_norm_eps=1e-6,
+)  # fmt: skip
+
+
+def build_fp_model(spec: str):
+    """(full-precision model in fp32, tokenizer or None) for a bench spec."""
+    import torch
+
+    if spec == "qwen3-0.6b":
+        from transformers import AutoModelForCausalLM, Qwen3Config
+
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(Qwen3Config(**QWEN3_SHAPE), dtype=torch.float32), None
+    from ..model.hub import load_any
+
+    return load_any(spec)
+
+
+def prepare(spec: str, work: Path, head_dtype: str = "int8") -> dict[str, Path]:
+    """Pack the model at 2 and 1.58 bits under `work` (reused when present); returns {bits: dir}."""
+    from ..model.convert import is_bitnet, to_bitnet
+    from .packed import pack_model
+
+    out = {b: work / f"packed-{b}-{head_dtype}" for b in ("2", "1.58")}
+    if all((d / "config.json").is_file() for d in out.values()):
+        return out
+    model, tok = build_fp_model(spec)
+    if not is_bitnet(model):
+        to_bitnet(model, subln=False)
+    model.eval()
+    for bits, d in out.items():
+        pack_model(model, d, bits=bits, head_dtype=head_dtype, tokenizer=tok)
+    return out
+
+
+def _run_worker(args: list[str], timeout: float) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker {args[:2]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _summ(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def run_bench(
+    spec: str = "qwen3-0.6b",
+    threads: int = 2,
+    prefill: int = 128,
+    decode: int = 128,
+    runs: int = 5,
+    engines: tuple[str, ...] = ("runtime-2", "runtime-1.58", "torch-fp32", "torch-bf16"),
+    work: Path | None = None,
+    head_dtype: str = "int8",
+    log=print,
+    out: Path | None = None,
+) -> dict:
+    """Run every engine in its own subprocess; return the results dict (also what the JSON holds)."""
+    work = Path(work or Path("runs") / "bench" / spec.replace("/", "_"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    packed = prepare(spec, work, head_dtype) if any(e.startswith("runtime") for e in engines) else {}
+    log(f"prepared packed models in {time.time() - t0:.0f}s under {work}")
+    results: dict = {
+        "model": spec,
+        "threads": threads,
+        "prefill_tokens": prefill,
+        "decode_tokens": decode,
+        "runs": runs,
+        "head_dtype": head_dtype,
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
+        "engines": {},
+    }
+    common = [
+        "--threads",
+        str(threads),
+        "--prefill",
+        str(prefill),
+        "--decode",
+        str(decode),
+        "--runs",
+        str(runs),
+    ]
+    for eng in engines:
+        log(f"running {eng} ...")
+        load_before = os.getloadavg()
+        if eng.startswith("runtime-"):
+            bits = eng.split("-", 1)[1]
+            r = _run_worker(["runtime", str(packed[bits]), *common], timeout=3600)
+            cfg = json.loads((packed[bits] / "config.json").read_text())["packed"]["arch"]
+            r["linear_bytes"] = cfg["linear_bytes_on_disk"]
+            r["linear_fp16_bytes"] = 2 * cfg["linear_params"]
+            r["linear_ratio_vs_fp16"] = r["linear_fp16_bytes"] / r["linear_bytes"]
+        else:
+            dtype = eng.split("-", 1)[1]
+            r = _run_worker(["torch", spec, *common, "--dtype", dtype], timeout=3600)
+        r["loadavg_before"] = load_before
+        r["loadavg_after"] = os.getloadavg()
+        r["decode_tok_s"] = _summ(r.pop("decode"))
+        r["prefill_tok_s"] = _summ(r.pop("prefill"))
+        results["engines"][eng] = r
+        if out is not None:  # partial results survive an interrupted run
+            write_json(results, out)
+        log(f"  decode {r['decode_tok_s']['median']:.1f} tok/s, prefill {r['prefill_tok_s']['median']:.1f} tok/s, "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    if out is not None:
+        write_json(results, out)
+    fp32 = results["engines"].get("torch-fp32")
+    if fp32:
+        base = fp32["decode_tok_s"]["median"]
+        for r in results["engines"].values():
+            r["decode_speedup_vs_torch_fp32"] = r["decode_tok_s"]["median"] / base
+    return results
+
+
+def format_table(res: dict) -> str:
+    head = (
+        f"model {res['model']}, {res['threads']} threads, batch 1, prefill {res['prefill_tokens']} / decode "
+        f"{res['decode_tokens']} tokens, median of {res['runs']} runs [min-max]; "
+        f"load avg {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f}"
+    )
+    lines = [
+        head,
+        "",
+        "| engine | decode tok/s | prefill tok/s | vs fp32 decode | peak RSS MiB | linear weights |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in res["engines"].items():
+        d, p = r["decode_tok_s"], r["prefill_tok_s"]
+        size = (
+            f"{r['linear_bytes'] / 2**20:.1f} MiB ({r['linear_ratio_vs_fp16']:.2f}x < fp16)"
+            if "linear_bytes" in r
+            else "-"
+        )
+        sp = f"{r['decode_speedup_vs_torch_fp32']:.1f}x" if "decode_speedup_vs_torch_fp32" in r else "-"
+        lines.append(
+            f"| {name} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {p['median']:.1f} "
+            f"[{p['min']:.1f}-{p['max']:.1f}] | {sp} | {r['peak_rss_mib']:.0f} | {size} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(res: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    os.replace(tmp, path)
