@@ -72,6 +72,16 @@ def test_relation_divergence_matches_naive_loop():
     assert got == pytest.approx(_naive(deep, student, batches, 2, {0: 0, 1: 2, 2: 4}), rel=1e-5)
 
 
+def test_choose_layer_maps_the_teacher_depth():
+    from bitdistill.eval.layers import choose_layer
+
+    teacher = tiny_model("llama", seed=0, num_hidden_layers=4).eval()
+    student = bitdistill.to_bitnet(tiny_model("llama", seed=0, num_hidden_layers=3)).eval()
+    s_layer, t_layer, scores = choose_layer(teacher, student, _batches(1), relation_heads=4)
+    assert s_layer == max(scores, key=lambda i: (scores[i], i)) and t_layer == map_layer(s_layer, 3, 4)
+    assert set(scores) == {0, 1, 2}
+
+
 def test_divergence_localises_a_perturbed_layer():
     teacher = tiny_model("llama", seed=1, num_hidden_layers=3).eval()
     student = copy.deepcopy(teacher)

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         help="task option, e.g. text_column=review label_words=' bad',' good' (custom task; repeatable)",
     )  # fmt: skip
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--threads", type=int, help="packed directories: native runtime threads")
+    p.add_argument("--threads", type=int, help="CPU threads (torch, or the native runtime for packed dirs)")
     p.add_argument("--json", metavar="OUT", help="write the full result (with per-example predictions) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -51,6 +51,11 @@ def parse_task_options(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..eval._io import atomic_write_text
     from ..eval.evaluate import evaluate_dir
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # on a shared machine 1 thread avoids OpenMP barrier stalls
 
     result = evaluate_dir(
         args.dir, args.task, data=args.data, split=args.split, limit=args.limit,

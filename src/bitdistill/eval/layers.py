@@ -141,6 +141,21 @@ def pick_layer(scores: dict[int, float]) -> int:
     return max(scores, key=lambda i: (scores[i], i))
 
 
+def choose_layer(
+    teacher, student, batches: Iterable[dict[str, torch.Tensor]], relation_heads: int
+) -> tuple[int, int, dict[int, float]]:
+    """(student layer, teacher layer, scores) picked by the criterion, for models already in memory.
+
+    This is the hook for `distill.student_layer: auto`: the distill stage calls it with its teacher, its
+    student and a few task batches before training, and distils at the returned layers.
+    """
+    ns, nt = num_layers(student), num_layers(teacher)
+    mapping = {i: map_layer(i, ns, nt) for i in range(ns)}
+    scores = relation_divergences(teacher, student, batches, relation_heads, mapping)
+    pick = pick_layer(scores)
+    return pick, mapping[pick], scores
+
+
 # -- with a recipe ---------------------------------------------------------------------------------------
 
 
