@@ -164,3 +164,22 @@ def test_layer_sweep_section(tmp_path):
     assert "picks layer **2**: 0.40 points below the sweep's best (within 0.5 points)." in md
     assert "picks layer **0**: 5.00 points below" in md
     assert report["report"]["layer_sweep"] == sweep
+
+
+def test_ablation_labels_from_what_a_run_left_out():
+    from bitdistill.eval.report import describe_variant
+
+    def res(settings, ct=True):
+        stages = {"teacher": {}, "distill": {"distill": settings}}
+        if ct:
+            stages["continue_pretrain"] = {}
+        return {"stages": stages}
+
+    full = {"lambda": 10.0, "gamma": 1e5, "ce": True}
+    assert describe_variant(res(full)) == "BitDistill (variant)"
+    assert describe_variant(res(full, ct=False)) == "BitDistill (w/o continued pre-training)"
+    assert describe_variant(res({**full, "gamma": 0.0})) == "BitDistill (LD only)"
+    assert describe_variant(res({**full, "lambda": 0.0})) == "BitDistill (AD only)"
+    assert describe_variant(res({**full, "lambda": 0.0, "gamma": 0.0})) == "BitDistill (w/o distillation)"
+    assert describe_variant(res({**full, "ce": False})) == "BitDistill (w/o CE)"
+    assert describe_variant(res(full), stage="bitnet_sft") == "BitNet-SFT"
