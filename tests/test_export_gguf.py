@@ -371,12 +371,13 @@ def test_cli_exports_and_reports_errors(tmp_path, tokenizer, capsys):
     assert "tokenizer.json: missing" in capsys.readouterr().err
 
 
-def test_llama_cpp_runs_the_export_when_installed(tmp_path, tokenizer):
+@pytest.mark.parametrize("subln", [False, True], ids=["llama", "bitnet"])
+def test_llama_cpp_runs_the_export_when_installed(tmp_path, tokenizer, subln):
     """Optional: stock llama.cpp (llama-cpp-python) loads the file and computes the same logits as the
     PyTorch model with fp activations, within the error of its block-quantized activations."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    cfg = LlamaConfig(intermediate_size=512, **SMALL)
-    model, d = make_dir(tmp_path, tokenizer, cfg)
+    cfg = LlamaConfig(intermediate_size=512, tie_word_embeddings=True, **SMALL)
+    model, d = make_dir(tmp_path, tokenizer, cfg, subln=subln)
     export_directory(d, tmp_path / "m.gguf", head="f16")
     ids = tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
     llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
