@@ -183,3 +183,28 @@ def test_ablation_labels_from_what_a_run_left_out():
     assert describe_variant(res({**full, "lambda": 0.0, "gamma": 0.0})) == "BitDistill (w/o distillation)"
     assert describe_variant(res({**full, "ce": False})) == "BitDistill (w/o CE)"
     assert describe_variant(res(full), stage="bitnet_sft") == "BitNet-SFT"
+
+
+def test_stages_missing_from_results_are_read_from_their_directories(tmp_path):
+    """`bitdistill run --only ...` invocations each write their own results.json: the report merges the
+    finished stage directories (stage.json + eval.json) in."""
+    run = build_run(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    del results["stages"]["bitnet_sft"]
+    (run / "results.json").write_text(json.dumps(results))
+    stage = {"stage": "bitnet_sft", "model_dir": "bitnet_sft/model", "wall_seconds": 60.0,
+             "train": {"steps": 7, "tokens": 700, "tokens_per_second": 11.7, "first_loss": 5.0, "last_loss": 1.0}}  # fmt: skip
+    (run / "bitnet_sft" / "stage.json").write_text(json.dumps(stage))
+    (run / "bitnet_sft" / "eval.json").write_text(
+        json.dumps({"key": {}, "metrics": {"accuracy": 0.5, "n": 872}})
+    )
+    md, report = build_report(run, plots=False)
+    rows = _table_rows(md)
+    assert list(rows)[:3] == ["FP16-SFT", "BitNet-SFT", "BitDistill"]
+    assert rows["BitNet-SFT"][:3] == ["50.00", "—", f"{(0.5 - 791 / 872) * 100:+.2f}"]
+    assert "| bitnet_sft | 7 | 700 | 1.0 min | 12 | 5.0000 → 1.0000 |" in md
+    assert list(report["stages"]) == ["teacher", "bitnet_sft", "continue_pretrain", "distill"]
+    # no results.json at all: the stage directories alone make a report
+    (run / "results.json").unlink()
+    md, _ = build_report(run, plots=False)
+    assert _table_rows(md)["BitNet-SFT"][0] == "50.00"

@@ -36,19 +36,64 @@ REPORT_JSON = "report.json"
 SWEEP_FILE = "layer_sweep.json"
 
 
+PIPELINE_STAGES = ("teacher", "bitnet_sft", "continue_pretrain", "distill")
+
+
 def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise BitDistillError(f"{path}: missing; run the recipe first (bitdistill run CONFIG.yaml)")
-    try:
-        results = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BitDistillError(
-            f"{path}: not valid JSON ({err}); re-run `bitdistill run --only eval`"
-        ) from None
-    if not isinstance(results.get("stages"), dict):
-        raise BitDistillError(f"{path}: no 'stages' mapping; it was not written by `bitdistill run`")
+    """results.json of a run, completed from the stage directories (see `merge_stage_dirs`)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    results: dict[str, Any] = {"stages": {}}
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BitDistillError(
+                f"{path}: not valid JSON ({err}); re-run `bitdistill run --only eval`"
+            ) from None
+        if not isinstance(results.get("stages"), dict):
+            raise BitDistillError(f"{path}: no 'stages' mapping; it was not written by `bitdistill run`")
+    merge_stage_dirs(run_dir, results)
+    if not results["stages"]:
+        raise BitDistillError(f"{path}: missing, and no finished stage under {run_dir}; run the recipe first "
+                              "(bitdistill run CONFIG.yaml)")  # fmt: skip
     return results
+
+
+def merge_stage_dirs(run_dir: Path, results: dict[str, Any]) -> None:
+    """Fill in stages that finished under `run_dir/<stage>/` but are missing from results.json.
+
+    `bitdistill run --only ...` invocations each write results.json with their own stages; the stage
+    directories (stage.json, and eval.json once evaluated) hold everything, so the report reads them too.
+    Values already in results.json win.
+    """
+    for stage in PIPELINE_STAGES:
+        marker = run_dir / stage / "stage.json"
+        if not marker.is_file():
+            continue
+        try:
+            rec = json.loads(marker.read_text())
+            ev_file = run_dir / stage / "eval.json"
+            ev = json.loads(ev_file.read_text()).get("metrics") if ev_file.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue  # a corrupt marker is the pipeline's to report; the report uses what it can read
+        train = rec.get("train") or {}
+        found = {
+            "model_dir": rec.get("model_dir"), "wall_seconds": rec.get("wall_seconds"), "steps": train.get("steps"),
+            "train_tokens": train.get("tokens"), "tokens_per_second": train.get("tokens_per_second"),
+            "first_loss": train.get("first_loss"), "last_loss": train.get("last_loss"),
+            "reused": rec.get("reused", False),
+            **({"distill": rec["distill"]} if "distill" in rec else {}), **({"eval": ev} if ev else {}),
+        }  # fmt: skip
+        have = results["stages"].setdefault(stage, {})
+        for key, value in found.items():
+            if have.get(key) is None and value is not None:
+                have[key] = value
+    # keep the pipeline's stage order
+    order = [s for s in PIPELINE_STAGES if s in results["stages"]]
+    results["stages"] = {
+        s: results["stages"][s] for s in order + [s for s in results["stages"] if s not in order]
+    }
 
 
 def resolve_model_dir(run_dir: Path, stage: str, recorded: str | None) -> Path | None:
