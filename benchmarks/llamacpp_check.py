@@ -162,6 +162,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/bitdistill-llamacpp-check")
     ap.add_argument("--json", default=None, help="output JSON (default: WORK/llamacpp_check.json)")
     ap.add_argument("--no-install", dest="install", action="store_false")
+    ap.add_argument("--torch-tokens", type=int, default=16, help="decode steps timed for PyTorch (0: skip)")
     ap.add_argument("--speed-only", action="store_true", help="skip the token/logit comparison")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -239,11 +240,13 @@ def main() -> int:
         }
         result["teacher_forced"] = comparisons
 
+    load_before = os.getloadavg()[0]
     result["llama_cpp_speed"] = llamacpp.decode_speed(llm, ids, args.decode_tokens, args.runs)
-    result["torch_eager_decode_tok_s"] = torch_decode_speed(
-        model, ids, min(args.decode_tokens, 32), max(1, args.runs // 2)
-    )
+    if args.torch_tokens:
+        result["torch_eager_decode_tok_s"] = torch_decode_speed(model, ids, args.torch_tokens, 1)
 
+    # other processes on the machine skew every speed number: record the 1-minute load around the timing
+    result["loadavg_1m"] = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     print(f"\nmodel {result['model']}  llama-cpp-python {result['llama_cpp_python']}  threads {args.threads}")
     print(f"GGUF {gguf} {rep.bytes / 2**20:.1f} MiB  tensors {result['tensor_types']}")
     print(f"llama.cpp tokenizes the prompt like the HF tokenizer: {result['llama_cpp_prompt_ids_match']}")
@@ -268,10 +271,13 @@ def main() -> int:
         print(
             f"  {'native runtime 2-bit, fp32 head':38s} {d['median']:10.1f} [{d['min']:.1f}, {d['max']:.1f}]"
         )
-    d = result["torch_eager_decode_tok_s"]
-    print(f"  {'PyTorch eager fp32 BitLinear':38s} {d['median']:10.1f} [{d['min']:.1f}, {d['max']:.1f}]")
+    if "torch_eager_decode_tok_s" in result:
+        d = result["torch_eager_decode_tok_s"]
+        print(f"  {'PyTorch eager fp32 BitLinear':38s} {d['median']:10.1f} [{d['min']:.1f}, {d['max']:.1f}]")
     p = s["prefill_tok_s"]
     print(f"llama.cpp prefill ({len(ids)} tokens): {p['median']:.1f} tok/s")
+    la = result["loadavg_1m"]
+    print(f"1-min load average {la['before']:.2f} -> {la['after']:.2f} on {la['cpus']} CPUs")
     out = Path(args.json or work / "llamacpp_check.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
