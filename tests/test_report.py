@@ -208,3 +208,23 @@ def test_stages_missing_from_results_are_read_from_their_directories(tmp_path):
     (run / "results.json").unlink()
     md, _ = build_report(run, plots=False)
     assert _table_rows(md)["BitNet-SFT"][0] == "50.00"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+def test_parameter_counts_from_config_match_a_real_model(tmp_path, family, granularity):
+    """The config-only (meta device) counts equal those of the saved, converted model itself."""
+    from bitdistill.eval.memory import model_memory
+    from bitdistill.quant import BitLinear
+
+    model = bitdistill.to_bitnet(tiny_model(family, seed=0), granularity=granularity, group_size=32)
+    bitdistill.save(model, tmp_path / "m")
+    mem = model_memory(tmp_path / "m")
+    linears = [m for m in model.modules() if isinstance(m, BitLinear)]
+    linear = sum(m.weight.numel() for m in linears)
+    total = sum(p.numel() for p in model.parameters())
+    scales = sum(m.ternary_weight()[1].numel() for m in linears)  # the scales BitLinear really uses
+    assert mem["counts"]["linear_params"] == linear
+    assert mem["counts"]["total_params"] == total
+    assert mem["counts"]["num_scales"] == scales
+    assert mem["bytes"]["model_1.58bit"] == math.ceil(linear * 1.6 / 8) + 4 * scales + 2 * (total - linear)
