@@ -143,6 +143,8 @@ BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_
         for (; b < end; b++) {
             const int8_t *xb = x + (size_t)b * BD_BLOCK;
             const uint8_t *wb = w + (size_t)b * BD_BLOCK;
+            _mm_prefetch((const char *)(wb + 1024), _MM_HINT_T0); /* 8 blocks ahead, 2 lines per block */
+            _mm_prefetch((const char *)(wb + 1024 + 64), _MM_HINT_T0);
             __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
@@ -251,6 +253,8 @@ BD_AVX2 static void idot4_avx2(const int8_t *w, int k, const int8_t *x, int32_t 
     for (; i + 32 <= k; i += 32) {
         __m256i xv = _mm256_loadu_si256((const __m256i *)(x + i));
         __m256i ax = _mm256_abs_epi8(xv);
+        if (!(i & 63)) /* one cache line per row per 64 columns, ~1 KiB ahead: the next row group */
+            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w + (size_t)(r + 4) * k + i), _MM_HINT_T0);
         for (int r = 0; r < 4; r++) {
             __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (size_t)r * k + i));
             __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
