@@ -72,6 +72,16 @@ def test_relation_divergence_matches_naive_loop():
     assert got == pytest.approx(_naive(deep, student, batches, 2, {0: 0, 1: 2, 2: 4}), rel=1e-5)
 
 
+def test_default_relation_heads_divide_gqa_widths():
+    # SmolLM2's shape in small: 9 heads, q width 72, k/v width 24 -> 9 does not divide 24; A_r = 8
+    kw = dict(hidden_size=72, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=2)
+    teacher = tiny_model("llama", seed=0, **kw).eval()
+    student = bitdistill.to_bitnet(copy.deepcopy(teacher)).eval()
+    batches = _batches(1)
+    got = relation_divergences(teacher, student, batches)
+    assert got == pytest.approx(_naive(teacher, student, batches, 8, {0: 0, 1: 1}), rel=1e-5)
+
+
 def test_choose_layer_maps_the_teacher_depth():
     from bitdistill.eval.layers import choose_layer
 

@@ -85,13 +85,13 @@ def relation_divergences(
     teacher,
     student,
     batches: Iterable[dict[str, torch.Tensor]],
-    relation_heads: int,
+    relation_heads: int | None = None,
     teacher_layer_of: dict[int, int] | None = None,
 ) -> dict[int, float]:
     """Mean over `batches` of L_AD(teacher layer t(l) ‖ student layer l) for every student layer l.
 
     `teacher_layer_of` maps student -> teacher layer (default `map_layer`). All layers are captured in one
-    forward pass per model and batch.
+    forward pass per model and batch. `relation_heads` None = `default_relation_heads`.
     """
     from ..distill.capture import QKVCapture
     from ..distill.losses import attention_relation_loss
@@ -100,6 +100,8 @@ def relation_divergences(
     mapping = teacher_layer_of or {i: map_layer(i, ns, nt) for i in range(ns)}
     s_caps = {i: QKVCapture(student, i) for i in mapping}
     t_caps = {j: QKVCapture(teacher, j) for j in set(mapping.values())}
+    if relation_heads is None:
+        relation_heads = default_relation_heads(student, [*s_caps.values(), *t_caps.values()])
     totals = dict.fromkeys(mapping, 0.0)
     count = 0
     s_dev = next(student.parameters()).device
@@ -136,13 +138,23 @@ def _capture_all(model, caps: dict, ids, mask) -> dict[int, tuple[torch.Tensor, 
             c.clear()
 
 
+def default_relation_heads(student, captures) -> int:
+    """The distill stage's default A_r: the largest count <= the student's head count that divides every
+    q/k/v width involved (SmolLM2: 9 heads, q width 576, k/v width 192 -> A_r = 8, since 9 ∤ 192)."""
+    from ..distill.losses import valid_relation_heads
+
+    widths = [m.out_features for c in captures for m in c.modules]
+    cap = student.config.num_attention_heads
+    return max(a for a in valid_relation_heads(*widths) if a <= cap)
+
+
 def pick_layer(scores: dict[int, float]) -> int:
     """argmax of the criterion (the deeper layer on a tie, as the paper prefers late layers)."""
     return max(scores, key=lambda i: (scores[i], i))
 
 
 def choose_layer(
-    teacher, student, batches: Iterable[dict[str, torch.Tensor]], relation_heads: int
+    teacher, student, batches: Iterable[dict[str, torch.Tensor]], relation_heads: int | None = None
 ) -> tuple[int, int, dict[int, float]]:
     """(student layer, teacher layer, scores) picked by the criterion, for models already in memory.
 
@@ -186,9 +198,12 @@ def criterion_scores(
     teacher, _ = load_teacher(recipe)
     student, tok = load_student(recipe)
     batches = _criterion_batches(recipe, tok, examples, batch_size)
-    heads = recipe.distill.relation_heads or student.config.num_attention_heads
+    from ..distill.capture import QKVCapture
+
     ns, nt = num_layers(student), num_layers(teacher)
     mapping = {i: map_layer(i, ns, nt) for i in range(ns)}
+    caps = [QKVCapture(student, i) for i in mapping] + [QKVCapture(teacher, j) for j in set(mapping.values())]
+    heads = recipe.distill.relation_heads or default_relation_heads(student, caps)
     scores = relation_divergences(teacher, student, batches, heads, mapping)
     del student
     shift = None
