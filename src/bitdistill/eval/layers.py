@@ -192,14 +192,13 @@ def criterion_scores(
     Returns {"name", "scores": {layer: D_l}, "task_shift": {layer: S_l} | None, "pick", "teacher_layers",
     "examples"}. The student is the one the distill stage would start from.
     """
+    from ..distill.capture import QKVCapture
     from ..stages.common import load_model_dir_or_spec
     from ..stages.distill import load_student, load_teacher
 
     teacher, _ = load_teacher(recipe)
     student, tok = load_student(recipe)
     batches = _criterion_batches(recipe, tok, examples, batch_size)
-    from ..distill.capture import QKVCapture
-
     ns, nt = num_layers(student), num_layers(teacher)
     mapping = {i: map_layer(i, ns, nt) for i in range(ns)}
     caps = [QKVCapture(student, i) for i in mapping] + [QKVCapture(teacher, j) for j in set(mapping.values())]
