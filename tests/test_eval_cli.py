@@ -150,3 +150,49 @@ def test_eval_packed_dir_on_native_runtime(tmp_path):
     torch_preds, _ = _naive(model, tok)
     # (one disagreement allowed: int8 rounding may flip a near-tie between the two numerics)
     assert sum(a == b for a, b in zip(preds, torch_preds)) >= len(preds) - 1, (preds, torch_preds)
+
+
+def test_eval_packed_summarization_greedy(tmp_path):
+    """Packed summarization: the engine's greedy continuation of the training-style prompt ids, scored."""
+    import numpy as np
+
+    from bitdistill.data.tasks import get_task
+    from bitdistill.eval.evaluate import evaluate_dir
+    from bitdistill.eval.generate import prompt_ids
+    from bitdistill.eval.metrics import summarization_metrics
+    from bitdistill.runtime.engine import load
+    from bitdistill.runtime.packed import pack_model
+
+    data = tmp_path / "sum.jsonl"
+    rows = [{"doc": "w5 w6 w7 w8", "sum": "w6 w7"}, {"doc": "w9 w10", "sum": "w10 w11 w12"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = tiny_tokenizer()
+    pack_model(
+        bitdistill.to_bitnet(tiny_model("llama", seed=6)).eval(),
+        tmp_path / "p",
+        head_dtype="fp32",
+        tokenizer=tok,
+    )
+    task = get_task(
+        "custom", kind="summarization", text_column="doc", target_column="sum", template="{text} w0"
+    )
+    got = evaluate_dir(
+        tmp_path / "p", task, data=data, max_new_tokens=4, max_length=64, keep_predictions=True
+    )
+    engine = load(tmp_path / "p")
+    hyps = []
+    for ids in prompt_ids(tok, task.load("dev", path=data), 64, 4):
+        engine.reset(len(ids) + 4)
+        logits, new = engine.forward(ids), []
+        for _ in range(4):
+            t = int(np.argmax(logits))
+            if t == tok.eos_token_id:
+                break
+            new.append(t)
+            logits = engine.forward([t])
+        hyps.append(tok.decode(new, skip_special_tokens=True).strip())
+    assert any(hyps)
+    assert [p["prediction"] for p in got["predictions"]] == hyps
+    assert got["metrics"] == pytest.approx(summarization_metrics(hyps, [r["sum"] for r in rows]))
+    with pytest.raises(bitdistill.BitDistillError, match="decodes greedily"):
+        evaluate_dir(tmp_path / "p", task, data=data, max_new_tokens=4, max_length=64, num_beams=2)
