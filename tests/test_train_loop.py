@@ -155,6 +155,9 @@ def test_stream_batches_fast_forward():
     full = [b["input_ids"][:, 0].tolist() for b in StreamBatches(blocks, 2).iterate(0)]
     assert full == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert [b["input_ids"][:, 0].tolist() for b in StreamBatches(blocks, 2).iterate(3)] == full[3:]
+    # The budget's tail smaller than a batch still trains (one process), so budget/batch steps are taken.
+    assert [b["input_ids"][:, 0].tolist() for b in StreamBatches(blocks, 4).iterate(0)] == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # fmt: skip
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):

@@ -103,6 +103,9 @@ class StreamBatches:
             if len(buf) == per_step:
                 yield self.collate(buf[self.rank * self.batch_size : (self.rank + 1) * self.batch_size])
                 buf = []
+        if buf and self.world == 1:
+            # The budget's last, smaller batch (multi-process runs drop it so every rank steps equally).
+            yield self.collate(buf)
         # The corpus ran dry (its token budget is spent): the loop ends the stage when the iterator stops.
 
 
