@@ -259,3 +259,25 @@ def test_cli_pack_generate_classify(bitnet_dir, tmp_path, capsys) -> None:
 
     # user errors are reported, not raised
     assert main(["generate", str(tmp_path / "missing"), "--prompt", "x"]) == 2
+
+
+def test_sampling_filters_match_brute_force() -> None:
+    """Top-k then top-p keep exactly the tokens a sort over the full vocabulary keeps (large vocab path too)."""
+    from bitdistill.runtime.sampling import sample
+
+    rng = np.random.default_rng(0)
+    for v, k, p in [(50, 0, 0.5), (50, 10, 0.9), (3000, 0, 0.3), (3000, 0, 0.999), (3000, 100, 0.8)]:
+        logits = (rng.normal(size=v) * 3).astype(np.float32)
+        z = logits.astype(np.float64) / 0.7
+        order = np.argsort(-z)
+        if k:
+            order = order[:k]
+        probs = np.exp(z[order] - z[order].max())
+        probs /= probs.sum()
+        keep = set(order[: np.searchsorted(np.cumsum(probs), p) + 1].tolist())
+        params = SamplingParams(temperature=0.7, top_k=k, top_p=p)
+        drawn = {sample(logits, params, rng) for _ in range(300)}
+        assert drawn <= keep, (v, k, p)
+        if len(keep) <= 3:
+            assert drawn == keep
+    assert sample(np.array([0.1, 3.0, -1.0], np.float32), SamplingParams(), rng) == 1

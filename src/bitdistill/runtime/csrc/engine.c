@@ -36,7 +36,7 @@ static void barrier_wait(bd_barrier *b, int n, int *local_sense) {
     } else {
         int spins = 0;
         while (atomic_load_explicit(&b->sense, memory_order_acquire) != s) {
-            if (++spins < 4000) {
+            if (++spins < 1000) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
 #endif
