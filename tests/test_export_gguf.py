@@ -415,3 +415,21 @@ def test_packed_directory_exports_the_same_ternary_tensors(tmp_path, tokenizer, 
         "tokenizer.ggml.merges",
     ):
         assert fa[key] == fb[key]
+
+
+def test_bench_helpers_export_a_model_without_tokenizer(tmp_path):
+    from bitdistill.export import llamacpp
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        LlamaConfig(intermediate_size=512, tie_word_embeddings=True, **SMALL)
+    )
+    to_bitnet(model, subln=False)
+    gguf = llamacpp.prepare_gguf(model.eval(), tmp_path)
+    fields, tensors = read(gguf)
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == SMALL["vocab_size"] and tokens[257] == "<|endoftext|>" and tokens[300] == "[PAD300]"
+    check_linears(model, tensors, permute=True)
+    if llamacpp.available():
+        r = llamacpp.bench_worker(gguf, threads=1, prefill=8, decode=4, runs=1)
+        assert len(r["decode"]) == len(r["prefill"]) == 1 and r["decode"][0] > 0 and r["peak_rss_mib"] > 0

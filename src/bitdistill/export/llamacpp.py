@@ -82,3 +82,52 @@ def decode_speed(llm, prompt_ids: Sequence[int], n_new: int = 128, runs: int = 5
         return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
     return {"decode_tok_s": summary(decode), "prefill_tok_s": summary(prefill), "new_tokens": n_new}
+
+
+def byte_level_tokenizer():
+    """A minimal byte-level BPE tokenizer (256 byte tokens, one merge, <|endoftext|>) for models that have
+    none, such as the random-weight benchmark models: llama.cpp needs a vocabulary to load a file."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["Ġt"] = len(vocab)  # llama.cpp refuses a BPE vocabulary without merges: give it one
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"eos_token": "<|endoftext|>"})
+    return fast
+
+
+def prepare_gguf(model, work: str | os.PathLike, tokenizer=None, ttype: str = "tq2_0", head: str = "q4_0"):
+    """Export a converted in-memory model to WORK/model-TTYPE-HEAD.gguf (reused when present) for timing."""
+    from pathlib import Path
+
+    from .gguf_export import export_gguf
+    from .source import from_model
+
+    work = Path(work)
+    out = work / f"model-{ttype}-{head}.gguf"
+    if out.is_file():
+        return out
+    tok_dir = work / "gguf-tokenizer"
+    (tokenizer if tokenizer is not None else byte_level_tokenizer()).save_pretrained(str(tok_dir))
+    export_gguf(from_model(model, tokenizer_dir=tok_dir), out, ttype=ttype, head=head)
+    return out
+
+
+def bench_worker(gguf_path, threads: int, prefill: int, decode: int, runs: int) -> dict:
+    """The `bitdistill bench` worker protocol: a random `prefill`-token prompt then `decode` greedy tokens,
+    `runs` times after one warm-up; per-run tokens/s and the process's peak RSS (run it in its own process)."""
+    import resource
+
+    llm = open_model(gguf_path, n_ctx=prefill + decode + 8, threads=threads)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, llm.n_vocab(), prefill).tolist()
+    res = decode_speed(llm, prompt, decode, runs + 1)
+    return {
+        "decode": res["decode_tok_s"]["runs"][1:],
+        "prefill": res["prefill_tok_s"]["runs"][1:],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
