@@ -371,13 +371,24 @@ def test_cli_exports_and_reports_errors(tmp_path, tokenizer, capsys):
     assert "tokenizer.json: missing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("subln", [False, True], ids=["llama", "bitnet"])
-def test_llama_cpp_runs_the_export_when_installed(tmp_path, tokenizer, subln):
+@pytest.mark.parametrize(
+    "family, subln",
+    [("llama", False), ("llama", True), ("qwen2", False), ("qwen3", False)],
+    ids=["llama", "bitnet", "qwen2", "qwen3"],
+)
+def test_llama_cpp_runs_the_export_when_installed(tmp_path, tokenizer, family, subln):
     """Optional: stock llama.cpp (llama-cpp-python) loads the file and computes the same logits as the
     PyTorch model with fp activations, within the error of its block-quantized activations."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    cfg = LlamaConfig(intermediate_size=512, tie_word_embeddings=True, **SMALL)
+    make = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[family]
+    extra = {"head_dim": 32} if family == "qwen3" else {}
+    cfg = make(intermediate_size=512, tie_word_embeddings=True, **extra, **SMALL)
     model, d = make_dir(tmp_path, tokenizer, cfg, subln=subln)
+    if family == "qwen2":
+        with torch.no_grad():
+            for block in model.model.layers:
+                block.self_attn.q_proj.bias.normal_()
+        save(model, d, tokenizer=tokenizer)
     export_directory(d, tmp_path / "m.gguf", head="f16")
     ids = tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
     llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
