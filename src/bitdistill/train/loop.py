@@ -290,11 +290,18 @@ def train(
         return {k: float(v) for k, v in result.items()}
 
     def checkpoint(at: int) -> Path:
-        path = save_checkpoint(
-            train_dir, at, raw_model, optimizer, scheduler, state,
-            keep=cfg.keep_checkpoints, rank=accelerator.process_index, is_main=main,
-            before_publish=lambda: _fault(f"{desc}:save:{at}"),
-        )  # fmt: skip
+        # The main process publishes the directory first; the other ranks then add their RNG state.
+        kwargs = dict(keep=cfg.keep_checkpoints, rank=accelerator.process_index)
+        if main:
+            path = save_checkpoint(
+                train_dir, at, raw_model, optimizer, scheduler, state, is_main=True,
+                before_publish=lambda: _fault(f"{desc}:save:{at}"), **kwargs,
+            )  # fmt: skip
+        accelerator.wait_for_everyone()
+        if not main:
+            path = save_checkpoint(
+                train_dir, at, raw_model, optimizer, scheduler, state, is_main=False, **kwargs
+            )
         accelerator.wait_for_everyone()
         return path
 
