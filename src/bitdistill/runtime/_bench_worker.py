@@ -61,8 +61,8 @@ def _torch(args) -> dict:
     from bitdistill.runtime.bench import build_fp_model
 
     torch.set_num_threads(args.threads)
-    model, _ = build_fp_model(args.target)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model, _ = build_fp_model(args.target, dtype)
     model = model.to(dtype).eval()
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)

@@ -28,18 +28,22 @@ QWEN3_SHAPE = dict(
 )  # fmt: skip
 
 
-def build_fp_model(spec: str):
-    """(full-precision model in fp32, tokenizer or None) for a bench spec."""
+def build_fp_model(spec: str, dtype=None):
+    """(full-precision model, tokenizer or None) for a bench spec, built directly in `dtype` (default fp32)
+    so a bf16 process never holds an fp32 copy (its peak RSS is then bf16's own)."""
     import torch
 
+    dtype = dtype or torch.float32
     if spec == "qwen3-0.6b":
         from transformers import AutoModelForCausalLM, Qwen3Config
 
-        torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(Qwen3Config(**QWEN3_SHAPE), dtype=torch.float32), None
+        torch.manual_seed(0)  # random weights: same shapes and work at every dtype (values are irrelevant)
+        with torch.device("cpu"):
+            model = AutoModelForCausalLM.from_config(Qwen3Config(**QWEN3_SHAPE), dtype=dtype)
+        return model, None
     from ..model.hub import load_any
 
-    return load_any(spec)
+    return load_any(spec, dtype=dtype)
 
 
 def prepare(spec: str, work: Path, head_dtype: str = "int8") -> dict[str, Path]:
