@@ -451,55 +451,61 @@ _ST_DTYPES = {"U8": np.uint8, "I8": np.int8, "U16": np.uint16, "F16": np.float16
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Memory-map a safetensors file and return read-only views of its tensors, validating the header.
+    """Read a safetensors file into fresh numpy arrays, validating the header first.
 
-    Every offset, dtype and shape is checked against the file size before a view is made, so nothing
-    later can read outside the mapping. Views that are not aligned to their element size are copied (the
-    C kernels and compilers may assume natural alignment). Weights stay in the page cache: no copy, no
-    load time, and peak RSS counts each weight byte once.
+    Every offset, dtype and shape is checked against the file size before anything is read. Tensors are
+    read straight into their own arrays (one copy, no intermediate buffer), so peak RSS holds each weight
+    byte once and large arrays get numpy's transparent-huge-page advice: the decode loop streams all
+    weights every token, and 2 MiB pages measurably cut TLB misses versus a 4 KiB-page file mapping.
     """
     size = path.stat().st_size
     if size < 8:
         raise _fail(path, f"only {size} bytes, too short for a safetensors header")
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    n = int.from_bytes(bytes(mm[:8]), "little")
-    if n < 2 or 8 + n > size or n > 1 << 27:
-        raise _fail(path, f"header length {n} does not fit the file size {size}")
-    try:
-        header = json.loads(bytes(mm[8 : 8 + n]).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise _fail(path, f"header is not valid JSON ({err})") from None
-    if not isinstance(header, dict):
-        raise _fail(path, "header is not a JSON object")
-    base, data_size = 8 + n, size - 8 - n
-    tensors: dict[str, np.ndarray] = {}
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
-            raise _fail(path, f"tensor {name!r}: missing or unsupported dtype in the header")
-        shape, offs = info.get("shape"), info.get("data_offsets")
-        if (
-            not isinstance(shape, list)
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40 for v in shape)
-            or not isinstance(offs, list)
-            or len(offs) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in offs)
-        ):
-            raise _fail(path, f"tensor {name!r}: malformed shape/data_offsets in the header")
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-        begin, end = offs
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if not 0 <= begin <= end <= data_size or end - begin != count * dtype.itemsize:
-            raise _fail(path, f"tensor {name!r}: data_offsets {offs} do not match its shape or the file size")
-        spans.append((begin, end, name))
-        view = np.ndarray(tuple(shape), dtype=dtype, buffer=mm, offset=base + begin)
-        tensors[name] = view if (base + begin) % dtype.itemsize == 0 else view.copy()
-    spans.sort()
-    for (_, e0, a), (b1, _, b) in zip(spans, spans[1:], strict=False):
-        if b1 < e0:
-            raise _fail(path, f"tensors {a!r} and {b!r} overlap")
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n < 2 or 8 + n > size or n > 1 << 27:
+            raise _fail(path, f"header length {n} does not fit the file size {size}")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise _fail(path, f"header is not valid JSON ({err})") from None
+        if not isinstance(header, dict):
+            raise _fail(path, "header is not a JSON object")
+        base, data_size = 8 + n, size - 8 - n
+        entries = []
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+                raise _fail(path, f"tensor {name!r}: missing or unsupported dtype in the header")
+            shape, offs = info.get("shape"), info.get("data_offsets")
+            if (
+                not isinstance(shape, list)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40 for v in shape)
+                or not isinstance(offs, list)
+                or len(offs) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in offs)
+            ):
+                raise _fail(path, f"tensor {name!r}: malformed shape/data_offsets in the header")
+            dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+            begin, end = offs
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if not 0 <= begin <= end <= data_size or end - begin != count * dtype.itemsize:
+                raise _fail(
+                    path, f"tensor {name!r}: data_offsets {offs} do not match its shape or the file size"
+                )
+            entries.append((begin, end, name, tuple(shape), dtype))
+        entries.sort(key=lambda e: e[:2])
+        for (_, e0, a, *_), (b1, _, b, *_) in zip(entries, entries[1:], strict=False):
+            if b1 < e0:
+                raise _fail(path, f"tensors {a!r} and {b!r} overlap")
+        tensors: dict[str, np.ndarray] = {}
+        for begin, end, name, shape, dtype in entries:
+            arr = np.empty(shape, dtype=dtype)
+            f.seek(base + begin)
+            if f.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != end - begin:
+                raise _fail(path, f"tensor {name!r}: the file ended early")
+            tensors[name] = arr
     return tensors
 
 
