@@ -87,6 +87,15 @@ def valid_relation_heads(*widths: int) -> list[int]:
     return [a for a in range(1, g + 1) if g % a == 0]
 
 
+def default_relation_heads(widths: Sequence[int], max_heads: int) -> int:
+    """The largest A_r <= max_heads (the student's head count) that divides every q/k/v width.
+
+    With GQA the k/v width is smaller than the q width (SmolLM2: 576 vs 192), so the head count itself
+    (9) need not divide both; A_r only has to split each tensor evenly (SmolLM2 -> 8).
+    """
+    return max(a for a in valid_relation_heads(*widths) if a <= max_heads)
+
+
 def _relation_log_probs(
     x: torch.Tensor, heads: int, key_mask: torch.Tensor | None, causal: bool, who: str
 ) -> torch.Tensor:

@@ -139,13 +139,11 @@ def _capture_all(model, caps: dict, ids, mask) -> dict[int, tuple[torch.Tensor, 
 
 
 def default_relation_heads(student, captures) -> int:
-    """The distill stage's default A_r: the largest count <= the student's head count that divides every
-    q/k/v width involved (SmolLM2: 9 heads, q width 576, k/v width 192 -> A_r = 8, since 9 ∤ 192)."""
-    from ..distill.losses import valid_relation_heads
+    """The distill stage's default A_r over every q/k/v width the captures involve."""
+    from ..distill.losses import default_relation_heads as relation_heads_for
 
     widths = [m.out_features for c in captures for m in c.modules]
-    cap = student.config.num_attention_heads
-    return max(a for a in valid_relation_heads(*widths) if a <= cap)
+    return relation_heads_for(widths, student.config.num_attention_heads)
 
 
 def pick_layer(scores: dict[int, float]) -> int:

@@ -114,6 +114,15 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     _log(f"results: {out / 'results.json'}")
     _print_summary(results)
+    if recipe.eval.enabled and any(r.get("eval") for r in results["stages"].values()):
+        from ..errors import BitDistillError
+        from ..eval.report import write_report
+
+        try:
+            write_report(out)
+            _log(f"report: {out / 'report.md'}")
+        except BitDistillError as err:
+            _log(f"report: skipped ({err})")
     return results
 
 

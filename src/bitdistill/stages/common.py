@@ -123,8 +123,9 @@ def evaluate_model(
                 batch_size=recipe.task.eval_batch_size, max_length=recipe.task.max_length, progress=progress,
             )  # fmt: skip
             gold = [ex.label for ex in data.eval]
-            acc = sum(int(p == g) for p, g in zip(preds, gold, strict=True)) / len(gold)
-            return {"accuracy": acc, "n": len(gold)}
+            from ..eval.metrics import classification_metrics
+
+            return classification_metrics(preds, gold)
         # Summarization: the target-token loss here; ROUGE/BLEU come from `bitdistill eval`.
         ds = TaskDataset(tokenizer, data.eval, recipe.task.max_length)
         pad = pad_token_id(tokenizer)

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from ..distill.capture import QKVCapture, projection_modules
-from ..distill.losses import distill_loss, valid_relation_heads
+from ..distill.losses import default_relation_heads as relation_heads_for
+from ..distill.losses import distill_loss
 from ..errors import BitDistillError
 from ..recipe.schema import Recipe
 from .common import convert, finished_model, load_model_dir_or_spec, load_task_data
@@ -47,15 +48,10 @@ def load_teacher(recipe: Recipe):
 
 
 def default_relation_heads(student, teacher, spec) -> int:
-    """The largest A_r <= the student's head count that divides every q/k/v width of both models.
-
-    With GQA the k/v width is smaller than the q width (SmolLM2: 576 vs 192), so the head count itself
-    (9) need not divide both; A_r only has to split each tensor evenly.
-    """
+    """The distill stage's A_r when the recipe sets none (see losses.default_relation_heads)."""
     widths = [m.out_features for m in projection_modules(student, spec.student_layer)]
     widths += [m.out_features for m in projection_modules(teacher, spec.teacher_layer)]
-    cap = student.config.num_attention_heads
-    return max(a for a in valid_relation_heads(*widths) if a <= cap)
+    return relation_heads_for(widths, student.config.num_attention_heads)
 
 
 def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
