@@ -17,16 +17,6 @@ COMMON = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread pool's
-    hand-offs cost milliseconds per op (a scoring test: 21 s with 2 threads, 0.6 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(family: str):
     torch.manual_seed(0)
     if family == "llama":

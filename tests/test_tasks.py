@@ -31,16 +31,6 @@ TOKENIZER = FIX / "tokenizer" / "tokenizer.json"
 SHARED_SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread pool's
-    hand-offs cost milliseconds per op (a scoring test: 21 s with 2 threads, 0.6 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     if not bos:
         return PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER), eos_token="<|endoftext|>")
