@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ENGINES = ("runtime-2", "runtime-1.58", "torch-fp32", "torch-bf16")
+ENGINES = ("runtime-2", "runtime-1.58", "torch-fp32", "torch-bf16", "llamacpp-tq2_0")
 
 
 def register(subparsers) -> None:
@@ -23,8 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument(
-        "--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}"
-    )
+        "--engines", default=None,
+        help=f"comma-separated subset of {', '.join(ENGINES)} (default: all; llama.cpp when installed)",
+    )  # fmt: skip
     p.add_argument("--head-dtype", default="int8", choices=["int8", "fp16", "bf16", "fp32"])
     p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
@@ -33,9 +34,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
-    from ..runtime.bench import format_table, run_bench, write_json
+    from ..runtime.bench import format_table, llamacpp_engines, run_bench, write_json
 
-    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    if args.engines is None:
+        engines = ENGINES[:4] + llamacpp_engines()
+    else:
+        engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     bad = [e for e in engines if e not in ENGINES]
     if bad:
         raise BitDistillError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")

@@ -26,12 +26,27 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _runtime(args) -> dict:
+def _stub_packages(*subpackages: str) -> None:
+    """Register bitdistill (and the given sub-packages) as bare namespaces, so importing one module does
+    not run the package __init__ files that pull torch in (it would inflate the measured peak RSS)."""
     pkg = Path(__file__).resolve().parents[1]
-    for name, path in (("bitdistill", pkg), ("bitdistill.quant", pkg / "quant")):
-        mod = types.ModuleType(name)
-        mod.__path__ = [str(path)]
-        sys.modules[name] = mod
+    for name in ("", *subpackages):
+        mod = types.ModuleType("bitdistill" + (f".{name}" if name else ""))
+        mod.__path__ = [str(pkg / name if name else pkg)]
+        sys.modules[mod.__name__] = mod
+
+
+def _llamacpp(args) -> dict:
+    _stub_packages("export")
+    from bitdistill.export.llamacpp import bench_worker
+
+    res = bench_worker(args.target, args.threads, args.prefill, args.decode, args.runs)
+    assert "torch" not in sys.modules, "the llama.cpp worker imported torch"
+    return {**res, "torch_loaded": False}
+
+
+def _runtime(args) -> dict:
+    _stub_packages("quant")
     import numpy as np
 
     from bitdistill.runtime.engine import load
@@ -87,7 +102,7 @@ def _torch(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["runtime", "torch"])
+    p.add_argument("kind", choices=["runtime", "torch", "llamacpp"])
     p.add_argument("target")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill", type=int, default=128)
@@ -95,7 +110,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--dtype", default="fp32")
     args = p.parse_args()
-    res = _runtime(args) if args.kind == "runtime" else _torch(args)
+    res = {"runtime": _runtime, "torch": _torch, "llamacpp": _llamacpp}[args.kind](args)
     print(json.dumps(res))
 
 

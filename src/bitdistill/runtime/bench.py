@@ -63,6 +63,27 @@ def prepare(spec: str, work: Path, head_dtype: str = "int8") -> dict[str, Path]:
     return out
 
 
+def llamacpp_engines() -> tuple[str, ...]:
+    """The llama.cpp engine, when llama-cpp-python is installed (benchmarks/llamacpp_check.py installs it)."""
+    import importlib.util
+
+    return ("llamacpp-tq2_0",) if importlib.util.find_spec("llama_cpp") is not None else ()
+
+
+def prepare_llamacpp(spec: str, work: Path, ttype: str = "tq2_0") -> Path:
+    """The same model exported to GGUF (ternary `ttype` linears, Q4_0 head, as the issue's reference)."""
+    from ..export.llamacpp import prepare_gguf
+    from ..model.convert import is_bitnet, to_bitnet
+
+    cached = work / f"model-{ttype}-q4_0.gguf"
+    if cached.is_file():
+        return cached
+    model, tok = build_fp_model(spec)
+    if not is_bitnet(model):
+        to_bitnet(model, subln=False)  # stock llama.cpp has no SubLN
+    return prepare_gguf(model.eval(), work, tokenizer=tok, ttype=ttype, head="q4_0")
+
+
 def _run_worker(args: list[str], timeout: float) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
@@ -125,6 +146,10 @@ def run_bench(
             r["linear_bytes"] = cfg["linear_bytes_on_disk"]
             r["linear_fp16_bytes"] = 2 * cfg["linear_params"]
             r["linear_ratio_vs_fp16"] = r["linear_fp16_bytes"] / r["linear_bytes"]
+        elif eng.startswith("llamacpp-"):
+            gguf = prepare_llamacpp(spec, work, eng.split("-", 1)[1])
+            r = _run_worker(["llamacpp", str(gguf), *common], timeout=3600)
+            r["gguf_bytes"] = gguf.stat().st_size
         else:
             dtype = eng.split("-", 1)[1]
             r = _run_worker(["torch", spec, *common, "--dtype", dtype], timeout=3600)
@@ -165,6 +190,8 @@ def format_table(res: dict) -> str:
         size = (
             f"{r['linear_bytes'] / 2**20:.1f} MiB ({r['linear_ratio_vs_fp16']:.2f}x < fp16)"
             if "linear_bytes" in r
+            else f"whole GGUF {r['gguf_bytes'] / 2**20:.1f} MiB"
+            if "gguf_bytes" in r
             else "-"
         )
         sp = f"{r['decode_speedup_vs_torch_fp32']:.1f}x" if "decode_speedup_vs_torch_fp32" in r else "-"
