@@ -23,6 +23,15 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 
 def _peak_rss_mib() -> float:
+    """This process's own peak RSS. ru_maxrss survives execve on Linux, so a worker started by a parent
+    that had just built a 4 GB model would report the parent's peak; VmHWM belongs to this process only."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -42,7 +51,7 @@ def _llamacpp(args) -> dict:
 
     res = bench_worker(args.target, args.threads, args.prefill, args.decode, args.runs)
     assert "torch" not in sys.modules, "the llama.cpp worker imported torch"
-    return {**res, "torch_loaded": False}
+    return {**res, "peak_rss_mib": _peak_rss_mib(), "torch_loaded": False}
 
 
 def _runtime(args) -> dict:
