@@ -12,8 +12,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 FALLBACK_SENTENCES = [
     "The film is a charming and often affecting journey.",
     "It is a gorgeously made film, but the story never comes alive.",
@@ -41,14 +39,16 @@ def _sentences(path: str, limit: int) -> list[str]:
         return [row["sentence"] for _, row in zip(range(limit), rows)]
 
 
-@torch.no_grad()
 def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 16) -> float:
     """exp(mean next-token loss) over the sentences' tokens (padding excluded)."""
+    import torch
+
     total, count = 0.0, 0
     for i in range(0, len(sentences), batch_size):
         batch = tokenizer(sentences[i : i + batch_size], return_tensors="pt", padding=True)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        logits = model(**batch).logits[:, :-1].float()
+        with torch.no_grad():
+            logits = model(**batch).logits[:, :-1].float()
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="sum")
         total += loss.item()
@@ -56,7 +56,6 @@ def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 16) -> 
     return math.exp(total / max(count, 1))
 
 
-@torch.no_grad()
 def continuation(model, tokenizer, prompt: str, new_tokens: int = 12) -> str:
     ids = tokenizer(prompt, return_tensors="pt")
     out = model.generate(

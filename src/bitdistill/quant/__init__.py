@@ -1,25 +1,28 @@
-"""Ternary weight / int8 activation numerics and the BitLinear layer."""
+"""Ternary weight / int8 activation numerics and the BitLinear layer.
 
-from .bitlinear import BitLinear
-from .numerics import (
-    EPS,
-    GRANULARITIES,
-    dequantize_weight,
-    fake_quant_activation,
-    fake_quant_weight,
-    quantize_activation,
-    ternarize,
-    weight_scale,
-)
+Names are imported on first use, so torch-free parts (packing, the native runtime, the CLI's option lists)
+load without torch.
+"""
 
-__all__ = [
-    "BitLinear",
-    "EPS",
-    "GRANULARITIES",
-    "dequantize_weight",
-    "fake_quant_activation",
-    "fake_quant_weight",
-    "quantize_activation",
-    "ternarize",
-    "weight_scale",
-]
+from importlib import import_module
+
+from .granularity import GRANULARITIES
+
+_LAZY = {
+    "BitLinear": ".bitlinear",
+    "EPS": ".numerics",
+    "dequantize_weight": ".numerics",
+    "fake_quant_activation": ".numerics",
+    "fake_quant_weight": ".numerics",
+    "quantize_activation": ".numerics",
+    "ternarize": ".numerics",
+    "weight_scale": ".numerics",
+}
+
+__all__ = ["GRANULARITIES", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

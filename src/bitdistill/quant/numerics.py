@@ -11,12 +11,10 @@ Both scales are guarded by `eps` so an all-zero tensor or token quantizes to zer
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Granularity = Literal["tensor", "channel", "group"]
-GRANULARITIES: tuple[str, ...] = ("tensor", "channel", "group")
+from .granularity import GRANULARITIES, Granularity
+
 EPS = 1e-5
 
 
