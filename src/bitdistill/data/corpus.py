@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import BitDistillError
+from .readers import json_lines
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
 
@@ -103,15 +103,7 @@ def _txt_documents(path: Path) -> Iterator[str]:
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BitDistillError(
-                    f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})"
-                ) from None
+        for lineno, row in json_lines(f, path):
             text = row.get(text_field) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 raise BitDistillError(

@@ -84,17 +84,23 @@ def _csv(path: Path) -> Iterator[tuple[str, Row]]:
         raise BitDistillError(f"{path}: empty file; a CSV needs a header line naming its columns")
 
 
+def json_lines(f, path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of every non-blank line of an open JSON-lines file."""
+    for lineno, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BitDistillError(
+                f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})"
+            ) from None
+        yield lineno, value
+
+
 def _jsonl(path: Path) -> Iterator[tuple[str, Row]]:
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BitDistillError(
-                    f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno})"
-                ) from None
+        for lineno, row in json_lines(f, path):
             if not isinstance(row, dict):
                 raise BitDistillError(
                     f"{path} line {lineno}: expected a JSON object per line, found {type(row).__name__}"
