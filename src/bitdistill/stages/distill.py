@@ -54,6 +54,17 @@ def default_relation_heads(student, teacher, spec) -> int:
     return relation_heads_for(widths, student.config.num_attention_heads)
 
 
+def _forward_capturing(model, capture: QKVCapture | None, ids: torch.Tensor, mask: torch.Tensor):
+    """(logits, the captured layer's (Q, K, V) or None); no hook or captured tensor is left behind."""
+    if capture is None:
+        return model(input_ids=ids, attention_mask=mask).logits, None
+    with capture:
+        try:
+            return model(input_ids=ids, attention_mask=mask).logits, capture.qkv
+        finally:
+            capture.clear()
+
+
 def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
     spec = recipe.distill
     lam, gam = spec.weights(kind)
@@ -65,27 +76,11 @@ def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
 
     def loss_fn(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        teacher_logits = t_qkv = s_qkv = None
+        teacher_logits = t_qkv = None
         if lam or gam:
             with torch.no_grad():
-                if t_cap is not None:
-                    t_cap.attach()
-                try:
-                    teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
-                    t_qkv = t_cap.qkv if t_cap is not None else None
-                finally:
-                    if t_cap is not None:
-                        t_cap.remove()
-                        t_cap.clear()
-        if s_cap is not None:
-            s_cap.attach()
-        try:
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            s_qkv = s_cap.qkv if s_cap is not None else None
-        finally:
-            if s_cap is not None:
-                s_cap.remove()
-                s_cap.clear()
+                teacher_logits, t_qkv = _forward_capturing(teacher, t_cap, ids, mask)
+        logits, s_qkv = _forward_capturing(model, s_cap, ids, mask)
         parts = distill_loss(
             logits, batch["labels"], teacher_logits if lam else None, t_qkv, s_qkv, mask,
             temperature=spec.temperature, kd_weight=lam, ad_weight=gam, num_relation_heads=heads,
