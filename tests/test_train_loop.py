@@ -200,3 +200,38 @@ def test_invalid_config_names_the_field():
         TrainConfig(schedule="step").validate()
     with pytest.raises(BitDistillError, match=r"train\.grad_accum"):
         TrainConfig(grad_accum=0).validate()
+
+
+def test_group_by_length_batches_similar_lengths_and_stays_deterministic():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 60, (1003,), generator=g).tolist()
+    items = list(range(len(lengths)))
+
+    def ids(batch_items):
+        return {"input_ids": torch.tensor(batch_items)}
+
+    grouped = ShuffledBatches(items, 8, ids, seed=3, lengths=lengths)
+    plain = ShuffledBatches(items, 8, ids, seed=3)
+    per_epoch = grouped.batches_per_epoch
+    assert per_epoch == 1003 // 8
+    epoch = [grouped.batch(i)["input_ids"].tolist() for i in range(per_epoch)]
+    seen = [i for b in epoch for i in b]
+    assert len(seen) == len(set(seen)) == per_epoch * 8  # a permutation minus the ragged tail
+
+    def mean_padding(batches):  # padded slots per batch, the compute grouping saves
+        return sum(max(lengths[i] for i in b) * 8 - sum(lengths[i] for i in b) for b in batches) / len(batches)
+
+    plain_epoch = [plain.batch(i)["input_ids"].tolist() for i in range(per_epoch)]
+    assert mean_padding(epoch) < 0.25 * mean_padding(plain_epoch)
+    # A resumed run (a new instance) serves the same batches, also in later epochs.
+    again = ShuffledBatches(items, 8, ids, seed=3, lengths=lengths)
+    for i in (0, 7, per_epoch + 5):
+        assert again.batch(i)["input_ids"].tolist() == grouped.batch(i)["input_ids"].tolist()
+    # Batches are not simply in length order: the order of batches is shuffled.
+    maxima = [max(lengths[i] for i in b) for b in epoch[:20]]
+    assert maxima != sorted(maxima, reverse=True)
+
+
+def test_group_by_length_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="lengths has 3 entries for 4 examples"):
+        ShuffledBatches([0, 1, 2, 3], 2, lambda x: x, seed=0, lengths=[1, 2, 3])

@@ -74,18 +74,22 @@ def load_task_data(recipe: Recipe, need_train: bool = True) -> TaskData:
     return TaskData(task, train, dev)
 
 
-def task_batches(tokenizer, examples: list[Example], recipe: Recipe, batch_size: int, seed: int, accelerator):
+def task_batches(tokenizer, examples: list[Example], recipe: Recipe, cfg, accelerator):
+    """Resumable training batches for a stage's TrainConfig `cfg` (batch size, seed, length grouping)."""
     from ..train import ShuffledBatches
 
     dataset = TaskDataset(tokenizer, examples, recipe.task.max_length)
     pad = pad_token_id(tokenizer)
+    # Character counts rank examples by length well enough to group them, without tokenizing them all.
+    lengths = [len(ex.prompt) + len(ex.target) for ex in examples] if cfg.group_by_length else None
     return ShuffledBatches(
         dataset,
-        batch_size,
+        cfg.batch_size,
         lambda feats: collate(feats, pad),
-        seed=seed,
+        seed=cfg.seed,
         num_processes=accelerator.num_processes,
         process_index=accelerator.process_index,
+        lengths=lengths,
     )
 
 

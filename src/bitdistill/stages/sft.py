@@ -45,7 +45,7 @@ def train_task_model(
     cfg = recipe.train_config(stage)
     accelerator = make_accelerator(cfg.precision)
     model.to(accelerator.device)
-    batches = task_batches(tokenizer, data.train, recipe, cfg.batch_size, cfg.seed, accelerator)
+    batches = task_batches(tokenizer, data.train, recipe, cfg, accelerator)
     metric, greater = eval_metric(data.task.kind)
     eval_fn = None
     if cfg.eval_every or cfg.select == "best":

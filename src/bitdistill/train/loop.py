@@ -58,6 +58,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0  # used when warmup_steps is 0
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     batch_size: int = 8  # per process, per micro-step
+    group_by_length: bool = True  # batch task examples of similar length together (less padding)
     grad_accum: int = 1
     max_grad_norm: float = 1.0  # 0 disables clipping
     precision: str = "auto"  # auto = bf16 on a CUDA device that supports it, fp32 otherwise
