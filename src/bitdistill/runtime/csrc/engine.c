@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -47,7 +48,34 @@ static void barrier_wait(bd_barrier *b, int n, int *local_sense) {
     }
 }
 
-#define BARRIER barrier_wait(&st->barrier, nth, &st->tls[tid].sense);
+/* BITDISTILL_PROFILE=1: per-thread time per phase (rdtsc), printed to stderr by bd_profile_dump(). */
+enum { P_PREP, P_QKV, P_ATTN, P_O, P_FFN, P_DOWN, P_RESID, P_BAR, P_HEADPREP, P_HEAD, P_EMB, P_N };
+static const char *P_NAMES[P_N] = {"norm+quant", "q/k/v", "attention", "o_proj", "gate/up+act", "down",
+                                   "residual", "barrier wait", "final norm", "lm head", "embed"};
+static unsigned long long g_prof[8][P_N];
+static int g_prof_on = -1;
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#define TICK() (g_prof_on ? __rdtsc() : 0ULL)
+#else
+#define TICK() 0ULL
+#endif
+#define PROF(ph) do { if (g_prof_on && tid < 8) { unsigned long long _t = TICK(); g_prof[tid][ph] += _t - *pt; *pt = _t; } } while (0)
+
+void bd_profile_dump(void) {
+    if (g_prof_on <= 0) return;
+    for (int t = 0; t < 8; t++) {
+        unsigned long long tot = 0;
+        for (int p = 0; p < P_N; p++) tot += g_prof[t][p];
+        if (!tot) continue;
+        fprintf(stderr, "thread %d: %.1f Mcycles\n", t, tot / 1e6);
+        for (int p = 0; p < P_N; p++)
+            fprintf(stderr, "  %-14s %8.2f Mcyc %5.1f%%\n", P_NAMES[p], g_prof[t][p] / 1e6, 100.0 * g_prof[t][p] / tot);
+    }
+    memset(g_prof, 0, sizeof g_prof);
+}
+
+#define BARRIER { barrier_wait(&st->barrier, nth, &st->tls[tid].sense); PROF(P_BAR); }
 
 /* Per-thread private scratch. Every thread keeps its own copy of the residual stream and computes the
  * cheap per-token steps (norms, activation quantization, residual adds) redundantly, so the only
@@ -58,7 +86,8 @@ typedef struct {
     int32_t *xsum;
     uint8_t *ubuf;
     int sense;
-    char pad[60]; /* keep each thread's hot fields on its own cache line */
+    unsigned long long tick; /* profiling: time of the last phase boundary */
+    char pad[52]; /* keep each thread's hot fields on its own cache line */
 } bd_tls;
 
 typedef struct {
@@ -202,12 +231,15 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     const int qd = nh * hd, kvd = nkv * hd, I = m->inter, rep = nh / nkv;
     bd_tls *tl = &st->tls[tid];
     int a, b, r0, r1;
+    unsigned long long *pt = &tl->tick;
 
     /* attention block: q/k/v rows by row group */
     prep_input(tl->x, L->in_norm, T, H, L->q.kp, m->eps, tl);
+    PROF(P_PREP);
     linear(&L->q, T, st->q, tl, tid, nth, NULL, NULL);
     linear(&L->k, T, st->k, tl, tid, nth, NULL, NULL);
     linear(&L->v, T, st->v, tl, tid, nth, NULL, NULL);
+    PROF(P_QKV);
     BARRIER
     /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention */
     part(nkv, tid, nth, &a, &b);
@@ -253,24 +285,33 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                 }
             }
     }
+    PROF(P_ATTN);
     BARRIER
     prep_input(st->att, L->o.sub_norm, T, qd, L->o.kp, m->eps, tl);
+    PROF(P_PREP);
     linear(&L->o, T, st->tmp, tl, tid, nth, NULL, NULL);
+    PROF(P_O);
     BARRIER
     residual(tl->x, st->tmp, L->post_attn_norm, T, H, m->eps, tl);
+    PROF(P_RESID);
     /* feed-forward block: gate/up rows by row group, activation on the rows this thread owns */
     prep_input(tl->x, L->pre_ffn_norm, T, H, L->gate.kp, m->eps, tl);
+    PROF(P_PREP);
     linear(&L->gate, T, st->g, tl, tid, nth, &r0, &r1);
     linear(&L->up, T, st->u, tl, tid, nth, NULL, NULL);
     for (int t = 0; t < T; t++) {
         float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
         for (int i = r0; i < r1; i++) g[i] = act(m->act, g[i]) * u[i];
     }
+    PROF(P_FFN);
     BARRIER
     prep_input(st->g, L->down.sub_norm, T, I, L->down.kp, m->eps, tl);
+    PROF(P_PREP);
     linear(&L->down, T, st->tmp, tl, tid, nth, NULL, NULL);
+    PROF(P_DOWN);
     BARRIER
     residual(tl->x, st->tmp, L->post_ffn_norm, T, H, m->eps, tl);
+    PROF(P_RESID);
 }
 
 /* Returns 0 on success, a negative code when the arguments do not fit the state (checked before any work). */
@@ -282,6 +323,10 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
         if (tokens[t] < 0 || tokens[t] >= m->vocab) return -3;
     const int H = m->hidden, V = m->vocab;
     const int t0 = all_logits ? 0 : T - 1, nout = T - t0;
+    if (g_prof_on < 0) {
+        const char *e = getenv("BITDISTILL_PROFILE");
+        g_prof_on = e && *e && strcmp(e, "0") != 0;
+    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
@@ -292,6 +337,8 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
         int tid = 0, nth = 1;
 #endif
         bd_tls *tl = &st->tls[tid];
+        unsigned long long *pt = &tl->tick;
+        *pt = TICK();
         /* the global sense cannot flip before every thread reached the first barrier, so this read is safe */
         tl->sense = atomic_load(&st->barrier.sense);
         for (int t = 0; t < T; t++) {
@@ -300,6 +347,7 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
             if (m->embed_scale != 1.0f)
                 for (int i = 0; i < H; i++) x[i] *= m->embed_scale;
         }
+        PROF(P_EMB);
         for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos0, st, tid, nth);
         /* final norm (+ symmetric int8 quantization for an int8 head) of the rows that need logits */
         for (int t = 0; t < nout; t++) {
@@ -307,10 +355,12 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
             rmsnorm(tl->x + (size_t)(t0 + t) * H, m->final_norm, H, m->eps, h);
             if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, tl->xq + (size_t)t * H, &tl->xs[t]);
         }
+        PROF(P_HEADPREP);
         int a, b;
         part((V + 3) / 4, tid, nth, &a, &b);
         int r1 = b * 4 < V ? b * 4 : V;
         bd_dense_rows(m->head, m->head_dtype, m->head_rscale, V, H, a * 4, r1, tl->h, tl->xq, tl->xs, nout, logits);
+        PROF(P_HEAD);
         if (m->final_softcap > 0.0f)
             for (int t = 0; t < nout; t++)
                 for (int i = a * 4; i < r1; i++) {

@@ -244,27 +244,28 @@ static void idot4_scalar(const int8_t *w, int k, const int8_t *x, int32_t out[4]
 }
 
 #if BD_X86
+/* One row after the other, not the 4 rows side by side: the rows are contiguous, so this reads the matrix
+ * as one sequential stream that the hardware prefetcher follows at full speed (4 interleaved 1 KiB streams
+ * ran at a third of the bandwidth: each is too short for the prefetcher to lock on). */
 BD_AVX2 static void idot4_avx2(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
     /* maddubs needs one unsigned operand: |x| times w carrying x's sign (x, w in [-127, 127]) */
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                      _mm256_setzero_si256()};
-    int i = 0;
-    for (; i + 32 <= k; i += 32) {
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + i));
-        __m256i ax = _mm256_abs_epi8(xv);
-        if (!(i & 63)) /* one cache line per row per 64 columns, ~1 KiB ahead: the next row group */
-            for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w + (size_t)(r + 4) * k + i), _MM_HINT_T0);
-        for (int r = 0; r < 4; r++) {
-            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (size_t)r * k + i));
-            __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
-            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
-        }
-    }
     for (int r = 0; r < 4; r++) {
-        int32_t s = hsum_i32(acc[r]);
         const int8_t *wr = w + (size_t)r * k;
-        for (int j = i; j < k; j++) s += wr[j] * x[j];
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        int i = 0;
+        for (; i + 64 <= k; i += 64) {
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + i + 32));
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + i));
+            __m256i w1 = _mm256_loadu_si256((const __m256i *)(wr + i + 32));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x0),
+                                                                             _mm256_sign_epi8(w0, x0)), ones));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x1),
+                                                                             _mm256_sign_epi8(w1, x1)), ones));
+        }
+        int32_t s = hsum_i32(_mm256_add_epi32(a0, a1));
+        for (; i < k; i++) s += wr[i] * x[i];
         out[r] = s;
     }
 }
@@ -335,15 +336,18 @@ BD_AVX2 static inline __m256 load8(const void *w, int dtype, size_t i) {
 }
 
 BD_AVX2 static void fdot4_avx2(const void *w, int dtype, int k, const float *x, float out[4]) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    int i = 0;
-    for (; i + 8 <= k; i += 8) {
-        __m256 xv = _mm256_loadu_ps(x + i);
-        for (int r = 0; r < 4; r++) acc[r] = _mm256_fmadd_ps(load8(w, dtype, (size_t)r * k + i), xv, acc[r]);
-    }
+    /* row by row for a sequential stream (see idot4_avx2); two accumulators hide the FMA latency */
     for (int r = 0; r < 4; r++) {
-        float s = hsum_f32(acc[r]);
-        for (int j = i; j < k; j++) s += load_f(w, dtype, (size_t)r * k + j) * x[j];
+        size_t base = (size_t)r * k;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + 16 <= k; i += 16) {
+            a0 = _mm256_fmadd_ps(load8(w, dtype, base + i), _mm256_loadu_ps(x + i), a0);
+            a1 = _mm256_fmadd_ps(load8(w, dtype, base + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        }
+        for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(load8(w, dtype, base + i), _mm256_loadu_ps(x + i), a0);
+        float s = hsum_f32(_mm256_add_ps(a0, a1));
+        for (int j = i; j < k; j++) s += load_f(w, dtype, base + j) * x[j];
         out[r] = s;
     }
 }
