@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         help="override a field, e.g. --set distill.train.steps=20 (repeatable; VALUE is YAML)",
     )  # fmt: skip
     p.add_argument(
-        "--only", help="comma-separated stages to run (teacher,bitnet_sft,continue_pretrain,distill,eval)"
+        "--only",
+        help="comma-separated stages to run (teacher,bitnet_sft,continue_pretrain,distill,ablations,eval)",
     )
     p.set_defaults(func=run)
 
@@ -33,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     recipe = load_recipe(args.recipe, overrides)
     only = [s.strip().replace("-", "_") for s in args.only.split(",")] if args.only else None
+    known = (*STAGES, "ablations", "eval")
     for s in only or []:
-        if s not in (*STAGES, "eval"):
-            raise BitDistillError(f"--only: {s!r} is not one of {', '.join((*STAGES, 'eval'))}")
+        if s not in known:
+            raise BitDistillError(f"--only: {s!r} is not one of {', '.join(known)}")
     run_recipe(recipe, only)
     return 0

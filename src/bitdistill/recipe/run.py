@@ -84,6 +84,7 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
         "stages": {},
     }  # fmt: skip
     t_all = time.perf_counter()
+    ablations = _ablation_variants(recipe) if not only or "ablations" in only else {}
     for stage in STAGES:
         if not getattr(recipe, stage).enabled or (only and stage not in only):
             continue
@@ -100,6 +101,8 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
             "reused": record.get("reused", False),
             **({"distill": record["distill"]} if "distill" in record else {}),
         }
+    if recipe.ablations and (not only or "ablations" in only):
+        results["ablations"] = run_ablations(ablations)
     if recipe.eval.enabled and (not only or "eval" in only):
         from ..stages.common import load_task_data
 
@@ -126,15 +129,31 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def _ablation_variants(recipe: Recipe) -> dict[str, Recipe]:
+    from .ablations import variants
+
+    return variants(recipe)
+
+
+def run_ablations(ablations: dict[str, Recipe]) -> dict[str, Any]:
+    """Run each ablation variant (its distill stage and that stage's evaluation); label -> its record."""
+    rows: dict[str, Any] = {}
+    for label, variant in ablations.items():
+        _log(f"ablation {label!r}: -> {variant.out}")
+        sub = run_recipe(variant)
+        rows[label] = {"stage": "distill", **sub["stages"].get("distill", {})}
+    return rows
+
+
 def _print_summary(results: dict[str, Any]) -> None:
     rows = []
-    for stage, r in results["stages"].items():
+    for stage, r in [*results["stages"].items(), *(results.get("ablations") or {}).items()]:
         ev = r.get("eval", {})
         metric = next((f"{k}={v:.4f}" for k, v in ev.items() if k in ("accuracy", "eval_loss")), "-")
         wall = r.get("wall_seconds")
         tps = r.get("tokens_per_second")
         rows.append(
-            f"  {stage:<18} {metric:<18} wall={wall or 0:8.1f}s  tok/s={tps or 0:8.1f}  "
+            f"  {stage:<26} {metric:<18} wall={wall or 0:8.1f}s  tok/s={tps or 0:8.1f}  "
             f"loss {r.get('first_loss') or float('nan'):.4f} -> {r.get('last_loss') or float('nan'):.4f}"
         )
     print("\n".join([f"recipe {results['recipe']} ({results['task']}):", *rows]))

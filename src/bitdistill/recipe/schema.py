@@ -8,6 +8,7 @@ closest known field for typos. Relative paths are resolved against the directory
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -124,7 +125,10 @@ class Recipe:
     distill: DistillStage = field(default_factory=DistillStage)
     eval: EvalSpec = field(default_factory=EvalSpec)
     stage_dirs: dict[str, str] = field(default_factory=dict)  # put a stage's directory elsewhere
+    # Ablation rows: label -> {dotted.key: value} overrides of this recipe (see recipe/ablations.py).
+    ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<recipe>"  # where it was read from (not a YAML key)
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the parsed mapping (not a YAML key)
 
     @property
     def out(self) -> Path:
@@ -261,7 +265,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise BitDistillError(f"{where}: expected a mapping of fields, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("source", "data")]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
@@ -280,6 +284,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
         )
     recipe = _build(Recipe, data, f"{source}: ")
     recipe.source = source
+    recipe.data = copy.deepcopy(data)
     recipe.validate()
     return recipe
 
@@ -297,11 +302,16 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise BitDistillError(f"--set {item!r}: expected dotted.key=value, e.g. distill.train.steps=50")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise BitDistillError(f"--set {item!r}: {part} is not a mapping in {p}")
-        node[parts[-1]] = yaml.safe_load(raw)
+        set_dotted(data, key, yaml.safe_load(raw), f"--set {item!r}")
     return parse_recipe(data, str(p))
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """data['a']['b']['c'] = value for key 'a.b.c', creating mappings on the way."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise BitDistillError(f"{where}: {part} is not a mapping")
+    node[parts[-1]] = value

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-
 GROUP_WINDOW = 50  # global batches whose examples are sorted by length together (group_by_length)
 
 
