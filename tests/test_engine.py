@@ -254,7 +254,11 @@ def test_cli_pack_generate_classify(bitnet_dir, tmp_path, capsys) -> None:
     examples = task.load("dev", FIX / "sst2", limit=6)
     ref = score_label_words(model, tok, examples, task.label_words).numpy()
     assert [r["pred"] for r in rows] == ref.argmax(1).tolist()
-    np.testing.assert_allclose(np.array([r["scores"] for r in rows]), ref, atol=1e-3)
+    # the module docstring's tolerance: float summation order may flip one int8 activation rounding, which
+    # moves a log-probability by up to ~1e-2 in one example; the typical difference stays float noise
+    diff = np.abs(np.array([r["scores"] for r in rows]) - ref)
+    assert np.median(diff) < 1e-4, diff
+    assert diff.max() < MAX_RTOL * np.abs(ref).max(), diff
     assert "accuracy:" in capsys.readouterr().out
 
     # user errors are reported, not raised

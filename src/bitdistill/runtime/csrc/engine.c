@@ -81,7 +81,7 @@ void bd_profile_dump(void) {
  * cheap per-token steps (norms, activation quantization, residual adds) redundantly, so the only
  * synchronisation points are the five places where a thread needs rows another thread produced. */
 typedef struct {
-    float *x, *h, *o, *xs, *scores;
+    float *x, *h, *o, *xs, *scores, *rope;
     int8_t *xq;
     int32_t *xsum;
     uint8_t *ubuf;
@@ -107,7 +107,7 @@ void bd_state_free(bd_state *st) {
         for (int i = 0; i < st->nthreads; i++) {
             bd_tls *t = &st->tls[i];
             free(t->x); free(t->h); free(t->o); free(t->xs); free(t->scores); free(t->xq); free(t->xsum);
-            free(t->ubuf);
+            free(t->ubuf); free(t->rope);
         }
     free(st->tls);
     free(st->kc); free(st->vc); free(st->q); free(st->k); free(st->v); free(st->att); free(st->g); free(st->u);
@@ -146,7 +146,8 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads) 
         t->xq = malloc(T * imax(st->kp_max, m->hidden));
         t->xsum = malloc(T * sizeof(int32_t));
         t->ubuf = malloc((size_t)4 * st->kp_max);
-        ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf;
+        t->rope = malloc(T * m->head_dim * F);
+        ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf && t->rope;
     }
     if (!ok) {
         bd_state_free(st);
@@ -166,8 +167,7 @@ static inline void part(int n, int tid, int nth, int *a, int *b) {
 }
 
 static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) {
-    double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    double ss = bd_sumsq(x, n);
     float inv = 1.0f / sqrtf((float)(ss / n) + eps);
     for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * inv);
 }
@@ -201,14 +201,24 @@ static inline float act(int kind, float x) {
     return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
 }
 
-static void rope(float *v, const float *inv_freq, float scale, int hd, int pos) {
+/* cos/sin of one position (as HF: (pos * inv_freq).cos() * attention_scaling), computed once per token and
+ * layer and shared by every head, instead of per head */
+static void rope_table(const float *inv_freq, float scale, int hd, int pos, float *cs) {
     int half = hd / 2;
     for (int i = 0; i < half; i++) {
         float f = (float)pos * inv_freq[i];
-        float c = cosf(f) * scale, s = sinf(f) * scale;
+        cs[i] = cosf(f) * scale;
+        cs[i + half] = sinf(f) * scale;
+    }
+}
+
+static void rope(float *v, const float *cs, int hd) {
+    int half = hd / 2;
+    const float *sn = cs + half;
+    for (int i = 0; i < half; i++) {
         float x1 = v[i], x2 = v[i + half];
-        v[i] = x1 * c - x2 * s;
-        v[i + half] = x2 * c + x1 * s;
+        v[i] = x1 * cs[i] - x2 * sn[i];
+        v[i + half] = x2 * cs[i] + x1 * sn[i];
     }
 }
 
@@ -243,13 +253,16 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     BARRIER
     /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention */
     part(nkv, tid, nth, &a, &b);
+    float *cs = tl->rope; /* [T][head_dim]: cos | sin per token */
+    if (b > a)
+        for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos0 + t, cs + (size_t)t * hd);
     for (int kh = a; kh < b; kh++) {
         float *kb = st->kc + ((size_t)li * nkv + kh) * st->max_seq * hd;
         float *vb = st->vc + ((size_t)li * nkv + kh) * st->max_seq * hd;
         for (int t = 0; t < T; t++) {
             float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd;
             if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
-            rope(kv, L->inv_freq, L->rope_scale, hd, pos0 + t);
+            rope(kv, cs + (size_t)t * hd, hd);
             memcpy(kb + (size_t)(pos0 + t) * hd, kv, hd * sizeof(float));
             memcpy(vb + (size_t)(pos0 + t) * hd, st->v + (size_t)t * kvd + (size_t)kh * hd, hd * sizeof(float));
         }
@@ -260,13 +273,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                 int lo = (L->window > 0 && pos - L->window + 1 > 0) ? pos - L->window + 1 : 0;
                 float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
                 if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
-                rope(qh, L->inv_freq, L->rope_scale, hd, pos);
+                rope(qh, cs + (size_t)t * hd, hd);
                 float mx = -INFINITY;
                 for (int j = lo; j <= pos; j++) {
-                    const float *kj = kb + (size_t)j * hd;
-                    float s = 0.0f;
-                    for (int d = 0; d < hd; d++) s += qh[d] * kj[d];
-                    s *= m->attn_scale;
+                    float s = bd_dot(qh, kb + (size_t)j * hd, hd) * m->attn_scale;
                     if (m->attn_softcap > 0.0f) s = tanhf(s / m->attn_softcap) * m->attn_softcap;
                     sc[j] = s;
                     if (s > mx) mx = s;
@@ -278,11 +288,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                 }
                 float *o = st->att + (size_t)t * qd + (size_t)hh * hd;
                 for (int d = 0; d < hd; d++) o[d] = 0.0f;
-                for (int j = lo; j <= pos; j++) {
-                    const float *vj = vb + (size_t)j * hd;
-                    float p = sc[j] / sum;
-                    for (int d = 0; d < hd; d++) o[d] += p * vj[d];
-                }
+                for (int j = lo; j <= pos; j++) bd_axpy(o, sc[j] / sum, vb + (size_t)j * hd, hd);
             }
     }
     PROF(P_ATTN);

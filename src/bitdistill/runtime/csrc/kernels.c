@@ -63,36 +63,181 @@ int bd_max_threads(void) {
 #endif
 }
 
+#if BD_X86
+BD_AVX2 static inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+BD_AVX2 static inline float hsum_f32(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+
+#endif
+
 /* ---- activation quantization: exactly bitdistill.quant.numerics.quantize_activation ---- */
 
-void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum) {
+static float absmax_scalar(const float *x, int k) {
     float amax = 0.0f;
     for (int i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
-    /* torch: s = 127 / clamp(amax, min=eps); q = clamp(round_half_even(x * s), -128, 127) */
-    float sc = 127.0f / (amax < BD_EPS ? BD_EPS : amax);
+    return amax;
+}
+
+/* q = clamp(round_half_even(x * sc), lo, 127); returns sum(q) */
+static int32_t quant_scalar(const float *x, int k, float sc, float lo, int8_t *xq) {
     int32_t acc = 0;
     for (int i = 0; i < k; i++) {
         float v = nearbyintf(x[i] * sc);
-        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        v = v > 127.0f ? 127.0f : (v < lo ? lo : v);
         xq[i] = (int8_t)v;
         acc += xq[i];
     }
+    return acc;
+}
+
+#if BD_X86
+BD_AVX2 static float absmax_avx2(const float *x, int k) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= k; i += 16) {
+        m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+        m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i + 8)));
+    }
+    float buf[8], amax = 0.0f;
+    _mm256_storeu_ps(buf, _mm256_max_ps(m0, m1));
+    for (int j = 0; j < 8; j++) amax = fmaxf(amax, buf[j]);
+    for (; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
+    return amax;
+}
+
+/* Same arithmetic as quant_scalar: one float multiply, round-to-nearest-even (the default MXCSR mode, as
+ * nearbyintf), clamp, exact conversion. Bit-identical results (tests compare both paths with torch). */
+BD_AVX2 static int32_t quant_avx2(const float *x, int k, float sc, float lo, int8_t *xq) {
+    const __m256 vs = _mm256_set1_ps(sc), vhi = _mm256_set1_ps(127.0f), vlo = _mm256_set1_ps(lo);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i sum = _mm256_setzero_si256();
+    int i = 0;
+    for (; i + 32 <= k; i += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), vs),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            q[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, vlo), vhi));
+            sum = _mm256_add_epi32(sum, q[j]);
+        }
+        /* packs work within 128-bit lanes: the permute restores column order */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(xq + i), _mm256_permutevar8x32_epi32(p, perm));
+    }
+    return hsum_i32(sum) + quant_scalar(x + i, k - i, sc, lo, xq + i);
+}
+#endif
+
+static float absmax(const float *x, int k) {
+#if BD_X86
+    if (simd_on()) return absmax_avx2(x, k);
+#endif
+    return absmax_scalar(x, k);
+}
+
+static int32_t quant(const float *x, int k, float sc, float lo, int8_t *xq) {
+#if BD_X86
+    if (simd_on()) return quant_avx2(x, k, sc, lo, xq);
+#endif
+    return quant_scalar(x, k, sc, lo, xq);
+}
+
+void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum) {
+    float amax = absmax(x, k);
+    /* torch: s = 127 / clamp(amax, min=eps); q = clamp(round_half_even(x * s), -128, 127) */
+    float sc = 127.0f / (amax < BD_EPS ? BD_EPS : amax);
+    *sum = quant(x, k, sc, -128.0f, xq);
     for (int i = k; i < kp; i++) xq[i] = 0;
     *s = sc;
-    *sum = acc;
 }
 
 /* Symmetric [-127, 127] variant for the int8 LM head (keeps the AVX2 sign trick overflow free). */
 void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s) {
-    float amax = 0.0f;
-    for (int i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
+    float amax = absmax(x, k);
     float sc = 127.0f / (amax < BD_EPS ? BD_EPS : amax);
-    for (int i = 0; i < k; i++) {
-        float v = nearbyintf(x[i] * sc);
-        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-        xq[i] = (int8_t)v;
-    }
+    quant(x, k, sc, -127.0f, xq);
     *s = sc;
+}
+
+/* ---- small float helpers for norms and attention (summation order differs from the scalar path) ---- */
+
+#if BD_X86
+BD_AVX2 static double sumsq_avx2(const float *x, int n) {
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), hi = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+        a0 = _mm256_fmadd_pd(lo, lo, a0);
+        a1 = _mm256_fmadd_pd(hi, hi, a1);
+    }
+    double buf[4];
+    _mm256_storeu_pd(buf, _mm256_add_pd(a0, a1));
+    double s = buf[0] + buf[1] + buf[2] + buf[3];
+    for (; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+BD_AVX2 static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+BD_AVX2 static void axpy_avx2(float *y, float a, const float *x, int n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+#endif
+
+double bd_sumsq(const float *x, int n) {
+#if BD_X86
+    if (simd_on()) return sumsq_avx2(x, n);
+#endif
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+float bd_dot(const float *a, const float *b, int n) {
+#if BD_X86
+    if (simd_on()) return dot_avx2(a, b, n);
+#endif
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+void bd_axpy(float *y, float a, const float *x, int n) {
+#if BD_X86
+    if (simd_on()) {
+        axpy_avx2(y, a, x, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
 /* ---- ternary: 4 interleaved rows x nb blocks, raw code sums (caller subtracts sum(x)) ---- */
@@ -116,20 +261,6 @@ static void tdot4_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[
 }
 
 #if BD_X86
-BD_AVX2 static inline int32_t hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
-BD_AVX2 static inline float hsum_f32(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-    return _mm_cvtss_f32(s);
-}
-
 BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     const __m256i m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
