@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bitdistill.errors import BitDistillError
-from bitdistill.train import ShuffledBatches, StreamBatches, TrainConfig, resolve_precision, train
+from bitdistill.train import ShuffledBatches, StreamBatches, TrainConfig, make_accelerator, resolve_precision, train
 from bitdistill.train.checkpoint import LATEST, clean_stale, latest_checkpoint
 from bitdistill.train.loop import _lr_lambda
 
@@ -39,7 +40,9 @@ def lm_loss(model, batch):
 
 
 def config(**kw) -> TrainConfig:
-    base = dict(steps=10, lr=5e-3, batch_size=4, warmup_steps=2, save_every=3, progress=False, log_every=1)
+    # fp32: these tests check the loop's arithmetic; "auto" would pick bf16 on AVX512-BF16 CPUs.
+    base = dict(steps=10, lr=5e-3, batch_size=4, warmup_steps=2, save_every=3, progress=False, log_every=1,
+                precision="fp32")  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
 
@@ -189,9 +192,13 @@ def test_latest_checkpoint_survives_torn_writes(tmp_path):
     assert latest_checkpoint(tmp_path).name == "ckpt-000006"
 
 
-def test_precision_auto_is_fp32_without_cuda_bf16():
-    expect = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    assert resolve_precision("auto") == expect
+def test_precision_auto_is_bf16_only_on_native_bf16_hardware():
+    if torch.cuda.is_available():
+        native = torch.cuda.is_bf16_supported()
+    else:  # the CPU flag, read independently of torch
+        flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+        native = "avx512_bf16" in flags.split()
+    assert resolve_precision("auto") == ("bf16" if native else "no")
     assert resolve_precision("fp32") == "no" and resolve_precision("bf16") == "bf16"
 
 
@@ -235,3 +242,12 @@ def test_group_by_length_batches_similar_lengths_and_stays_deterministic():
 def test_group_by_length_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="lengths has 3 entries for 4 examples"):
         ShuffledBatches([0, 1, 2, 3], 2, lambda x: x, seed=0, lengths=[1, 2, 3])
+
+
+def test_stages_of_different_precisions_run_in_one_process():
+    # A recipe may train its teacher in fp32 and its student in bf16, all inside one `bitdistill run`.
+    first = make_accelerator("fp32")
+    assert first.mixed_precision == "no"
+    second = make_accelerator("bf16")
+    assert second.mixed_precision == "bf16"
+    assert make_accelerator("fp32").mixed_precision == "no"
