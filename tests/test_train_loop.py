@@ -10,7 +10,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bitdistill.errors import BitDistillError
-from bitdistill.train import ShuffledBatches, StreamBatches, TrainConfig, make_accelerator, resolve_precision, train
+from bitdistill.train import (
+    ShuffledBatches,
+    StreamBatches,
+    TrainConfig,
+    make_accelerator,
+    resolve_precision,
+    train,
+)
 from bitdistill.train.checkpoint import LATEST, clean_stale, latest_checkpoint
 from bitdistill.train.loop import _lr_lambda
 
@@ -226,7 +233,9 @@ def test_group_by_length_batches_similar_lengths_and_stays_deterministic():
     assert len(seen) == len(set(seen)) == per_epoch * 8  # a permutation minus the ragged tail
 
     def mean_padding(batches):  # padded slots per batch, the compute grouping saves
-        return sum(max(lengths[i] for i in b) * 8 - sum(lengths[i] for i in b) for b in batches) / len(batches)
+        return sum(max(lengths[i] for i in b) * 8 - sum(lengths[i] for i in b) for b in batches) / len(
+            batches
+        )
 
     plain_epoch = [plain.batch(i)["input_ids"].tolist() for i in range(per_epoch)]
     assert mean_padding(epoch) < 0.25 * mean_padding(plain_epoch)
