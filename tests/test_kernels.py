@@ -10,19 +10,23 @@ from bitdistill.quant import BitLinear
 from bitdistill.quant.numerics import quantize_activation, ternarize
 from bitdistill.quant.packing import pack_2bit, quantize_rows_int8
 from bitdistill.runtime import kernels
-from bitdistill.runtime.native import set_simd, simd_level
+from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, set_simd, simd_level
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (13, 129, 2), (64, 256, 5), (33, 300, 1), (100, 640, 4)]  # (n, k, T)
 
 
-@pytest.fixture(params=["avx2", "scalar"])
+LEVELS = {"vnni": SIMD_VNNI, "avx2": SIMD_AVX2, "scalar": SIMD_SCALAR}
+
+
+@pytest.fixture(params=list(LEVELS))
 def simd(request):
-    if request.param == "avx2":
+    """Run a test on each kernel path: AVX-512 VNNI, AVX2 and portable scalar (skipping paths this CPU lacks),
+    so a CI machine without AVX-512 still checks the AVX2 and scalar twins and this one checks all three."""
+    level = LEVELS[request.param]
+    set_simd(level)
+    if simd_level() != level:
         set_simd(True)
-        if simd_level() == 0:
-            pytest.skip("CPU without AVX2: only the scalar path exists here")
-    else:
-        set_simd(False)
+        pytest.skip(f"this CPU has no {request.param} path")
     yield request.param
     set_simd(True)
 

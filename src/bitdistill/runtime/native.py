@@ -121,13 +121,18 @@ def fptr(a: np.ndarray | None):
     return a.ctypes.data_as(_fp)
 
 
-def set_simd(on: bool) -> None:
-    """Force the scalar path (on=False) or re-enable AVX2 when the CPU has it (for tests)."""
-    lib().bd_set_simd(int(on))
+SIMD_SCALAR, SIMD_AVX2, SIMD_VNNI = 0, 1, 2
+SIMD_NAMES = {SIMD_SCALAR: "scalar", SIMD_AVX2: "avx2", SIMD_VNNI: "avx512-vnni"}
+
+
+def set_simd(level: bool | int = True) -> None:
+    """Cap the kernels' SIMD level (for tests): True = the best the CPU has, False/0 = portable scalar,
+    1 = AVX2/FMA, 2 = AVX-512 VNNI. A cap above what the CPU supports gives the CPU's best."""
+    lib().bd_set_simd(-1 if level is True else int(level))
 
 
 def simd_level() -> int:
-    """1 when the AVX2/FMA paths are in use, 0 for the portable scalar path."""
+    """The kernels in use: 0 portable scalar, 1 AVX2/FMA, 2 AVX2 + AVX-512 VNNI (runtime dispatch)."""
     return lib().bd_simd_level()
 
 

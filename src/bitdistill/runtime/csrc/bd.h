@@ -5,7 +5,8 @@
  * block b of row r is the 32 bytes at b*128 + r*32, byte j holding columns b*128 + j + 32*i in bits 2i.
  * Codes are weight + 1 (0, 1, 2), so a dot product is sum(code * x) - sum(x).
  *
- * Every SIMD routine has a scalar twin computing the same integers; bd_set_simd(0) forces the scalar path.
+ * Every SIMD routine has a scalar twin computing the same integers; bd_set_simd(0) forces the scalar path,
+ * bd_set_simd(1) caps at AVX2 (levels: 0 scalar, 1 AVX2/FMA, 2 AVX-512 VNNI; -1 = the CPU's best).
  * The structs below are mirrored field by field by ctypes in bitdistill/runtime/native.py.
  */
 #ifndef BD_H
@@ -56,7 +57,7 @@ typedef struct {
 
 /* kernels.c */
 int bd_simd_level(void);
-void bd_set_simd(int on);
+void bd_set_simd(int level);
 int bd_has_openmp(void);
 int bd_max_threads(void);
 void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum);

@@ -18,33 +18,50 @@
 #define BD_X86 1
 #include <immintrin.h>
 #define BD_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define BD_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #else
 #define BD_X86 0
 #endif
 
-static int g_simd = -1; /* -1: not decided yet, 0: scalar, 1: AVX2 */
+/* SIMD level in use: 0 scalar, 1 AVX2+FMA+F16C, 2 AVX2 + AVX-512 VNNI (256-bit vpdpbusd via AVX512VL).
+ * -1: not decided yet. The product targets AVX2 machines; level 2 is a bonus where the CPU has it. */
+static int g_simd = -1;
+static int g_simd_cap = -1; /* upper bound requested by bd_set_simd / BITDISTILL_SIMD, -1 = none */
+
+static int cpu_level(void) {
+#if BD_X86
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")))
+        return 0;
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512f"))
+        return 2;
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 static int simd_on(void) {
     if (g_simd < 0) {
-        const char *env = getenv("BITDISTILL_SIMD");
-        int want = !(env && (strcmp(env, "scalar") == 0 || strcmp(env, "0") == 0));
-#if BD_X86
-        __builtin_cpu_init();
-        g_simd = want && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                 __builtin_cpu_supports("f16c");
-#else
-        (void)want;
-        g_simd = 0;
-#endif
+        int cap = g_simd_cap;
+        if (cap < 0) {
+            const char *env = getenv("BITDISTILL_SIMD");
+            if (env && (strcmp(env, "scalar") == 0 || strcmp(env, "0") == 0)) cap = 0;
+            else if (env && (strcmp(env, "avx2") == 0 || strcmp(env, "1") == 0)) cap = 1;
+        }
+        int lvl = cpu_level();
+        g_simd = cap >= 0 && cap < lvl ? cap : lvl;
     }
     return g_simd;
 }
 
 int bd_simd_level(void) { return simd_on(); }
 
-void bd_set_simd(int on) {
+/* level < 0: the best the CPU has (BITDISTILL_SIMD still applies); otherwise at most `level`. */
+void bd_set_simd(int level) {
+    g_simd_cap = level;
     g_simd = -1;
-    if (simd_on() && !on) g_simd = 0;
 }
 
 int bd_has_openmp(void) {
@@ -274,8 +291,6 @@ BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_
         for (; b < end; b++) {
             const int8_t *xb = x + (size_t)b * BD_BLOCK;
             const uint8_t *wb = w + (size_t)b * BD_BLOCK;
-            _mm_prefetch((const char *)(wb + 1024), _MM_HINT_T0); /* 8 blocks ahead, 2 lines per block */
-            _mm_prefetch((const char *)(wb + 1024 + 64), _MM_HINT_T0);
             __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
@@ -296,11 +311,41 @@ BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_
     }
     for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
 }
+
+/* vpdpbusd multiplies the unsigned codes by the signed activations and sums 4 products into int32 lanes in
+ * one instruction (AVX2 needs maddubs + an int16 add + a periodic madd widening); two accumulators per row
+ * cover its latency. Streams the row group sequentially, like tdot4_avx2. */
+BD_VNNI static void tdot4_vnni(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i a[4], c[4];
+    for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
+    for (int b = 0; b < nb; b++) {
+        const int8_t *xb = x + (size_t)b * BD_BLOCK;
+        const uint8_t *wb = w + (size_t)b * BD_BLOCK;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+        __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+        __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+        for (int r = 0; r < 4; r++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(wb + r * 32));
+            a[r] = _mm256_dpbusd_epi32(a[r], _mm256_and_si256(v, m3), x0);
+            c[r] = _mm256_dpbusd_epi32(c[r], _mm256_and_si256(_mm256_srli_epi16(v, 2), m3), x1);
+            a[r] = _mm256_dpbusd_epi32(a[r], _mm256_and_si256(_mm256_srli_epi16(v, 4), m3), x2);
+            c[r] = _mm256_dpbusd_epi32(c[r], _mm256_and_si256(_mm256_srli_epi16(v, 6), m3), x3);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum_i32(_mm256_add_epi32(a[r], c[r]));
+}
 #endif
 
 void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
 #if BD_X86
-    if (simd_on()) {
+    int lvl = simd_on();
+    if (lvl >= 2) {
+        tdot4_vnni(w, x, nb, out);
+        return;
+    }
+    if (lvl) {
         tdot4_avx2(w, x, nb, out);
         return;
     }
@@ -353,9 +398,31 @@ BD_AVX2 static void udot4_avx2(const uint8_t *u, int kp, const int8_t *x, int32_
 }
 #endif
 
+#if BD_X86
+BD_VNNI static void udot4_vnni(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+    __m256i a[4], c[4];
+    for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
+    for (int i = 0; i < kp; i += 64) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + i + 32));
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *ur = u + (size_t)r * kp + i;
+            a[r] = _mm256_dpbusd_epi32(a[r], _mm256_loadu_si256((const __m256i *)ur), x0);
+            c[r] = _mm256_dpbusd_epi32(c[r], _mm256_loadu_si256((const __m256i *)(ur + 32)), x1);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum_i32(_mm256_add_epi32(a[r], c[r]));
+}
+#endif
+
 void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
 #if BD_X86
-    if (simd_on()) { /* kp is a multiple of 128 */
+    int lvl = simd_on(); /* kp is a multiple of 128 */
+    if (lvl >= 2) {
+        udot4_vnni(u, kp, x, out);
+        return;
+    }
+    if (lvl) {
         udot4_avx2(u, kp, x, out);
         return;
     }
