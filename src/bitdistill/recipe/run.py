@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..data.tasks import get_task
 from ..recipe.schema import STAGES, Recipe
 from ..stages.common import read_stage, stage_dir, write_stage
 from ..train.checkpoint import atomic_write_text
@@ -56,6 +57,9 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
         "limit": recipe.task.eval_limit,
         "max_length": recipe.task.max_length,
     }
+    if get_task(recipe.task.name, **recipe.task.options).kind != "classification":  # generation settings
+        key.update(generate_limit=recipe.task.generate_limit, max_new_tokens=recipe.task.max_new_tokens,
+                   num_beams=recipe.task.num_beams)  # fmt: skip
     cache = out / EVAL_FILE
     if cache.is_file():
         cached = json.loads(cache.read_text())

@@ -39,6 +39,10 @@ class TaskSpec:
     eval_split: str = "dev"
     eval_limit: int | None = None  # evaluate on the first N rows of eval_split (None = all)
     eval_batch_size: int = 32
+    # Summarization: ROUGE/BLEU of generated summaries for the first N eval rows (None = all, 0 = loss only)
+    generate_limit: int | None = None
+    max_new_tokens: int = 128
+    num_beams: int = 1
 
 
 @dataclass

@@ -109,9 +109,10 @@ def ce_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 
 
 def evaluate_model(
-    model: nn.Module, tokenizer, data: TaskData, recipe: Recipe, progress: bool = False
+    model: nn.Module, tokenizer, data: TaskData, recipe: Recipe, progress: bool = False, generate: bool = True
 ) -> dict:
-    """Dev-set metrics: accuracy by label-word scoring (classification) or target loss (summarization)."""
+    """Dev-set metrics: accuracy and macro-F1 by label-word scoring (classification); target loss and,
+    with `generate`, ROUGE/BLEU of generated outputs (summarization; see `generation_metrics`)."""
     if not data.eval:
         raise BitDistillError(
             f"{recipe.source}: task.eval_split {recipe.task.eval_split!r} has no labeled rows"
@@ -130,23 +131,45 @@ def evaluate_model(
             from ..eval.metrics import classification_metrics
 
             return classification_metrics(preds, gold)
-        # Summarization: the target-token loss here; ROUGE/BLEU come from `bitdistill eval`.
-        ds = TaskDataset(tokenizer, data.eval, recipe.task.max_length)
-        pad = pad_token_id(tokenizer)
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        with torch.inference_mode():
-            for i in range(0, len(ds), recipe.task.eval_batch_size):
-                b = collate([ds[j] for j in range(i, min(i + recipe.task.eval_batch_size, len(ds)))], pad)
-                logits = model(
-                    input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
-                )
-                n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
-                total += float(causal_ce(logits.logits, b["labels"].to(device))) * n
-                count += n
-        return {"eval_loss": total / max(count, 1), "n": len(ds)}
+        metrics = {"eval_loss": target_loss(model, tokenizer, data.eval, recipe), "n": len(data.eval)}
+        if generate:
+            metrics.update(generation_metrics(model, tokenizer, data, recipe, progress))
+        return metrics
     finally:
         model.train(was_training)
+
+
+def generation_metrics(model, tokenizer, data: TaskData, recipe: Recipe, progress: bool) -> dict:
+    """ROUGE-1/2/L/Lsum and BLEU of generated outputs on the first `task.generate_limit` eval rows."""
+    spec = recipe.task
+    examples = data.eval if spec.generate_limit is None else data.eval[: spec.generate_limit]
+    if not examples:
+        return {}
+    from ..eval.evaluate import evaluate_model as evaluate_generation
+
+    out = evaluate_generation(
+        model, tokenizer, data.task, examples, batch_size=spec.eval_batch_size, max_length=spec.max_length,
+        max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams, progress=progress,
+    )  # fmt: skip
+    scores = {k: v for k, v in out["metrics"].items() if k != "n"}  # n stays the loss's count (all rows)
+    return {**scores, "generated": len(examples)}
+
+
+def target_loss(model: nn.Module, tokenizer, examples: list[Example], recipe: Recipe) -> float:
+    """Mean cross-entropy of the target tokens (teacher-forced) over `examples`."""
+    ds = TaskDataset(tokenizer, examples, recipe.task.max_length)
+    pad = pad_token_id(tokenizer)
+    device = next(model.parameters()).device
+    size = recipe.task.eval_batch_size
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(ds), size):
+            b = collate([ds[j] for j in range(i, min(i + size, len(ds)))], pad)
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
+            n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += float(causal_ce(logits.logits, b["labels"].to(device))) * n
+            count += n
+    return total / max(count, 1)
 
 
 def eval_metric(kind: str) -> tuple[str, bool]:

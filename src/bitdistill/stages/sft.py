@@ -49,7 +49,8 @@ def train_task_model(
     metric, greater = eval_metric(data.task.kind)
     eval_fn = None
     if cfg.eval_every or cfg.select == "best":
-        eval_fn = lambda m: evaluate_model(m, tokenizer, data, recipe)  # noqa: E731
+        # Checkpoint selection reads eval_loss/accuracy only: no generation during training.
+        eval_fn = lambda m: evaluate_model(m, tokenizer, data, recipe, generate=False)  # noqa: E731
     result = train(
         model, batches, loss_fn, cfg, out / "train", eval_fn=eval_fn, metric=metric,
         greater_is_better=greater, desc=stage, accelerator=accelerator,
