@@ -139,9 +139,9 @@ def test_engine_channel_and_group_scales(convert: dict, tmp_path) -> None:
     _compare(model, load(tmp_path / "p", threads=1), prompt=[3, 1, 4, 1, 5, 9, 2, 6], steps=8)
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8", "q4"])
 def test_engine_low_precision_heads(dtype: str, tmp_path) -> None:
-    """fp16/bf16/int8 embeddings + head: the engine equals PyTorch run with the same rounded weights."""
+    """fp16/bf16/int8/q4 embeddings + head: the engine equals PyTorch run with the same rounded weights."""
     model = _model("llama", subln=True)
     pack_model(model, tmp_path / "p", head_dtype=dtype)
     pm = load_packed(tmp_path / "p")
@@ -151,9 +151,13 @@ def test_engine_low_precision_heads(dtype: str, tmp_path) -> None:
             w = pm.tensors["embed"].astype(np.float32) * pm.tensors["embed.scale"][:, None]
         elif dtype == "bf16":
             w = (pm.tensors["embed"].astype(np.uint32) << 16).view(np.float32)
+        elif dtype == "q4":  # written out: low nibbles are columns 0-31 of each 64-column group
+            c = pm.tensors["embed"].reshape(emb.shape[0], -1, 32)
+            codes = np.concatenate([c & 15, c >> 4], axis=2).astype(np.float32) - 8
+            w = (codes * pm.tensors["embed.gscale"][..., None]).reshape(emb.shape[0], -1)[:, : emb.shape[1]]
         else:
             w = pm.tensors["embed"].astype(np.float32)
-        emb.copy_(torch.from_numpy(w))
+        emb.copy_(torch.from_numpy(np.ascontiguousarray(w)))
     engine = load(tmp_path / "p", threads=1)
     engine.reset(64)
     prompt = [5, 6, 7, 8, 9, 10]
@@ -167,6 +171,18 @@ def test_engine_low_precision_heads(dtype: str, tmp_path) -> None:
         hq = np.clip(np.rint(h * s[:, None]), -127, 127).astype(np.int64)
         acc = (hq @ pm.tensors["embed"].astype(np.int64).T).astype(np.float32)
         ref = acc * (pm.tensors["embed.scale"][None, :] / s[:, None])
+    if dtype == "q4":  # same int8 x; integer sums per 64-column group, scaled by the group's d, summed
+        h = out.hidden_states[-1][0].numpy()
+        s = (127.0 / np.maximum(np.abs(h).max(axis=1), 1e-5)).astype(np.float32)
+        hq = np.clip(np.rint(h * s[:, None]), -127, 127).astype(np.int64)
+        v, hd = w.shape
+        ng = -(-hd // 64)
+        hp = np.zeros((len(prompt), ng * 64), np.int64)
+        hp[:, :hd] = hq
+        c = pm.tensors["embed"].reshape(v, -1, 32)
+        cp = np.concatenate([c & 15, c >> 4], axis=2).astype(np.int64) - 8
+        acc = np.einsum("tgj,vgj->tvg", hp.reshape(len(prompt), ng, 64), cp)
+        ref = (acc * pm.tensors["embed.gscale"][None].astype(np.float64)).sum(axis=2) / s[:, None]
     np.testing.assert_allclose(logits, ref, atol=1e-4 * np.abs(ref).max(), rtol=1e-4)
 
 

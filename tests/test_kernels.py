@@ -11,6 +11,7 @@ from bitdistill.quant.numerics import quantize_activation, ternarize
 from bitdistill.quant.packing import pack_2bit, quantize_rows_int8
 from bitdistill.runtime import kernels
 from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, set_simd, simd_level
+from bitdistill.runtime.packed import dequantize_dense, quantize_rows_q4
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (13, 129, 2), (64, 256, 5), (33, 300, 1), (100, 640, 4)]  # (n, k, T)
 
@@ -143,3 +144,46 @@ def test_dense_int8_head(simd, n: int, k: int) -> None:
     np.testing.assert_allclose(y, ref, rtol=1e-6)
     # and it approximates the float product closely
     np.testing.assert_allclose(y, x @ w.T, atol=0.05 * np.abs(x @ w.T).max())
+
+
+def _q4_reference(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0 with 64-column groups written out element by element: (codes [n, kpad] int, d [n, groups])."""
+    n, k = w.shape
+    ng = -(-k // 64)
+    codes = np.full((n, ng * 64), 8, np.int64)
+    d = np.zeros((n, ng), np.float32)
+    for r in range(n):
+        for g in range(ng):
+            grp = w[r, g * 64 : min(k, g * 64 + 64)]
+            m = grp[np.argmax(np.abs(grp))]
+            d[r, g] = np.float32(m) / np.float32(-8.0)
+            for j, v in enumerate(grp):
+                q = 0.0 if d[r, g] == 0 else np.rint(np.float32(v) * (np.float32(1.0) / d[r, g]))
+                codes[r, g * 64 + j] = min(15, max(0, int(q) + 8))
+    return codes, d
+
+
+@pytest.mark.parametrize("n,k", [(37, 64), (10, 45), (9, 200), (256, 1000)])
+def test_dense_q4_head(simd, n: int, k: int) -> None:
+    rng = np.random.default_rng(k + n)
+    w = rng.normal(size=(n, k)).astype(np.float32)
+    w[0, :] = 0.0  # all-zero groups: d = 0, codes 8
+    x = _x(3, k, seed=4)
+    packed, d = quantize_rows_q4(w)
+    codes, d_ref = _q4_reference(w)
+    np.testing.assert_array_equal(d, d_ref)
+    unpacked = np.concatenate([packed.reshape(n, -1, 32) & 15, packed.reshape(n, -1, 32) >> 4], axis=2)
+    np.testing.assert_array_equal(unpacked.reshape(n, -1), codes)
+    y = kernels.dense_forward(packed, "q4", x, rscale=d, threads=2)
+    # reference: symmetric per-token int8 x, exact integer sums per 64-column group, sum_g d_g * acc_g / s
+    s = (127.0 / np.maximum(np.abs(x).max(axis=1), 1e-5)).astype(np.float32)
+    xq = np.zeros((3, codes.shape[1]), np.int64)
+    xq[:, :k] = np.clip(np.rint(x * s[:, None]), -127, 127)
+    acc = np.einsum("tgj,ngj->tng", xq.reshape(3, -1, 64), (codes - 8).reshape(n, -1, 64))
+    ref = (acc * d[None].astype(np.float64)).sum(axis=2) / s[:, None]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # and it approximates the float product (4-bit weights: ~10% relative error overall)
+    assert np.linalg.norm(y - x @ w.T) < 0.15 * np.linalg.norm(x @ w.T)
+    # dequantize_dense (export / embedding lookups) gives exactly d * (c - 8)
+    deq = dequantize_dense({"h": packed, "h.gscale": d}, "h", "q4", k)
+    np.testing.assert_array_equal(deq, ((codes - 8) * np.repeat(d, 64, axis=1))[:, :k].astype(np.float32))

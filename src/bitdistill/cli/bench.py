@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         "--engines", default=None,
         help=f"comma-separated subset of {', '.join(ENGINES)} (default: all; llama.cpp when installed)",
     )  # fmt: skip
-    p.add_argument("--head-dtype", default="int8", choices=["int8", "fp16", "bf16", "fp32"])
+    p.add_argument("--head-dtype", default="int8", choices=["int8", "q4", "fp16", "bf16", "fp32"])
     p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
     p.set_defaults(func=run)

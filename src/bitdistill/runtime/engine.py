@@ -24,6 +24,7 @@ from .native import (
     F16,
     F32,
     I8,
+    Q4,
     SCALE_CHANNEL,
     SCALE_GROUP,
     SCALE_TENSOR,
@@ -38,11 +39,16 @@ from .native import (
 from .packed import PackedModel, _linear_dims, load_packed
 from .sampling import SamplingParams, sample
 
-_DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8}
+_DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8, "q4": Q4}
 _ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH, "gelu": ACT_GELU}
 _SCALES = {"tensor": SCALE_TENSOR, "channel": SCALE_CHANNEL, "group": SCALE_GROUP}
 PREFILL_CHUNK = 128
 GREEDY = SamplingParams()
+
+
+def _dense_scale(t: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    """Row scales of an int8 matrix, group scales of a q4 one, None for float dtypes."""
+    return t.get(f"{name}.scale", t.get(f"{name}.gscale"))
 
 
 @dataclass
@@ -111,8 +117,8 @@ class Engine:
             eps=a["eps"], attn_scale=a["attn_scale"], embed_scale=a["embed_scale"],
             final_softcap=a["final_softcap"], attn_softcap=a["attn_softcap"],
             embed_dtype=_DTYPES[a["embed_dtype"]], head_dtype=_DTYPES[a["head_dtype" if not a["tied"] else "embed_dtype"]],
-            embed=ptr(t["embed"]), embed_rscale=fptr(t.get("embed.scale")),
-            head=ptr(t[head_key]), head_rscale=fptr(t.get(f"{head_key}.scale")),
+            embed=ptr(t["embed"]), embed_rscale=fptr(_dense_scale(t, "embed")),
+            head=ptr(t[head_key]), head_rscale=fptr(_dense_scale(t, head_key)),
             final_norm=fptr(t["norm"]), layers=self._layers,
         )  # fmt: skip
         self._state: int | None = None

@@ -11,9 +11,9 @@ import ctypes as C
 import numpy as np
 
 from ..quant.packing import BLOCK, ROWS, packed_2bit_shape
-from .native import BF16, F16, F32, I8, SCALE_CHANNEL, SCALE_GROUP, SCALE_TENSOR, Linear, fptr, lib, ptr
+from .native import BF16, F16, F32, I8, Q4, SCALE_CHANNEL, SCALE_GROUP, SCALE_TENSOR, Linear, fptr, lib, ptr
 
-DENSE_DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8}
+DENSE_DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8, "q4": Q4}
 
 
 def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,12 +80,22 @@ def linear_forward(
 
 
 def dense_forward(
-    w: np.ndarray, dtype: str, x: np.ndarray, rscale: np.ndarray | None = None, threads: int = 1
+    w: np.ndarray,
+    dtype: str,
+    x: np.ndarray,
+    rscale: np.ndarray | None = None,
+    threads: int = 1,
+    k: int | None = None,
 ) -> np.ndarray:
-    """LM-head matmul: x float32 [T, k] @ w.T for w in fp32/fp16/bf16 (uint16 bits) or int8 (+ row scale)."""
+    """LM-head matmul: x float32 [T, k] @ w.T for w in fp32/fp16/bf16 (uint16 bits), int8 (+ row scale
+    rscale [n]) or q4 (codes [n, ceil(k/64)*32] + group scales rscale [n, ceil(k/64)])."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w)
-    n, k = w.shape
+    n, k = w.shape[0], x.shape[1]
+    if dtype == "q4":
+        assert w.shape[1] == -(-k // 64) * 32 and rscale is not None and rscale.shape == (n, -(-k // 64))
+    else:
+        assert w.shape[1] == k
     y = np.zeros((x.shape[0], n), np.float32)
     rs = None if rscale is None else np.ascontiguousarray(rscale, dtype=np.float32)
     code = DENSE_DTYPES[dtype]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import BitDistillError
 
-F32, F16, BF16, I8 = 0, 1, 2, 3
+F32, F16, BF16, I8, Q4 = 0, 1, 2, 3, 4
 SCALE_TENSOR, SCALE_CHANNEL, SCALE_GROUP = 0, 1, 2
 ACT_SILU, ACT_GELU_TANH, ACT_GELU = 0, 1, 2
 

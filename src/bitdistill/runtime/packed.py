@@ -43,7 +43,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 BITS = ("2", "1.58")
-DENSE_DTYPES = ("fp32", "fp16", "bf16", "int8")
+DENSE_DTYPES = ("fp32", "fp16", "bf16", "int8", "q4")
+Q4_GROUP = 64
 ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 _MAX_DIM = 1 << 20
 
@@ -86,7 +87,45 @@ def _dense_to_numpy(w, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
         return w.half().numpy().copy(), None
     if dtype == "bf16":
         return w.bfloat16().view(torch.int16).numpy().view(np.uint16).copy(), None
+    if dtype == "q4":
+        return quantize_rows_q4(w.numpy())
     return quantize_rows_int8(w.numpy())
+
+
+def quantize_rows_q4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4-bit grouped quantization (llama.cpp's Q4_0 scheme, 64 columns per scale) of w [n, k].
+
+    Per group of 64 columns: m = the element of largest magnitude, d = m / -8, code c = clamp(round(w / d)
+    + 8, 0, 15) (round half to even), so w ≈ d · (c - 8) with all 16 levels in use; columns past k are
+    padded with zeros. Returns (codes uint8 [n, ceil(k/64)·32], d float32 [n, ceil(k/64)]): byte j of a
+    group's 32 bytes holds the code of column j in bits 0-3 and of column j + 32 in bits 4-7.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    ng = -(-k // Q4_GROUP)
+    wp = np.zeros((n, ng * Q4_GROUP), np.float32)
+    wp[:, :k] = w
+    g = wp.reshape(n, ng, Q4_GROUP)
+    idx = np.abs(g).argmax(axis=2)
+    d = (np.take_along_axis(g, idx[..., None], axis=2)[..., 0] / np.float32(-8.0)).astype(np.float32)
+    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d != 0)
+    c = np.clip(np.rint(g * inv[..., None]) + 8, 0, 15).astype(np.uint8)
+    packed = (c[..., :32] | (c[..., 32:] << 4)).reshape(n, ng * 32)
+    return packed, d
+
+
+def dequantize_dense(t: dict[str, np.ndarray], name: str, dtype: str, k: int) -> np.ndarray:
+    """A packed embedding / head tensor back to float32 [n, k] (every dense dtype, q4 included)."""
+    w = t[name]
+    if dtype == "bf16":
+        return (w.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "int8":
+        return w.astype(np.float32) * t[f"{name}.scale"][:, None]
+    if dtype == "q4":
+        n = w.shape[0]
+        c = np.concatenate([w.reshape(n, -1, 32) & 15, w.reshape(n, -1, 32) >> 4], axis=2).astype(np.float32)
+        return ((c - 8) * t[f"{name}.gscale"][..., None]).reshape(n, -1)[:, :k]
+    return w.astype(np.float32)
 
 
 def _rope_tables(model, family: str) -> dict[str, tuple[np.ndarray, float]]:
@@ -247,12 +286,12 @@ def pack_model(
     tensors["norm"] = norm_w(model.get_submodule("model.norm"))
     tensors["embed"], escale = _dense_to_numpy(emb.weight, embed_dtype)
     if escale is not None:
-        tensors["embed.scale"] = escale
+        tensors["embed.gscale" if embed_dtype == "q4" else "embed.scale"] = escale
     if not tied or head_dtype != embed_dtype:
         arch["tied"] = False
         tensors["head"], hscale = _dense_to_numpy(head.weight, head_dtype)
         if hscale is not None:
-            tensors["head.scale"] = hscale
+            tensors["head.gscale" if head_dtype == "q4" else "head.scale"] = hscale
     arch["linear_bytes_on_disk"] = linear_bytes
     arch["linear_params"] = sum(n * k for n, k in dims.values()) * len(blocks)
     return _write_dir(model, out_dir, arch, tensors, tokenizer)
@@ -407,14 +446,21 @@ def expected_tensors(arch: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
         if arch["qk_norm"]:
             exp[f"{p}.q_norm"] = exp[f"{p}.k_norm"] = ("float32", (hd,))
     exp["norm"] = ("float32", (h,))
-    npd = {"fp32": "float32", "fp16": "float16", "bf16": "uint16", "int8": "int8"}
-    exp["embed"] = (npd[arch["embed_dtype"]], (v, h))
-    if arch["embed_dtype"] == "int8":
-        exp["embed.scale"] = ("float32", (v,))
-    if not arch["tied"]:
-        exp["head"] = (npd[arch["head_dtype"]], (v, h))
-        if arch["head_dtype"] == "int8":
-            exp["head.scale"] = ("float32", (v,))
+    npd = {"fp32": "float32", "fp16": "float16", "bf16": "uint16", "int8": "int8", "q4": "uint8"}
+    ng = -(-h // Q4_GROUP)
+    for name, dtype in (
+        ("embed", arch["embed_dtype"]),
+        ("head", None if arch["tied"] else arch["head_dtype"]),
+    ):
+        if dtype is None:
+            continue
+        exp[name] = (npd[dtype], (v, ng * 32) if dtype == "q4" else (v, h))
+        if dtype == "int8":
+            exp[f"{name}.scale"] = ("float32", (v,))
+        if (
+            dtype == "q4"
+        ):  # group scales may be negative or zero (Q4_0's d = m / -8); only finiteness is checked
+            exp[f"{name}.gscale"] = ("float32", (v, ng))
     return exp
 
 

@@ -19,7 +19,11 @@
 #define BD_ROWS 4
 #define BD_EPS 1e-5f
 
-enum { BD_F32 = 0, BD_F16 = 1, BD_BF16 = 2, BD_I8 = 3 };
+enum { BD_F32 = 0, BD_F16 = 1, BD_BF16 = 2, BD_I8 = 3, BD_Q4 = 4 };
+/* BD_Q4 (embedding / LM head only): per row, ceil(k/64) groups of 64 columns; group g is 32 bytes whose
+ * byte j holds code c (0..15) of column 64g+j in bits 0-3 and of column 64g+32+j in bits 4-7;
+ * w = d[row][g] * (c - 8), d fp32 (rscale points to d [n][ceil(k/64)]). Like llama.cpp's Q4_0, 64 wide. */
+#define BD_Q4_GROUP 64
 enum { BD_SCALE_TENSOR = 0, BD_SCALE_CHANNEL = 1, BD_SCALE_GROUP = 2 };
 enum { BD_ACT_SILU = 0, BD_ACT_GELU_TANH = 1, BD_ACT_GELU = 2 };
 
@@ -49,7 +53,7 @@ typedef struct {
     int32_t n_layers, hidden, n_heads, n_kv, head_dim, inter, vocab, act;
     float eps, attn_scale, embed_scale, final_softcap, attn_softcap;
     int32_t embed_dtype, head_dtype;
-    const void *embed; const float *embed_rscale; /* rscale: per-row scale for int8 */
+    const void *embed; const float *embed_rscale; /* rscale: per-row scale (int8) or group scales (q4) */
     const void *head; const float *head_rscale;
     const float *final_norm;
     const bd_layer *layers;
@@ -76,7 +80,10 @@ void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k
 void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const float *xs, const int32_t *xsum,
                     int T, float *y, uint8_t *ubuf);
 /* Rows [r0, r1) of a dense (head) matrix, T tokens. xq/xs used for int8, x for float dtypes. */
+/* q4: xq rows zero padded to ceil(k/64)*64 with group sums xg [T][ceil(k/64)] (bd_q4_group_sums). */
 void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, int r0, int r1, const float *x,
-                   const int8_t *xq, const float *xs, int T, float *y);
+                   const int8_t *xq, const float *xs, const int32_t *xg, int T, float *y);
+float bd_q4dot(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg);
+void bd_q4_group_sums(const int8_t *x, int ng, int32_t *xg);
 
 #endif

@@ -83,7 +83,7 @@ void bd_profile_dump(void) {
 typedef struct {
     float *x, *h, *o, *xs, *scores, *rope;
     int8_t *xq;
-    int32_t *xsum;
+    int32_t *xsum, *xg; /* xg: q4 head group sums [T][ceil(hidden/64)] */
     uint8_t *ubuf;
     int sense;
     unsigned long long tick; /* profiling: time of the last phase boundary */
@@ -107,7 +107,7 @@ void bd_state_free(bd_state *st) {
         for (int i = 0; i < st->nthreads; i++) {
             bd_tls *t = &st->tls[i];
             free(t->x); free(t->h); free(t->o); free(t->xs); free(t->scores); free(t->xq); free(t->xsum);
-            free(t->ubuf); free(t->rope);
+            free(t->ubuf); free(t->rope); free(t->xg);
         }
     free(st->tls);
     free(st->kc); free(st->vc); free(st->q); free(st->k); free(st->v); free(st->att); free(st->g); free(st->u);
@@ -147,7 +147,8 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads) 
         t->xsum = malloc(T * sizeof(int32_t));
         t->ubuf = malloc((size_t)4 * st->kp_max);
         t->rope = malloc(T * m->head_dim * F);
-        ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf && t->rope;
+        t->xg = malloc(T * ((m->hidden + BD_Q4_GROUP - 1) / BD_Q4_GROUP) * sizeof(int32_t));
+        ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf && t->rope && t->xg;
     }
     if (!ok) {
         bd_state_free(st);
@@ -360,12 +361,20 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
             float *h = tl->h + (size_t)t * H;
             rmsnorm(tl->x + (size_t)(t0 + t) * H, m->final_norm, H, m->eps, h);
             if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, tl->xq + (size_t)t * H, &tl->xs[t]);
+            if (m->head_dtype == BD_Q4) {
+                int ng = (H + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
+                int8_t *xq = tl->xq + (size_t)t * ng * BD_Q4_GROUP;
+                bd_quantize_row_sym(h, H, xq, &tl->xs[t]);
+                memset(xq + H, 0, (size_t)ng * BD_Q4_GROUP - H);
+                bd_q4_group_sums(xq, ng, tl->xg + (size_t)t * ng);
+            }
         }
         PROF(P_HEADPREP);
         int a, b;
         part((V + 3) / 4, tid, nth, &a, &b);
         int r1 = b * 4 < V ? b * 4 : V;
-        bd_dense_rows(m->head, m->head_dtype, m->head_rscale, V, H, a * 4, r1, tl->h, tl->xq, tl->xs, nout, logits);
+        bd_dense_rows(m->head, m->head_dtype, m->head_rscale, V, H, a * 4, r1, tl->h, tl->xq, tl->xs, tl->xg, nout,
+                      logits);
         PROF(P_HEAD);
         if (m->final_softcap > 0.0f)
             for (int t = 0; t < nout; t++)
@@ -436,14 +445,19 @@ int bd_linear_forward(const bd_linear *L, const float *x, int T, float *y, int n
 /* A dense (LM head) matmul x[T][k] -> y[T][n]; int8 weights quantize x symmetrically per row first. */
 int bd_dense_forward(const void *w, int dtype, const float *rscale, int n, int k, const float *x, int T, float *y,
                      int nthreads) {
-    int8_t *xq = malloc((size_t)T * k + 1);
+    const int ng = (k + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
+    const size_t kq = dtype == BD_Q4 ? (size_t)ng * BD_Q4_GROUP : (size_t)k;
+    int8_t *xq = calloc((size_t)T * kq + 1, 1);
     float *xs = malloc((size_t)T * sizeof(float));
-    if (!xq || !xs) {
-        free(xq); free(xs);
+    int32_t *xg = malloc((size_t)T * ng * sizeof(int32_t));
+    if (!xq || !xs || !xg) {
+        free(xq); free(xs); free(xg);
         return -1;
     }
-    if (dtype == BD_I8)
-        for (int t = 0; t < T; t++) bd_quantize_row_sym(x + (size_t)t * k, k, xq + (size_t)t * k, &xs[t]);
+    if (dtype == BD_I8 || dtype == BD_Q4)
+        for (int t = 0; t < T; t++) bd_quantize_row_sym(x + (size_t)t * k, k, xq + t * kq, &xs[t]);
+    if (dtype == BD_Q4)
+        for (int t = 0; t < T; t++) bd_q4_group_sums(xq + t * kq, ng, xg + (size_t)t * ng);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
@@ -456,8 +470,8 @@ int bd_dense_forward(const void *w, int dtype, const float *rscale, int n, int k
         int a, b;
         part((n + 3) / 4, tid, nth, &a, &b);
         int r1 = b * 4 < n ? b * 4 : n;
-        bd_dense_rows(w, dtype, rscale, n, k, a * 4, r1, x, xq, xs, T, y);
+        bd_dense_rows(w, dtype, rscale, n, k, a * 4, r1, x, xq, xs, xg, T, y);
     }
-    free(xq); free(xs);
+    free(xq); free(xs); free(xg);
     return 0;
 }

@@ -479,6 +479,91 @@ void bd_idot4(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
     idot4_scalar(w, k, x, out);
 }
 
+/* ---- 4-bit grouped (q4) x int8 (LM head): one row, int32 per group, float across groups ---- */
+
+/* xg: per-64-column sums of x (the codes are offset by 8: sum((c-8)x) = sum(cx) - 8 sum(x)) */
+static float q4dot_scalar(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
+    float acc = 0.0f;
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *wg = w + (size_t)g * 32;
+        const int8_t *x0 = x + (size_t)g * BD_Q4_GROUP;
+        int32_t s = 0;
+        for (int j = 0; j < 32; j++) s += (wg[j] & 15) * x0[j] + (wg[j] >> 4) * x0[j + 32];
+        acc += d[g] * (float)(s - 8 * xg[g]);
+    }
+    return acc;
+}
+
+#if BD_X86
+/* Eight int32 lanes per group hold partial sums whose total is sum(c x); subtracting sum(x) from each lane
+ * removes 8 sum(x) exactly, so the lanes stay exact integers until they are scaled by d in float. */
+BD_AVX2 static float q4dot_avx2(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int g = 0;
+    for (; g + 2 <= ng; g += 2) {
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)(g + h) * 32));
+            const int8_t *xb = x + (size_t)(g + h) * BD_Q4_GROUP;
+            __m256i p = _mm256_add_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(v, m4), _mm256_loadu_si256((const __m256i *)xb)),
+                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                     _mm256_loadu_si256((const __m256i *)(xb + 32))));
+            __m256i i = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), _mm256_set1_epi32(xg[g + h]));
+            if (h == 0)
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d[g]), a0);
+            else
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d[g + 1]), a1);
+        }
+    }
+    float acc = hsum_f32(_mm256_add_ps(a0, a1));
+    if (g < ng) acc += q4dot_scalar(w + (size_t)g * 32, d + g, ng - g, x + (size_t)g * BD_Q4_GROUP, xg + g);
+    return acc;
+}
+
+BD_VNNI static float q4dot_vnni(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int g = 0;
+    for (; g + 2 <= ng; g += 2) {
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)(g + h) * 32));
+            const int8_t *xb = x + (size_t)(g + h) * BD_Q4_GROUP;
+            __m256i i = _mm256_dpbusd_epi32(_mm256_set1_epi32(-xg[g + h]), _mm256_and_si256(v, m4),
+                                            _mm256_loadu_si256((const __m256i *)xb));
+            i = _mm256_dpbusd_epi32(i, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                    _mm256_loadu_si256((const __m256i *)(xb + 32)));
+            if (h == 0)
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d[g]), a0);
+            else
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d[g + 1]), a1);
+        }
+    }
+    float acc = hsum_f32(_mm256_add_ps(a0, a1));
+    if (g < ng) acc += q4dot_scalar(w + (size_t)g * 32, d + g, ng - g, x + (size_t)g * BD_Q4_GROUP, xg + g);
+    return acc;
+}
+#endif
+
+/* sum(d_g * sum_j (c_j - 8) x_j) over the row's groups; x zero-padded to ng * 64 */
+float bd_q4dot(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
+#if BD_X86
+    int lvl = simd_on();
+    if (lvl >= 2) return q4dot_vnni(w, d, ng, x, xg);
+    if (lvl) return q4dot_avx2(w, d, ng, x, xg);
+#endif
+    return q4dot_scalar(w, d, ng, x, xg);
+}
+
+/* per-group sums of a zero-padded int8 row (ng groups of 64) */
+void bd_q4_group_sums(const int8_t *x, int ng, int32_t *xg) {
+    for (int g = 0; g < ng; g++) {
+        int32_t s = 0;
+        for (int j = 0; j < BD_Q4_GROUP; j++) s += x[(size_t)g * BD_Q4_GROUP + j];
+        xg[g] = s;
+    }
+}
+
 /* ---- float dtypes ---- */
 
 static float f16_to_f32(uint16_t h) {
@@ -568,6 +653,15 @@ void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k
     if (dtype == BD_I8) {
         const int8_t *wr = (const int8_t *)w + base;
         for (int i = 0; i < k; i++) out[i] = (float)wr[i] * rscale[row];
+    } else if (dtype == BD_Q4) {
+        int ng = (k + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
+        const uint8_t *wr = (const uint8_t *)w + (size_t)row * ng * 32;
+        const float *d = rscale + (size_t)row * ng;
+        for (int i = 0; i < k; i++) {
+            int g = i / BD_Q4_GROUP, j = i % BD_Q4_GROUP;
+            uint8_t byte = wr[g * 32 + (j & 31)];
+            out[i] = d[g] * (float)((j < 32 ? byte & 15 : byte >> 4) - 8);
+        }
     } else {
         for (int i = 0; i < k; i++) out[i] = load_f(w, dtype, base + i);
     }
@@ -634,7 +728,17 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
 }
 
 void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, int r0, int r1, const float *x,
-                   const int8_t *xq, const float *xs, int T, float *y) {
+                   const int8_t *xq, const float *xs, const int32_t *xg, int T, float *y) {
+    if (dtype == BD_Q4) { /* xq rows have stride ng*64 (zero padded); xg [T][ng] */
+        const int ng = (k + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
+        const size_t kq = (size_t)ng * BD_Q4_GROUP;
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *wr = (const uint8_t *)w + (size_t)r * ng * 32;
+            for (int t = 0; t < T; t++)
+                y[(size_t)t * n + r] = bd_q4dot(wr, rscale + (size_t)r * ng, ng, xq + t * kq, xg + (size_t)t * ng) / xs[t];
+        }
+        return;
+    }
     const size_t es = dtype_size(dtype);
     for (int r = r0; r < r1; r += 4) {
         int m = r1 - r < 4 ? r1 - r : 4;
