@@ -178,3 +178,37 @@ def test_sweep_layers_cli_criterion_only(tiny_sweep, capsys):
     assert f"picks layer {sweep['criterion']['pick']}" in out
     assert sweep["criterion"]["task_shift"] is None
     assert main([*args, "--no-criterion"]) == 2
+
+
+def test_distill_student_layer_auto_distils_where_the_criterion_points(tiny_sweep, tmp_path):
+    from bitdistill.eval.layers import criterion_batches
+    from bitdistill.stages.distill import load_student, load_teacher, run_distill
+
+    recipe, _, _ = tiny_sweep
+    r = copy.deepcopy(recipe)
+    r.distill.student_layer = "auto"
+    r.distill.train = {**r.distill.train, "steps": 1}
+    r.stage_dirs = {**r.stage_dirs, "distill": str(tmp_path / "auto")}
+    run_distill(r)
+    rec = json.loads((tmp_path / "auto" / "stage.json").read_text())["distill"]
+    # Independently: the divergences of the same starting student and teacher on the same 64 examples.
+    teacher, _ = load_teacher(r)
+    student, tok = load_student(r)
+    want = relation_divergences(teacher, student, criterion_batches(r, tok, 64, r.task.eval_batch_size))
+    got = {int(k): v for k, v in rec["layer_choice"]["scores"].items()}
+    assert got == pytest.approx(want, rel=1e-4)
+    assert rec["student_layer"] == max(want, key=lambda i: (want[i], i))
+    assert rec["teacher_layer"] == rec["student_layer"]  # same depth: the identity mapping
+
+
+def test_student_layer_must_be_an_index_or_auto():
+    from bitdistill.errors import BitDistillError
+    from bitdistill.recipe import parse_recipe
+
+    def recipe(layer):
+        return parse_recipe({"continue_pretrain": {"enabled": False}, "distill": {"student_layer": layer}})
+
+    assert recipe("auto").distill.student_layer == "auto"
+    assert recipe(3).distill.student_layer == 3
+    with pytest.raises(BitDistillError, match="distill.student_layer: expected a layer index or auto"):
+        recipe("top")

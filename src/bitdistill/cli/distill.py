@@ -20,12 +20,25 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--lambda-logits", type=float)
     p.add_argument("--gamma-attention", type=float)
-    p.add_argument("--student-layer", type=int)
+    p.add_argument(
+        "--student-layer",
+        type=_layer,
+        help="layer for attention distillation (negative from the end) or auto",
+    )
     p.add_argument("--teacher-layer", type=int)
     p.add_argument("--relation-heads", type=int)
     p.add_argument("--no-logits", action="store_true", help="ablation: attention distillation only")
     p.add_argument("--no-attention", action="store_true", help="ablation: logits distillation only")
     p.set_defaults(func=run)
+
+
+def _layer(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer index or auto, got {value!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -169,7 +169,7 @@ def choose_layer(
 # -- with a recipe ---------------------------------------------------------------------------------------
 
 
-def _criterion_batches(recipe, tokenizer, examples: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+def criterion_batches(recipe, tokenizer, examples: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
     from ..data.encode import TaskDataset, collate, pad_token_id
     from ..stages.common import load_task_data
 
@@ -196,7 +196,7 @@ def criterion_scores(
 
     teacher, _ = load_teacher(recipe)
     student, tok = load_student(recipe)
-    batches = _criterion_batches(recipe, tok, examples, batch_size)
+    batches = criterion_batches(recipe, tok, examples, batch_size)
     ns, nt = num_layers(student), num_layers(teacher)
     mapping = {i: map_layer(i, ns, nt) for i in range(ns)}
     caps = [QKVCapture(student, i) for i in mapping] + [QKVCapture(teacher, j) for j in set(mapping.values())]

@@ -96,7 +96,9 @@ class DistillStage:
     temperature: float = 5.0
     lambda_logits: float | None = None  # None = paper default for the task kind (10 / 1)
     gamma_attention: float | None = None  # None = paper default for the task kind (1e5 / 1e3)
-    student_layer: int = -1  # negative counts from the end
+    # negative counts from the end; "auto" = the layer-selection criterion picks student and teacher layer
+    # before training (eval/layers.py: the largest relation divergence at initialisation)
+    student_layer: int | str = -1
     teacher_layer: int = -1
     relation_heads: int | None = None  # A_r; None = the student's attention head count
     train: dict[str, Any] = field(default_factory=dict)
@@ -159,6 +161,10 @@ class Recipe:
             )
         if self.distill.temperature <= 0:
             raise BitDistillError(f"{src}: distill.temperature: must be > 0, got {self.distill.temperature}")
+        if isinstance(self.distill.student_layer, str) and self.distill.student_layer != "auto":
+            raise BitDistillError(
+                f"{src}: distill.student_layer: expected a layer index or auto, got {self.distill.student_layer!r}"
+            )
         if self.distill.relation_heads is not None and self.distill.relation_heads < 1:
             raise BitDistillError(f"{src}: distill.relation_heads: must be >= 1")
         if self.distill.enabled and not (self.distill.ce or self.distill.logits or self.distill.attention):
@@ -217,7 +223,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(args[0], value, where)
+        for i, arg in enumerate(args):  # the first type that takes the value (int | str: 3 -> 3, auto)
+            try:
+                return _convert(arg, value, where)
+            except BitDistillError:
+                if i == len(args) - 1:
+                    raise
     if value is None:
         raise BitDistillError(f"{where}: must not be empty (null)")
     if dataclasses.is_dataclass(tp):

@@ -7,6 +7,7 @@ teacher works). Each term can be switched off in the recipe for the paper's abla
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from ..errors import BitDistillError
 from ..recipe.schema import Recipe
 from .common import convert, finished_model, load_model_dir_or_spec, load_task_data
 from .sft import train_task_model
+
+AUTO_LAYER_EXAMPLES = 64  # training examples the `student_layer: auto` criterion reads (one forward each)
 
 
 def _same_tokenizer(teacher_tok, student_tok, where: str) -> None:
@@ -93,12 +96,28 @@ def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
                      "ce": spec.ce}  # fmt: skip
 
 
+def resolve_auto_layer(recipe: Recipe, student, teacher, tokenizer) -> tuple[Recipe, dict[str, Any]]:
+    """`distill.student_layer: auto`: the recipe with the criterion's layers filled in, and what it saw."""
+    if recipe.distill.student_layer != "auto" or not recipe.distill.attention:
+        return recipe, {}
+    from ..eval.layers import CRITERION, choose_layer, criterion_batches
+
+    batches = criterion_batches(recipe, tokenizer, AUTO_LAYER_EXAMPLES, recipe.task.eval_batch_size)
+    s_layer, t_layer, scores = choose_layer(teacher, student, batches, recipe.distill.relation_heads)
+    chosen = copy.deepcopy(recipe)
+    chosen.distill.student_layer, chosen.distill.teacher_layer = s_layer, t_layer
+    return chosen, {"criterion": CRITERION, "scores": scores, "examples": AUTO_LAYER_EXAMPLES}
+
+
 def run_distill(recipe: Recipe) -> dict[str, Any]:
     student, tok = load_student(recipe)
     teacher, t_tok = load_teacher(recipe)
     _same_tokenizer(t_tok, tok, f"{recipe.source}: distill")
+    recipe, auto = resolve_auto_layer(recipe, student, teacher, tok)
     data = load_task_data(recipe)
     loss_fn, settings = make_distill_loss(recipe, student, teacher, data.task.kind)
+    if auto:
+        settings["layer_choice"] = auto
     # The teacher must sit where the student's batches go; train_task_model moves the student.
     from ..train import make_accelerator
 
