@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ENGINES = ("runtime-2", "runtime-1.58", "torch-fp32", "torch-bf16", "llamacpp-tq2_0")
+ENGINES = (
+    "runtime-2",
+    "runtime-1.58",
+    "runtime-2-q4",
+    "runtime-1.58-q4",
+    "torch-fp32",
+    "torch-bf16",
+    "llamacpp-tq2_0",
+)
+HEADS = ("int8", "q4", "fp16", "bf16", "fp32")
 
 
 def register(subparsers) -> None:
@@ -24,9 +33,12 @@ def register(subparsers) -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument(
         "--engines", default=None,
-        help=f"comma-separated subset of {', '.join(ENGINES)} (default: all; llama.cpp when installed)",
+        help=f"comma-separated subset of {', '.join(ENGINES)} (default: all; llama.cpp when installed); "
+        "runtime-BITS uses --head-dtype, runtime-BITS-HEAD names its head dtype (HEAD in "
+        f"{', '.join(HEADS)})",
     )  # fmt: skip
-    p.add_argument("--head-dtype", default="int8", choices=["int8", "q4", "fp16", "bf16", "fp32"])
+    p.add_argument("--head-dtype", default="int8", choices=HEADS,
+                   help="head/embedding dtype of the runtime-2 / runtime-1.58 engines (default int8)")  # fmt: skip
     p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
     p.set_defaults(func=run)
@@ -37,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.bench import format_table, llamacpp_engines, run_bench, write_json
 
     if args.engines is None:
-        engines = ENGINES[:4] + llamacpp_engines()
+        engines = ENGINES[:6] + llamacpp_engines()
     else:
         engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-    bad = [e for e in engines if e not in ENGINES]
+    runtime = {f"runtime-{b}-{h}" for b in ("2", "1.58") for h in HEADS}
+    bad = [e for e in engines if e not in ENGINES and e not in runtime]
     if bad:
         raise BitDistillError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
     if min(args.threads, args.prefill, args.decode, args.runs) < 1:

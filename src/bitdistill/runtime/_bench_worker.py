@@ -76,7 +76,12 @@ def _runtime(args) -> dict:
         pre.append(args.prefill / t_pre)
         dec.append(args.decode / t_dec)
     assert "torch" not in sys.modules, "the runtime worker imported torch"
-    return {"decode": dec[1:], "prefill": pre[1:], "peak_rss_mib": _peak_rss_mib(), "torch_loaded": False}
+    from bitdistill.runtime.native import SIMD_NAMES, simd_level
+
+    return {
+        "decode": dec[1:], "prefill": pre[1:], "peak_rss_mib": _peak_rss_mib(), "torch_loaded": False,
+        "simd": SIMD_NAMES[simd_level()],
+    }  # fmt: skip
 
 
 def _torch(args) -> dict:

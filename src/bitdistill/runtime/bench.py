@@ -84,6 +84,15 @@ def prepare_llamacpp(spec: str, work: Path, ttype: str = "tq2_0") -> Path:
     return prepare_gguf(model.eval(), work, tokenizer=tok, ttype=ttype, head="q4_0")
 
 
+def runtime_engine(name: str, default_head: str) -> tuple[str, str]:
+    """("2" | "1.58", head dtype) of a runtime engine name: runtime-BITS uses the default head dtype,
+    runtime-BITS-HEAD (e.g. runtime-2-q4) names its own."""
+    parts = name.split("-")
+    if len(parts) not in (2, 3) or parts[0] != "runtime" or parts[1] not in ("2", "1.58"):
+        raise ValueError(f"not a runtime engine name: {name!r}")
+    return parts[1], parts[2] if len(parts) == 3 else default_head
+
+
 def _run_worker(args: list[str], timeout: float) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
@@ -114,7 +123,12 @@ def run_bench(
     work = Path(work or Path("runs") / "bench" / spec.replace("/", "_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    packed = prepare(spec, work, head_dtype) if any(e.startswith("runtime") for e in engines) else {}
+    packed: dict[str, dict[str, Path]] = {}  # head dtype -> {bits: packed dir}
+    for eng in engines:
+        if eng.startswith("runtime-"):
+            head = runtime_engine(eng, head_dtype)[1]
+            if head not in packed:
+                packed[head] = prepare(spec, work, head)
     log(f"prepared packed models in {time.time() - t0:.0f}s under {work}")
     results: dict = {
         "model": spec,
@@ -140,9 +154,10 @@ def run_bench(
         log(f"running {eng} ...")
         load_before = os.getloadavg()
         if eng.startswith("runtime-"):
-            bits = eng.split("-", 1)[1]
-            r = _run_worker(["runtime", str(packed[bits]), *common], timeout=3600)
-            cfg = json.loads((packed[bits] / "config.json").read_text())["packed"]["arch"]
+            bits, head = runtime_engine(eng, head_dtype)
+            r = _run_worker(["runtime", str(packed[head][bits]), *common], timeout=3600)
+            r["head_dtype"] = head
+            cfg = json.loads((packed[head][bits] / "config.json").read_text())["packed"]["arch"]
             r["linear_bytes"] = cfg["linear_bytes_on_disk"]
             r["linear_fp16_bytes"] = 2 * cfg["linear_params"]
             r["linear_ratio_vs_fp16"] = r["linear_fp16_bytes"] / r["linear_bytes"]
@@ -195,8 +210,9 @@ def format_table(res: dict) -> str:
             else "-"
         )
         sp = f"{r['decode_speedup_vs_torch_fp32']:.1f}x" if "decode_speedup_vs_torch_fp32" in r else "-"
+        label = f"{name} ({r['head_dtype']} head)" if "head_dtype" in r else name
         lines.append(
-            f"| {name} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {p['median']:.1f} "
+            f"| {label} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {p['median']:.1f} "
             f"[{p['min']:.1f}-{p['max']:.1f}] | {sp} | {r['peak_rss_mib']:.0f} | {size} |"
         )
     return "\n".join(lines)

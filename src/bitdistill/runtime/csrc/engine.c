@@ -62,6 +62,8 @@ static int g_prof_on = -1;
 #endif
 #define PROF(ph) do { if (g_prof_on && tid < 8) { unsigned long long _t = TICK(); g_prof[tid][ph] += _t - *pt; *pt = _t; } } while (0)
 
+void bd_profile_reset(void) { memset(g_prof, 0, sizeof g_prof); }
+
 void bd_profile_dump(void) {
     if (g_prof_on <= 0) return;
     for (int t = 0; t < 8; t++) {
