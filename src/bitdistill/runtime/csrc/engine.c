@@ -289,9 +289,8 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                     sc[j] = expf(sc[j] - mx);
                     sum += sc[j];
                 }
-                float *o = st->att + (size_t)t * qd + (size_t)hh * hd;
-                for (int d = 0; d < hd; d++) o[d] = 0.0f;
-                for (int j = lo; j <= pos; j++) bd_axpy(o, sc[j] / sum, vb + (size_t)j * hd, hd);
+                for (int j = lo; j <= pos; j++) sc[j] = sc[j] / sum;
+                bd_wsum(st->att + (size_t)t * qd + (size_t)hh * hd, sc + lo, vb + (size_t)lo * hd, pos - lo + 1, hd);
             }
     }
     PROF(P_ATTN);
