@@ -69,6 +69,7 @@ void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s);
 double bd_sumsq(const float *x, int n);
 float bd_dot(const float *a, const float *b, int n);
 void bd_axpy(float *y, float a, const float *x, int n);
+void bd_scores(const float *q, const float *k, int n, int hd, float scale, float *out); /* q.k[j]*scale */
 void bd_wsum(float *o, const float *p, const float *v, int n, int hd); /* o[hd] = sum_j p[j] v[j][hd] */
 void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
 void bd_unpack4(const uint8_t *w, int nb, uint8_t *u);

@@ -278,10 +278,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                 if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
                 rope(qh, cs + (size_t)t * hd, hd);
                 float mx = -INFINITY;
+                bd_scores(qh, kb + (size_t)lo * hd, pos - lo + 1, hd, m->attn_scale, sc + lo);
                 for (int j = lo; j <= pos; j++) {
-                    float s = bd_dot(qh, kb + (size_t)j * hd, hd) * m->attn_scale;
-                    if (m->attn_softcap > 0.0f) s = tanhf(s / m->attn_softcap) * m->attn_softcap;
-                    sc[j] = s;
+                    float s = sc[j];
+                    if (m->attn_softcap > 0.0f) sc[j] = s = tanhf(s / m->attn_softcap) * m->attn_softcap;
                     if (s > mx) mx = s;
                 }
                 float sum = 0.0f;

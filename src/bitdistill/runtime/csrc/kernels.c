@@ -205,7 +205,7 @@ BD_AVX2 static double sumsq_avx2(const float *x, int n) {
     return s;
 }
 
-BD_AVX2 static float dot_avx2(const float *a, const float *b, int n) {
+BD_AVX2 static inline float dot_avx2(const float *a, const float *b, int n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     int i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -230,23 +230,23 @@ BD_AVX2 static void axpy_avx2(float *y, float a, const float *x, int n) {
 #endif
 
 #if BD_X86
-/* o = sum_j p[j] v[j]: 64 columns at a time held in 8 registers across all j (an axpy per j would load and
- * store o for every key); the second 64 columns re-read v from L1/L2. */
+/* o = sum_j p[j] v[j] with the output held in registers across all keys (an axpy per key would load and
+ * store o every time), and each v row read once, front to back: 128 columns per pass. */
 BD_AVX2 static void wsum_avx2(float *o, const float *p, const float *v, int n, int hd) {
     int d0 = 0;
-    for (; d0 + 64 <= hd; d0 += 64) {
-        __m256 a[8];
-        for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    for (; d0 + 128 <= hd; d0 += 128) {
+        __m256 a[16];
+        for (int i = 0; i < 16; i++) a[i] = _mm256_setzero_ps();
         for (int j = 0; j < n; j++) {
             const float *vj = v + (size_t)j * hd + d0;
-            __m256 pj = _mm256_set1_ps(p[j]);
-            for (int i = 0; i < 8; i++) a[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), a[i]);
+            __m256 pj = _mm256_broadcast_ss(p + j);
+            for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), a[i]);
         }
-        for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
+        for (int i = 0; i < 16; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
     }
     for (; d0 + 8 <= hd; d0 += 8) {
         __m256 a = _mm256_setzero_ps();
-        for (int j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + (size_t)j * hd + d0), a);
+        for (int j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + (size_t)j * hd + d0), a);
         _mm256_storeu_ps(o + d0, a);
     }
     for (; d0 < hd; d0++) {
@@ -255,7 +255,30 @@ BD_AVX2 static void wsum_avx2(float *o, const float *p, const float *v, int n, i
         o[d0] = a;
     }
 }
+
 #endif
+
+#if BD_X86
+BD_AVX2 static void scores_avx2(const float *q, const float *k, int n, int hd, float scale, float *out) {
+    for (int j = 0; j < n; j++) out[j] = dot_avx2(q, k + (size_t)j * hd, hd) * scale;
+}
+#endif
+
+/* out[j] = dot(q, k[j]) * scale for n keys of hd floats (one call per head, not per key) */
+void bd_scores(const float *q, const float *k, int n, int hd, float scale, float *out) {
+#if BD_X86
+    if (simd_on()) {
+        scores_avx2(q, k, n, hd, scale, out);
+        return;
+    }
+#endif
+    for (int j = 0; j < n; j++) {
+        const float *kj = k + (size_t)j * hd;
+        float s = 0.0f;
+        for (int d = 0; d < hd; d++) s += q[d] * kj[d];
+        out[j] = s * scale;
+    }
+}
 
 void bd_wsum(float *o, const float *p, const float *v, int n, int hd) {
 #if BD_X86
