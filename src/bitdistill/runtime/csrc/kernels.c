@@ -42,17 +42,20 @@ static int cpu_level(void) {
 #endif
 }
 
-static int simd_on(void) {
-    if (g_simd < 0) {
-        int cap = g_simd_cap;
-        if (cap < 0) {
-            const char *env = getenv("BITDISTILL_SIMD");
-            if (env && (strcmp(env, "scalar") == 0 || strcmp(env, "0") == 0)) cap = 0;
-            else if (env && (strcmp(env, "avx2") == 0 || strcmp(env, "1") == 0)) cap = 1;
-        }
-        int lvl = cpu_level();
-        g_simd = cap >= 0 && cap < lvl ? cap : lvl;
+static int simd_decide(void);
+
+/* called for every row group: the decided level is a plain load, the first call decides */
+static inline int simd_on(void) { return g_simd >= 0 ? g_simd : simd_decide(); }
+
+static int simd_decide(void) {
+    int cap = g_simd_cap;
+    if (cap < 0) {
+        const char *env = getenv("BITDISTILL_SIMD");
+        if (env && (strcmp(env, "scalar") == 0 || strcmp(env, "0") == 0)) cap = 0;
+        else if (env && (strcmp(env, "avx2") == 0 || strcmp(env, "1") == 0)) cap = 1;
     }
+    int lvl = cpu_level();
+    g_simd = cap >= 0 && cap < lvl ? cap : lvl;
     return g_simd;
 }
 
