@@ -27,6 +27,7 @@ from transformers import (
     Qwen3Config,
 )
 
+from bitdistill.errors import BitDistillError
 from bitdistill.model.convert import to_bitnet
 from bitdistill.quant.numerics import ternarize
 from bitdistill.runtime.engine import SamplingParams, load
@@ -301,3 +302,25 @@ def test_sampling_filters_match_brute_force() -> None:
         if len(keep) <= 3:
             assert drawn == keep
     assert sample(np.array([0.1, 3.0, -1.0], np.float32), SamplingParams(), rng) == 1
+
+
+def test_fp16_kv_cache(tmp_path) -> None:
+    """kv_dtype="fp16" rounds keys/values to half; downstream that noise flips some int8 activation roundings,
+    so logits move by up to a few percent of the largest |logit| (observed <2%); greedy tokens stay equal."""
+    model = _model("qwen3", subln=True)
+    pack_model(model, tmp_path / "p", head_dtype="fp32")
+    engine = load(tmp_path / "p", threads=1, kv_dtype="fp16")
+    engine.reset(64, max_batch=4)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    logits = engine.forward(ids, all_logits=True)
+    for _ in range(16):
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].numpy()
+        last = logits[-1] if logits.ndim == 2 else logits
+        assert np.abs(last - ref[-1]).max() < 0.05 * np.abs(ref).max()
+        assert int(np.argmax(last)) == int(np.argmax(ref[-1]))
+        ids.append(int(np.argmax(ref[-1])))
+        logits = engine.forward([ids[-1]])
+    assert engine.kv16 == 1 and load(tmp_path / "p").kv16 == 0
+    with pytest.raises(BitDistillError, match="kv_dtype"):
+        load(tmp_path / "p", kv_dtype="int4")

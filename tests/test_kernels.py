@@ -10,7 +10,7 @@ from bitdistill.quant import BitLinear
 from bitdistill.quant.numerics import quantize_activation, ternarize
 from bitdistill.quant.packing import pack_2bit, quantize_rows_int8
 from bitdistill.runtime import kernels
-from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, set_simd, simd_level
+from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, lib, ptr, set_simd, simd_level
 from bitdistill.runtime.packed import dequantize_dense, quantize_rows_q4
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (13, 129, 2), (64, 256, 5), (33, 300, 1), (100, 640, 4)]  # (n, k, T)
@@ -187,3 +187,42 @@ def test_dense_q4_head(simd, n: int, k: int) -> None:
     # dequantize_dense (export / embedding lookups) gives exactly d * (c - 8)
     deq = dequantize_dense({"h": packed, "h.gscale": d}, "h", "q4", k)
     np.testing.assert_array_equal(deq, ((codes - 8) * np.repeat(d, 64, axis=1))[:, :k].astype(np.float32))
+
+
+def test_f16_conversion_rounds_like_numpy(simd) -> None:
+    """The fp16 KV cache's float -> half: round to nearest even, subnormals, overflow, inf/nan, signed zero."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([
+        rng.normal(size=4000).astype(np.float32) * np.float32(10.0) ** rng.integers(-9, 6, 4000),
+        np.array([0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e9, -1e9, np.inf, -np.inf, 2.0**-24, 2.0**-25,
+                  3 * 2.0**-26, 2.0**-14, 2.0**-14 - 2.0**-25, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 5.96e-8],
+                 np.float32),
+    ])  # fmt: skip
+    x = np.concatenate(
+        [x, (np.arange(1 << 16, dtype=np.uint32) << 13).view(np.float32)]
+    )  # every half pattern
+    x = np.ascontiguousarray(x[~np.isnan(x)], dtype=np.float32)  # NaN payloads aside
+    h = np.zeros(x.size, np.uint16)
+    lib().bd_to_f16(ptr(x), ptr(h), x.size)
+    with np.errstate(over="ignore"):  # values past 65504 become inf on purpose
+        ref = x.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(h, ref)
+
+
+@pytest.mark.parametrize("kv16", [False, True])
+@pytest.mark.parametrize("n,hd", [(1, 16), (37, 128), (9, 80), (5, 256)])
+def test_attention_helpers(simd, kv16: bool, n: int, hd: int) -> None:
+    """softmax(q.k * scale) v over a cache in float or half: the kernels against numpy in float64."""
+    rng = np.random.default_rng(n + hd)
+    q = rng.normal(size=hd).astype(np.float32)
+    k = rng.normal(size=(n, hd)).astype(np.float32)
+    v = rng.normal(size=(n, hd)).astype(np.float32)
+    kc, vc = (k.astype(np.float16), v.astype(np.float16)) if kv16 else (k, v)
+    sc = np.zeros(n, np.float32)
+    o = np.zeros(hd, np.float32)
+    lib().bd_attend_test(ptr(q), ptr(kc), ptr(vc), n, hd, 0.125, int(kv16), ptr(sc), ptr(o))
+    s = (q.astype(np.float64) @ kc.astype(np.float64).T) * 0.125
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    np.testing.assert_allclose(sc, p, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(o, p @ vc.astype(np.float64), rtol=1e-5, atol=1e-6)

@@ -43,6 +43,7 @@ _DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8, "q4": Q4}
 _ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH, "gelu": ACT_GELU}
 _SCALES = {"tensor": SCALE_TENSOR, "channel": SCALE_CHANNEL, "group": SCALE_GROUP}
 PREFILL_CHUNK = 128
+KV_DTYPES = ("fp32", "fp16")
 GREEDY = SamplingParams()
 
 
@@ -72,7 +73,10 @@ class GenerationStats:
 class Engine:
     """A packed model ready to run. `forward` appends tokens to the KV cache and returns their logits."""
 
-    def __init__(self, packed: PackedModel, threads: int | None = None) -> None:
+    def __init__(self, packed: PackedModel, threads: int | None = None, kv_dtype: str = "fp32") -> None:
+        if kv_dtype not in KV_DTYPES:
+            raise BitDistillError(f"kv_dtype {kv_dtype!r}: choose one of {', '.join(KV_DTYPES)}")
+        self.kv16 = int(kv_dtype == "fp16")
         self.packed = packed
         self.arch = a = packed.arch
         self.threads = threads or default_threads()
@@ -135,9 +139,9 @@ class Engine:
         max_batch = max(1, min(max_batch, max_seq))
         if self._state is None or max_seq > self._state_seq or max_batch > self._state_t:
             self._free()
-            state = lib().bd_state_new(C.byref(self._model), max_seq, max_batch, self.threads)
+            state = lib().bd_state_new(C.byref(self._model), max_seq, max_batch, self.threads, self.kv16)
             if not state:
-                need = lib().bd_state_bytes(C.byref(self._model), max_seq) / 2**20
+                need = lib().bd_state_bytes(C.byref(self._model), max_seq, self.kv16) / 2**20
                 raise BitDistillError(f"out of memory allocating a {max_seq}-token KV cache ({need:.0f} MiB)")
             self._state, self._state_seq, self._state_t = state, max_seq, max_batch
         self.pos = 0
@@ -250,9 +254,12 @@ class Engine:
         return out, stats
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> Engine:
-    """Load and validate a packed directory and bind it to the native runtime: one call, ready to run."""
-    return Engine(load_packed(path), threads=threads)
+def load(path: str | os.PathLike, threads: int | None = None, kv_dtype: str = "fp32") -> Engine:
+    """Load and validate a packed directory and bind it to the native runtime: one call, ready to run.
+
+    kv_dtype "fp32" (default) keeps the KV cache exact (logits match PyTorch to float noise); "fp16" halves
+    the cache's memory and the bytes attention reads per token, at fp16 rounding of keys and values."""
+    return Engine(load_packed(path), threads=threads, kv_dtype=kv_dtype)
 
 
 def load_tokenizer(path: str | os.PathLike):

@@ -94,7 +94,8 @@ typedef struct {
 
 typedef struct {
     int max_seq, max_t, nthreads, kp_max, width;
-    float *kc, *vc; /* [layer][kv head][max_seq][head_dim] */
+    void *kc, *vc; /* [layer][kv head][max_seq][head_dim], float or (kv16) IEEE half */
+    int kv16;
     float *q, *k, *v, *att, *g, *u, *tmp; /* shared: rows written by their owner thread */
     bd_tls *tls;
     bd_barrier barrier;
@@ -116,7 +117,7 @@ void bd_state_free(bd_state *st) {
     free(st->tmp); free(st);
 }
 
-bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads) {
+bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, int kv16) {
     if (max_seq < 1 || max_t < 1 || nthreads < 1) return NULL;
     bd_state *st = calloc(1, sizeof(bd_state));
     if (!st) return NULL;
@@ -127,8 +128,9 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads) 
     st->width = imax(imax(m->hidden, qd), m->inter);
     st->kp_max = ceil_to(st->width, BD_BLOCK);
     size_t cache = (size_t)m->n_layers * kvd * max_seq, T = max_t, F = sizeof(float);
-    st->kc = calloc(cache, F);
-    st->vc = calloc(cache, F);
+    st->kv16 = kv16 != 0;
+    st->kc = calloc(cache, kv16 ? 2 : F);
+    st->vc = calloc(cache, kv16 ? 2 : F);
     st->q = malloc(T * qd * F);
     st->k = malloc(T * kvd * F);
     st->v = malloc(T * kvd * F);
@@ -159,8 +161,8 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads) 
     return st;
 }
 
-size_t bd_state_bytes(const bd_model *m, int max_seq) {
-    return (size_t)2 * m->n_layers * m->n_kv * m->head_dim * max_seq * sizeof(float);
+size_t bd_state_bytes(const bd_model *m, int max_seq, int kv16) {
+    return (size_t)2 * m->n_layers * m->n_kv * m->head_dim * max_seq * (kv16 ? 2 : sizeof(float));
 }
 
 static inline void part(int n, int tid, int nth, int *a, int *b) {
@@ -260,14 +262,21 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     if (b > a)
         for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos0 + t, cs + (size_t)t * hd);
     for (int kh = a; kh < b; kh++) {
-        float *kb = st->kc + ((size_t)li * nkv + kh) * st->max_seq * hd;
-        float *vb = st->vc + ((size_t)li * nkv + kh) * st->max_seq * hd;
+        size_t base = ((size_t)li * nkv + kh) * st->max_seq * hd;
+        float *kb = (float *)st->kc + base, *vb = (float *)st->vc + base;
+        uint16_t *kb16 = (uint16_t *)st->kc + base, *vb16 = (uint16_t *)st->vc + base;
         for (int t = 0; t < T; t++) {
-            float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd;
+            float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd, *vv = st->v + (size_t)t * kvd + (size_t)kh * hd;
             if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
             rope(kv, cs + (size_t)t * hd, hd);
-            memcpy(kb + (size_t)(pos0 + t) * hd, kv, hd * sizeof(float));
-            memcpy(vb + (size_t)(pos0 + t) * hd, st->v + (size_t)t * kvd + (size_t)kh * hd, hd * sizeof(float));
+            size_t at = (size_t)(pos0 + t) * hd;
+            if (st->kv16) {
+                bd_to_f16(kv, kb16 + at, hd);
+                bd_to_f16(vv, vb16 + at, hd);
+            } else {
+                memcpy(kb + at, kv, hd * sizeof(float));
+                memcpy(vb + at, vv, hd * sizeof(float));
+            }
         }
         float *sc = tl->scores;
         for (int hh = kh * rep; hh < (kh + 1) * rep; hh++)
@@ -278,7 +287,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                 if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
                 rope(qh, cs + (size_t)t * hd, hd);
                 float mx = -INFINITY;
-                bd_scores(qh, kb + (size_t)lo * hd, pos - lo + 1, hd, m->attn_scale, sc + lo);
+                if (st->kv16)
+                    bd_scores_f16(qh, kb16 + (size_t)lo * hd, pos - lo + 1, hd, m->attn_scale, sc + lo);
+                else
+                    bd_scores(qh, kb + (size_t)lo * hd, pos - lo + 1, hd, m->attn_scale, sc + lo);
                 for (int j = lo; j <= pos; j++) {
                     float s = sc[j];
                     if (m->attn_softcap > 0.0f) sc[j] = s = tanhf(s / m->attn_softcap) * m->attn_softcap;
@@ -290,7 +302,11 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                     sum += sc[j];
                 }
                 for (int j = lo; j <= pos; j++) sc[j] = sc[j] / sum;
-                bd_wsum(st->att + (size_t)t * qd + (size_t)hh * hd, sc + lo, vb + (size_t)lo * hd, pos - lo + 1, hd);
+                float *o = st->att + (size_t)t * qd + (size_t)hh * hd;
+                if (st->kv16)
+                    bd_wsum_f16(o, sc + lo, vb16 + (size_t)lo * hd, pos - lo + 1, hd);
+                else
+                    bd_wsum(o, sc + lo, vb + (size_t)lo * hd, pos - lo + 1, hd);
             }
     }
     PROF(P_ATTN);
@@ -388,6 +404,23 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
 }
 
 /* ---- entry points for tests and micro-benchmarks of single kernels ---- */
+
+/* attention of one query over n cached keys/values (float or half), for tests: o = softmax(q.k * scale) v */
+void bd_attend_test(const float *q, const void *k, const void *v, int n, int hd, float scale, int kv16, float *sc,
+                    float *o) {
+    if (kv16)
+        bd_scores_f16(q, k, n, hd, scale, sc);
+    else
+        bd_scores(q, k, n, hd, scale, sc);
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
+    for (int j = 0; j < n; j++) sum += (sc[j] = expf(sc[j] - mx));
+    for (int j = 0; j < n; j++) sc[j] = sc[j] / sum;
+    if (kv16)
+        bd_wsum_f16(o, sc, v, n, hd);
+    else
+        bd_wsum(o, sc, v, n, hd);
+}
 
 void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int32_t *sum) {
     for (int t = 0; t < T; t++) bd_quantize_row(x + (size_t)t * k, k, kp, xq + (size_t)t * kp, &s[t], &sum[t]);

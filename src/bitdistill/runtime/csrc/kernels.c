@@ -25,6 +25,8 @@
 
 /* SIMD level in use: 0 scalar, 1 AVX2+FMA+F16C, 2 AVX2 + AVX-512 VNNI (256-bit vpdpbusd via AVX512VL).
  * -1: not decided yet. The product targets AVX2 machines; level 2 is a bonus where the CPU has it. */
+static float f16_to_f32(uint16_t h);
+
 static int g_simd = -1;
 static int g_simd_cap = -1; /* upper bound requested by bd_set_simd / BITDISTILL_SIMD, -1 = none */
 
@@ -266,6 +268,116 @@ BD_AVX2 static void scores_avx2(const float *q, const float *k, int n, int hd, f
     for (int j = 0; j < n; j++) out[j] = dot_avx2(q, k + (size_t)j * hd, hd) * scale;
 }
 #endif
+
+/* ---- fp16 KV cache: float -> half with round-to-nearest-even (as F16C / numpy astype(float16)) ---- */
+
+static uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0)); /* inf / nan */
+    if (ax >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds past 65504: inf */
+    if (ax < 0x38800000) { /* half subnormal (or zero): round ax / 2^-24 to an integer, half to even */
+        if (ax < 0x33000000) return (uint16_t)sign; /* below half the smallest subnormal */
+        uint32_t man = (ax & 0x7fffff) | 0x800000, e = ax >> 23; /* value = man * 2^(e - 150) */
+        int shift = 126 - (int)e;                                   /* to units of 2^-24: >> (126 - e) */
+        uint32_t q = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = ((ax - 0x38000000) >> 13), rem = ax & 0x1fff; /* rebias exponent 127 -> 15 */
+    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+}
+
+#if BD_X86
+BD_AVX2 static void to_f16_avx2(const float *x, uint16_t *h, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) h[i] = f32_to_f16(x[i]);
+}
+
+BD_AVX2 static inline __m256 ld16(const uint16_t *h) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)); }
+
+BD_AVX2 static void scores16_avx2(const float *q, const uint16_t *k, int n, int hd, float scale, float *out) {
+    for (int j = 0; j < n; j++) {
+        const uint16_t *kj = k + (size_t)j * hd;
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + 32 <= hd; i += 32) {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld16(kj + i), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), ld16(kj + i + 8), s1);
+            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16), ld16(kj + i + 16), s2);
+            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24), ld16(kj + i + 24), s3);
+        }
+        for (; i + 8 <= hd; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld16(kj + i), s0);
+        float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+        for (; i < hd; i++) s += q[i] * f16_to_f32(kj[i]);
+        out[j] = s * scale;
+    }
+}
+
+BD_AVX2 static void wsum16_avx2(float *o, const float *p, const uint16_t *v, int n, int hd) {
+    int d0 = 0;
+    for (; d0 + 128 <= hd; d0 += 128) {
+        __m256 a[16];
+        for (int i = 0; i < 16; i++) a[i] = _mm256_setzero_ps();
+        for (int j = 0; j < n; j++) {
+            const uint16_t *vj = v + (size_t)j * hd + d0;
+            __m256 pj = _mm256_broadcast_ss(p + j);
+            for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, ld16(vj + 8 * i), a[i]);
+        }
+        for (int i = 0; i < 16; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
+    }
+    for (; d0 + 8 <= hd; d0 += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (int j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), ld16(v + (size_t)j * hd + d0), a);
+        _mm256_storeu_ps(o + d0, a);
+    }
+    for (; d0 < hd; d0++) {
+        float a = 0.0f;
+        for (int j = 0; j < n; j++) a += p[j] * f16_to_f32(v[(size_t)j * hd + d0]);
+        o[d0] = a;
+    }
+}
+#endif
+
+void bd_to_f16(const float *x, uint16_t *h, int n) {
+#if BD_X86
+    if (simd_on()) {
+        to_f16_avx2(x, h, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) h[i] = f32_to_f16(x[i]);
+}
+
+void bd_scores_f16(const float *q, const uint16_t *k, int n, int hd, float scale, float *out) {
+#if BD_X86
+    if (simd_on()) {
+        scores16_avx2(q, k, n, hd, scale, out);
+        return;
+    }
+#endif
+    for (int j = 0; j < n; j++) {
+        float s = 0.0f;
+        for (int d = 0; d < hd; d++) s += q[d] * f16_to_f32(k[(size_t)j * hd + d]);
+        out[j] = s * scale;
+    }
+}
+
+void bd_wsum_f16(float *o, const float *p, const uint16_t *v, int n, int hd) {
+#if BD_X86
+    if (simd_on()) {
+        wsum16_avx2(o, p, v, n, hd);
+        return;
+    }
+#endif
+    for (int d = 0; d < hd; d++) o[d] = 0.0f;
+    for (int j = 0; j < n; j++)
+        for (int d = 0; d < hd; d++) o[d] += p[j] * f16_to_f32(v[(size_t)j * hd + d]);
+}
 
 /* out[j] = dot(q, k[j]) * scale for n keys of hd floats (one call per head, not per key) */
 void bd_scores(const float *q, const float *k, int n, int hd, float scale, float *out) {
