@@ -67,13 +67,10 @@ int bd_max_threads(void);
 void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum);
 void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s);
 double bd_sumsq(const float *x, int n);
-float bd_dot(const float *a, const float *b, int n);
-void bd_axpy(float *y, float a, const float *x, int n);
 void bd_to_f16(const float *x, uint16_t *h, int n); /* round to nearest even */
-void bd_scores_f16(const float *q, const uint16_t *k, int n, int hd, float scale, float *out);
-void bd_wsum_f16(float *o, const float *p, const uint16_t *v, int n, int hd);
-void bd_scores(const float *q, const float *k, int n, int hd, float scale, float *out); /* q.k[j]*scale */
-void bd_wsum(float *o, const float *p, const float *v, int n, int hd); /* o[hd] = sum_j p[j] v[j][hd] */
+/* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
+void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out); /* q.k[j]*scale */
+void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd); /* o[hd] = sum_j p[j] v[j] */
 void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
 void bd_unpack4(const uint8_t *w, int nb, uint8_t *u);
 void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);

@@ -262,20 +262,20 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     if (b > a)
         for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos0 + t, cs + (size_t)t * hd);
     for (int kh = a; kh < b; kh++) {
-        size_t base = ((size_t)li * nkv + kh) * st->max_seq * hd;
-        float *kb = (float *)st->kc + base, *vb = (float *)st->vc + base;
-        uint16_t *kb16 = (uint16_t *)st->kc + base, *vb16 = (uint16_t *)st->vc + base;
+        const int half = st->kv16;
+        const size_t es = half ? 2 : sizeof(float), base = ((size_t)li * nkv + kh) * st->max_seq * hd;
+        char *kb = (char *)st->kc + base * es, *vb = (char *)st->vc + base * es;
         for (int t = 0; t < T; t++) {
             float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd, *vv = st->v + (size_t)t * kvd + (size_t)kh * hd;
             if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
             rope(kv, cs + (size_t)t * hd, hd);
             size_t at = (size_t)(pos0 + t) * hd;
-            if (st->kv16) {
-                bd_to_f16(kv, kb16 + at, hd);
-                bd_to_f16(vv, vb16 + at, hd);
+            if (half) {
+                bd_to_f16(kv, (uint16_t *)kb + at, hd);
+                bd_to_f16(vv, (uint16_t *)vb + at, hd);
             } else {
-                memcpy(kb + at, kv, hd * sizeof(float));
-                memcpy(vb + at, vv, hd * sizeof(float));
+                memcpy((float *)kb + at, kv, hd * sizeof(float));
+                memcpy((float *)vb + at, vv, hd * sizeof(float));
             }
         }
         float *sc = tl->scores;
@@ -287,10 +287,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                 if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
                 rope(qh, cs + (size_t)t * hd, hd);
                 float mx = -INFINITY;
-                if (st->kv16)
-                    bd_scores_f16(qh, kb16 + (size_t)lo * hd, pos - lo + 1, hd, m->attn_scale, sc + lo);
-                else
-                    bd_scores(qh, kb + (size_t)lo * hd, pos - lo + 1, hd, m->attn_scale, sc + lo);
+                bd_scores(qh, kb + (size_t)lo * hd * es, half, pos - lo + 1, hd, m->attn_scale, sc + lo);
                 for (int j = lo; j <= pos; j++) {
                     float s = sc[j];
                     if (m->attn_softcap > 0.0f) sc[j] = s = tanhf(s / m->attn_softcap) * m->attn_softcap;
@@ -302,11 +299,8 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
                     sum += sc[j];
                 }
                 for (int j = lo; j <= pos; j++) sc[j] = sc[j] / sum;
-                float *o = st->att + (size_t)t * qd + (size_t)hh * hd;
-                if (st->kv16)
-                    bd_wsum_f16(o, sc + lo, vb16 + (size_t)lo * hd, pos - lo + 1, hd);
-                else
-                    bd_wsum(o, sc + lo, vb + (size_t)lo * hd, pos - lo + 1, hd);
+                bd_wsum(st->att + (size_t)t * qd + (size_t)hh * hd, sc + lo, vb + (size_t)lo * hd * es, half,
+                        pos - lo + 1, hd);
             }
     }
     PROF(P_ATTN);
@@ -408,18 +402,12 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
 /* attention of one query over n cached keys/values (float or half), for tests: o = softmax(q.k * scale) v */
 void bd_attend_test(const float *q, const void *k, const void *v, int n, int hd, float scale, int kv16, float *sc,
                     float *o) {
-    if (kv16)
-        bd_scores_f16(q, k, n, hd, scale, sc);
-    else
-        bd_scores(q, k, n, hd, scale, sc);
+    bd_scores(q, k, kv16, n, hd, scale, sc);
     float mx = -INFINITY, sum = 0.0f;
     for (int j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
     for (int j = 0; j < n; j++) sum += (sc[j] = expf(sc[j] - mx));
     for (int j = 0; j < n; j++) sc[j] = sc[j] / sum;
-    if (kv16)
-        bd_wsum_f16(o, sc, v, n, hd);
-    else
-        bd_wsum(o, sc, v, n, hd);
+    bd_wsum(o, sc, v, kv16, n, hd);
 }
 
 void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int32_t *sum) {

@@ -192,7 +192,7 @@ void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s) {
     *s = sc;
 }
 
-/* ---- small float helpers for norms and attention (summation order differs from the scalar path) ---- */
+/* ---- float helpers for norms and attention (summation order differs from the scalar path) ---- */
 
 #if BD_X86
 BD_AVX2 static double sumsq_avx2(const float *x, int n) {
@@ -209,68 +209,23 @@ BD_AVX2 static double sumsq_avx2(const float *x, int n) {
     for (; i < n; i++) s += (double)x[i] * x[i];
     return s;
 }
+#endif
 
-BD_AVX2 static inline float dot_avx2(const float *a, const float *b, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    for (; i < n; i++) s += a[i] * b[i];
+double bd_sumsq(const float *x, int n) {
+#if BD_X86
+    if (simd_on()) return sumsq_avx2(x, n);
+#endif
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)x[i] * x[i];
     return s;
 }
 
-BD_AVX2 static void axpy_avx2(float *y, float a, const float *x, int n) {
-    const __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-#endif
-
-#if BD_X86
-/* o = sum_j p[j] v[j] with the output held in registers across all keys (an axpy per key would load and
- * store o every time), and each v row read once, front to back: 128 columns per pass. */
-BD_AVX2 static void wsum_avx2(float *o, const float *p, const float *v, int n, int hd) {
-    int d0 = 0;
-    for (; d0 + 128 <= hd; d0 += 128) {
-        __m256 a[16];
-        for (int i = 0; i < 16; i++) a[i] = _mm256_setzero_ps();
-        for (int j = 0; j < n; j++) {
-            const float *vj = v + (size_t)j * hd + d0;
-            __m256 pj = _mm256_broadcast_ss(p + j);
-            for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), a[i]);
-        }
-        for (int i = 0; i < 16; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
-    }
-    for (; d0 + 8 <= hd; d0 += 8) {
-        __m256 a = _mm256_setzero_ps();
-        for (int j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + (size_t)j * hd + d0), a);
-        _mm256_storeu_ps(o + d0, a);
-    }
-    for (; d0 < hd; d0++) {
-        float a = 0.0f;
-        for (int j = 0; j < n; j++) a += p[j] * v[(size_t)j * hd + d0];
-        o[d0] = a;
-    }
+/* KV cache rows are float, or IEEE half (half != 0) for the fp16 cache */
+static inline float kv_at(const void *v, int half, size_t i) {
+    return half ? f16_to_f32(((const uint16_t *)v)[i]) : ((const float *)v)[i];
 }
 
-#endif
-
-#if BD_X86
-BD_AVX2 static void scores_avx2(const float *q, const float *k, int n, int hd, float scale, float *out) {
-    for (int j = 0; j < n; j++) out[j] = dot_avx2(q, k + (size_t)j * hd, hd) * scale;
-}
-#endif
-
-/* ---- fp16 KV cache: float -> half with round-to-nearest-even (as F16C / numpy astype(float16)) ---- */
-
+/* float -> half with round-to-nearest-even (as F16C and numpy's astype(float16)) */
 static uint16_t f32_to_f16(float f) {
     uint32_t x;
     memcpy(&x, &f, 4);
@@ -291,6 +246,11 @@ static uint16_t f32_to_f16(float f) {
 }
 
 #if BD_X86
+BD_AVX2 static inline __m256 kv8(const void *v, int half, size_t i) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + i)))
+                : _mm256_loadu_ps((const float *)v + i);
+}
+
 BD_AVX2 static void to_f16_avx2(const float *x, uint16_t *h, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8)
@@ -298,46 +258,46 @@ BD_AVX2 static void to_f16_avx2(const float *x, uint16_t *h, int n) {
     for (; i < n; i++) h[i] = f32_to_f16(x[i]);
 }
 
-BD_AVX2 static inline __m256 ld16(const uint16_t *h) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)); }
-
-BD_AVX2 static void scores16_avx2(const float *q, const uint16_t *k, int n, int hd, float scale, float *out) {
+BD_AVX2 static void scores_avx2(const float *q, const void *k, int half, int n, int hd, float scale, float *out) {
     for (int j = 0; j < n; j++) {
-        const uint16_t *kj = k + (size_t)j * hd;
+        size_t r = (size_t)j * hd;
         __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
         int i = 0;
         for (; i + 32 <= hd; i += 32) {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld16(kj + i), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), ld16(kj + i + 8), s1);
-            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16), ld16(kj + i + 16), s2);
-            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24), ld16(kj + i + 24), s3);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv8(k, half, r + i), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), kv8(k, half, r + i + 8), s1);
+            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16), kv8(k, half, r + i + 16), s2);
+            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24), kv8(k, half, r + i + 24), s3);
         }
-        for (; i + 8 <= hd; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld16(kj + i), s0);
+        for (; i + 8 <= hd; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv8(k, half, r + i), s0);
         float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-        for (; i < hd; i++) s += q[i] * f16_to_f32(kj[i]);
+        for (; i < hd; i++) s += q[i] * kv_at(k, half, r + i);
         out[j] = s * scale;
     }
 }
 
-BD_AVX2 static void wsum16_avx2(float *o, const float *p, const uint16_t *v, int n, int hd) {
+/* o = sum_j p[j] v[j] with the output held in registers across all keys (an axpy per key would load and
+ * store o every time), and each v row read once, front to back: 128 columns per pass. */
+BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half, int n, int hd) {
     int d0 = 0;
     for (; d0 + 128 <= hd; d0 += 128) {
         __m256 a[16];
         for (int i = 0; i < 16; i++) a[i] = _mm256_setzero_ps();
         for (int j = 0; j < n; j++) {
-            const uint16_t *vj = v + (size_t)j * hd + d0;
+            size_t r = (size_t)j * hd + d0;
             __m256 pj = _mm256_broadcast_ss(p + j);
-            for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, ld16(vj + 8 * i), a[i]);
+            for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, kv8(v, half, r + 8 * i), a[i]);
         }
         for (int i = 0; i < 16; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
     }
     for (; d0 + 8 <= hd; d0 += 8) {
         __m256 a = _mm256_setzero_ps();
-        for (int j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), ld16(v + (size_t)j * hd + d0), a);
+        for (int j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), kv8(v, half, (size_t)j * hd + d0), a);
         _mm256_storeu_ps(o + d0, a);
     }
     for (; d0 < hd; d0++) {
         float a = 0.0f;
-        for (int j = 0; j < n; j++) a += p[j] * f16_to_f32(v[(size_t)j * hd + d0]);
+        for (int j = 0; j < n; j++) a += p[j] * kv_at(v, half, (size_t)j * hd + d0);
         o[d0] = a;
     }
 }
@@ -353,86 +313,31 @@ void bd_to_f16(const float *x, uint16_t *h, int n) {
     for (int i = 0; i < n; i++) h[i] = f32_to_f16(x[i]);
 }
 
-void bd_scores_f16(const float *q, const uint16_t *k, int n, int hd, float scale, float *out) {
+/* out[j] = dot(q, k[j]) * scale for n keys of hd values (one call per head, not per key) */
+void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out) {
 #if BD_X86
     if (simd_on()) {
-        scores16_avx2(q, k, n, hd, scale, out);
+        scores_avx2(q, k, half, n, hd, scale, out);
         return;
     }
 #endif
     for (int j = 0; j < n; j++) {
         float s = 0.0f;
-        for (int d = 0; d < hd; d++) s += q[d] * f16_to_f32(k[(size_t)j * hd + d]);
+        for (int d = 0; d < hd; d++) s += q[d] * kv_at(k, half, (size_t)j * hd + d);
         out[j] = s * scale;
     }
 }
 
-void bd_wsum_f16(float *o, const float *p, const uint16_t *v, int n, int hd) {
+void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd) {
 #if BD_X86
     if (simd_on()) {
-        wsum16_avx2(o, p, v, n, hd);
+        wsum_avx2(o, p, v, half, n, hd);
         return;
     }
 #endif
     for (int d = 0; d < hd; d++) o[d] = 0.0f;
     for (int j = 0; j < n; j++)
-        for (int d = 0; d < hd; d++) o[d] += p[j] * f16_to_f32(v[(size_t)j * hd + d]);
-}
-
-/* out[j] = dot(q, k[j]) * scale for n keys of hd floats (one call per head, not per key) */
-void bd_scores(const float *q, const float *k, int n, int hd, float scale, float *out) {
-#if BD_X86
-    if (simd_on()) {
-        scores_avx2(q, k, n, hd, scale, out);
-        return;
-    }
-#endif
-    for (int j = 0; j < n; j++) {
-        const float *kj = k + (size_t)j * hd;
-        float s = 0.0f;
-        for (int d = 0; d < hd; d++) s += q[d] * kj[d];
-        out[j] = s * scale;
-    }
-}
-
-void bd_wsum(float *o, const float *p, const float *v, int n, int hd) {
-#if BD_X86
-    if (simd_on()) {
-        wsum_avx2(o, p, v, n, hd);
-        return;
-    }
-#endif
-    for (int d = 0; d < hd; d++) o[d] = 0.0f;
-    for (int j = 0; j < n; j++)
-        for (int d = 0; d < hd; d++) o[d] += p[j] * v[(size_t)j * hd + d];
-}
-
-double bd_sumsq(const float *x, int n) {
-#if BD_X86
-    if (simd_on()) return sumsq_avx2(x, n);
-#endif
-    double s = 0.0;
-    for (int i = 0; i < n; i++) s += (double)x[i] * x[i];
-    return s;
-}
-
-float bd_dot(const float *a, const float *b, int n) {
-#if BD_X86
-    if (simd_on()) return dot_avx2(a, b, n);
-#endif
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-void bd_axpy(float *y, float a, const float *x, int n) {
-#if BD_X86
-    if (simd_on()) {
-        axpy_avx2(y, a, x, n);
-        return;
-    }
-#endif
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+        for (int d = 0; d < hd; d++) o[d] += p[j] * kv_at(v, half, (size_t)j * hd + d);
 }
 
 /* ---- ternary: 4 interleaved rows x nb blocks, raw code sums (caller subtracts sum(x)) ---- */
@@ -456,6 +361,14 @@ static void tdot4_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[
 }
 
 #if BD_X86
+/* the 128 activations of one block, as the four 32-byte slices the 2-bit layout's shifts line up with */
+BD_AVX2 static inline void load_block(const int8_t *xb, __m256i *x0, __m256i *x1, __m256i *x2, __m256i *x3) {
+    *x0 = _mm256_loadu_si256((const __m256i *)xb);
+    *x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
+    *x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
+    *x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+}
+
 BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     const __m256i m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
@@ -467,12 +380,9 @@ BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_
         __m256i p[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                         _mm256_setzero_si256()};
         for (; b < end; b++) {
-            const int8_t *xb = x + (size_t)b * BD_BLOCK;
             const uint8_t *wb = w + (size_t)b * BD_BLOCK;
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
-            __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
-            __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+            __m256i x0, x1, x2, x3;
+            load_block(x + (size_t)b * BD_BLOCK, &x0, &x1, &x2, &x3);
             for (int r = 0; r < 4; r++) {
                 __m256i v = _mm256_loadu_si256((const __m256i *)(wb + r * 32));
                 __m256i c0 = _mm256_and_si256(v, m3);
@@ -498,12 +408,9 @@ BD_VNNI static void tdot4_vnni(const uint8_t *w, const int8_t *x, int nb, int32_
     __m256i a[4], c[4];
     for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
     for (int b = 0; b < nb; b++) {
-        const int8_t *xb = x + (size_t)b * BD_BLOCK;
         const uint8_t *wb = w + (size_t)b * BD_BLOCK;
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)xb);
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 32));
-        __m256i x2 = _mm256_loadu_si256((const __m256i *)(xb + 64));
-        __m256i x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
+        __m256i x0, x1, x2, x3;
+        load_block(x + (size_t)b * BD_BLOCK, &x0, &x1, &x2, &x3);
         for (int r = 0; r < 4; r++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(wb + r * 32));
             a[r] = _mm256_dpbusd_epi32(a[r], _mm256_and_si256(v, m3), x0);
