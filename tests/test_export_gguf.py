@@ -444,3 +444,28 @@ def test_bench_helpers_export_a_model_without_tokenizer(tmp_path):
     if llamacpp.available():
         r = llamacpp.bench_worker(gguf, threads=1, prefill=8, decode=4, runs=1)
         assert len(r["decode"]) == len(r["prefill"]) == 1 and r["decode"][0] > 0 and r["peak_rss_mib"] > 0
+
+
+def test_packed_q4_head_exports_its_4bit_values(tmp_path, tokenizer):
+    """A model packed with the runtime's q4 head exports the embedding it holds: each value within one Q4_0
+    step d = max|w| / 8 of its 64-column group (half a step from rounding, a whole one where -max clips to
+    q = 7) of the trained float embedding; the linears are exact."""
+    from bitdistill.runtime.packed import pack_model
+
+    cfg = LlamaConfig(intermediate_size=512, tie_word_embeddings=True, **SMALL)
+    model, d = make_dir(tmp_path, tokenizer, cfg)
+    pack_model(model, tmp_path / "packed", bits="2", head_dtype="q4", tokenizer=tokenizer)
+    export_directory(tmp_path / "packed", tmp_path / "q4.gguf", head="f16")
+    export_directory(d, tmp_path / "ref.gguf", head="f16")
+    _, tq = read(tmp_path / "q4.gguf")
+    _, tr = read(tmp_path / "ref.gguf")
+    emb = model.model.embed_tokens.weight.detach().numpy()
+    got = deq(tq["token_embd.weight"])
+    assert got.shape == emb.shape
+    groups = np.abs(emb).reshape(emb.shape[0], -1, 64).max(axis=2, keepdims=True)
+    bound = np.broadcast_to(groups / 8, (*groups.shape[:2], 64)).reshape(emb.shape) * 1.01 + 1e-3
+    assert np.all(np.abs(got - emb) <= bound)
+    assert not np.array_equal(got, emb.astype(np.float16).astype(np.float32))  # it is the 4-bit copy
+    for name, t in tr.items():
+        if name != "token_embd.weight":
+            assert np.array_equal(np.asarray(t.data), np.asarray(tq[name].data)), name

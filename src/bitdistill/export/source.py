@@ -101,17 +101,14 @@ def from_model(model: nn.Module, tokenizer_dir: Path | None = None) -> ExportSou
     )
 
 
-_DENSE_RANK = {"fp32": 3, "fp16": 2, "bf16": 2, "int8": 1}
+_DENSE_RANK = {"fp32": 4, "fp16": 3, "bf16": 3, "int8": 2, "q4": 1}  # finer first when a tied pair differs
 
 
 def _dense(pm, name: str, dtype: str) -> np.ndarray:
-    """A packed embedding / head back to float32 (bf16 is stored as its uint16 bits, int8 per row)."""
-    t = pm.tensors[name]
-    if dtype == "bf16":
-        return (t.astype(np.uint32) << 16).view(np.float32)
-    if dtype == "int8":
-        return t.astype(np.float32) * pm.tensors[f"{name}.scale"][:, None]
-    return t.astype(np.float32)
+    """A packed embedding / head back to float32 (every dense dtype the packer writes, q4 included)."""
+    from ..runtime.packed import dequantize_dense
+
+    return dequantize_dense(pm.tensors, name, dtype, pm.arch["hidden"])
 
 
 def from_packed(packed_dir: str | Path) -> ExportSource:
