@@ -1,4 +1,4 @@
-"""`bitdistill demo`: the BitDistill pipeline on the embedded SmolLM2-135M and SST-2, in about 15 minutes.
+"""`bitdistill demo`: the BitDistill pipeline on the embedded SmolLM2-135M and SST-2, in 11-15 minutes.
 
 It runs the packaged demo recipe (`bitdistill/recipe/demo.yaml`: teacher, BitNet-SFT, a short continued
 pre-training, BitDistill, evaluation on all 872 SST-2 dev sentences) with budgets sized for a 2-core CPU,
@@ -31,7 +31,7 @@ DEFAULT_DATA = "../shared/data/sst2"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="teacher, BitNet-SFT and BitDistill on SST-2 with the embedded SmolLM2-135M (~15 min on 2 cores)",
+        help="teacher, BitNet-SFT and BitDistill on SST-2 with the embedded SmolLM2-135M (~11 min on 2 cores)",
     )
     p.add_argument("--model", default="smollm2-135m", help="base model (default: the embedded SmolLM2)")
     p.add_argument("--data", default=DEFAULT_DATA, help="SST-2 directory with train.tsv and dev.tsv")
