@@ -57,14 +57,6 @@ MEDIAN_ATOL = 1e-5
 MAX_RTOL = 0.02
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _model(family: str, subln: bool, seed: int = 0, cfg=None, **convert) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = cfg or CONFIGS[family]()
