@@ -19,6 +19,7 @@ from ..data.tasks import get_task
 from ..recipe.schema import STAGES, Recipe
 from ..stages.common import read_stage, stage_dir, write_stage
 from ..train.checkpoint import atomic_write_text
+from .ablations import variants
 
 EVAL_FILE = "eval.json"
 
@@ -88,7 +89,8 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
         "stages": {},
     }  # fmt: skip
     t_all = time.perf_counter()
-    ablations = _ablation_variants(recipe) if not only or "ablations" in only else {}
+    # Built before anything trains, so a bad ablation override fails fast.
+    ablations = variants(recipe) if not only or "ablations" in only else {}
     for stage in STAGES:
         if not getattr(recipe, stage).enabled or (only and stage not in only):
             continue
@@ -105,7 +107,7 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
             "reused": record.get("reused", False),
             **({"distill": record["distill"]} if "distill" in record else {}),
         }
-    if recipe.ablations and (not only or "ablations" in only):
+    if ablations:
         results["ablations"] = run_ablations(ablations)
     if recipe.eval.enabled and (not only or "eval" in only):
         from ..stages.common import load_task_data
@@ -131,12 +133,6 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
         except BitDistillError as err:
             _log(f"report: skipped ({err})")
     return results
-
-
-def _ablation_variants(recipe: Recipe) -> dict[str, Recipe]:
-    from .ablations import variants
-
-    return variants(recipe)
 
 
 def run_ablations(ablations: dict[str, Recipe]) -> dict[str, Any]:
