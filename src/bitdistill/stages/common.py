@@ -121,16 +121,7 @@ def evaluate_model(
     model.eval()
     try:
         if data.task.kind == "classification":
-            from ..data.scoring import classification_predictions
-
-            preds = classification_predictions(
-                model, tokenizer, data.eval, data.task.label_words,
-                batch_size=recipe.task.eval_batch_size, max_length=recipe.task.max_length, progress=progress,
-            )  # fmt: skip
-            gold = [ex.label for ex in data.eval]
-            from ..eval.metrics import classification_metrics
-
-            return classification_metrics(preds, gold)
+            return task_metrics(model, tokenizer, data, data.eval, recipe, progress)
         metrics = {"eval_loss": target_loss(model, tokenizer, data.eval, recipe), "n": len(data.eval)}
         if generate:
             metrics.update(generation_metrics(model, tokenizer, data, recipe, progress))
@@ -141,18 +132,24 @@ def evaluate_model(
 
 def generation_metrics(model, tokenizer, data: TaskData, recipe: Recipe, progress: bool) -> dict:
     """ROUGE-1/2/L/Lsum and BLEU of generated outputs on the first `task.generate_limit` eval rows."""
-    spec = recipe.task
-    examples = data.eval if spec.generate_limit is None else data.eval[: spec.generate_limit]
+    limit = recipe.task.generate_limit
+    examples = data.eval if limit is None else data.eval[:limit]
     if not examples:
         return {}
-    from ..eval.evaluate import evaluate_model as evaluate_generation
+    scores = task_metrics(model, tokenizer, data, examples, recipe, progress)
+    scores.pop("n", None)  # n stays the loss's count (all rows)
+    return {**scores, "generated": len(examples)}
 
-    out = evaluate_generation(
+
+def task_metrics(model, tokenizer, data: TaskData, examples: list[Example], recipe: Recipe, progress: bool):
+    """The metrics `bitdistill eval` reports (eval/evaluate.py), with the recipe's evaluation settings."""
+    from ..eval.evaluate import evaluate_model as evaluate_task
+
+    spec = recipe.task
+    return evaluate_task(
         model, tokenizer, data.task, examples, batch_size=spec.eval_batch_size, max_length=spec.max_length,
         max_new_tokens=spec.max_new_tokens, num_beams=spec.num_beams, progress=progress,
-    )  # fmt: skip
-    scores = {k: v for k, v in out["metrics"].items() if k != "n"}  # n stays the loss's count (all rows)
-    return {**scores, "generated": len(examples)}
+    )["metrics"]  # fmt: skip
 
 
 def target_loss(model: nn.Module, tokenizer, examples: list[Example], recipe: Recipe) -> float:
