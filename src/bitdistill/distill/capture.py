@@ -44,6 +44,16 @@ def projection_modules(model: nn.Module, layer: int = -1) -> tuple[nn.Module, nn
     return tuple(attn.get_submodule(name) for name in (adapter.q, adapter.k, adapter.v))  # type: ignore[return-value]
 
 
+def layer_relation_heads(student: nn.Module, teacher: nn.Module, layers: dict[int, int]) -> int:
+    """The default A_r (losses.default_relation_heads) over the q/k/v widths of every student layer in
+    `layers` and of the teacher layer it maps to: the one rule the distill stage and the layer tools share."""
+    from .losses import default_relation_heads
+
+    widths = [m.out_features for i in layers for m in projection_modules(student, i)]
+    widths += [m.out_features for j in set(layers.values()) for m in projection_modules(teacher, j)]
+    return default_relation_heads(widths, unwrap(student).config.num_attention_heads)
+
+
 class QKVCapture:
     """Context manager recording the q/k/v projection outputs of one block on every forward."""
 

@@ -91,9 +91,9 @@ def relation_divergences(
     """Mean over `batches` of L_AD(teacher layer t(l) ‖ student layer l) for every student layer l.
 
     `teacher_layer_of` maps student -> teacher layer (default `map_layer`). All layers are captured in one
-    forward pass per model and batch. `relation_heads` None = `default_relation_heads`.
+    forward pass per model and batch. `relation_heads` None = the distill stage's default A_r over them.
     """
-    from ..distill.capture import QKVCapture
+    from ..distill.capture import QKVCapture, layer_relation_heads
     from ..distill.losses import attention_relation_loss
 
     ns, nt = num_layers(student), num_layers(teacher)
@@ -101,7 +101,7 @@ def relation_divergences(
     s_caps = {i: QKVCapture(student, i) for i in mapping}
     t_caps = {j: QKVCapture(teacher, j) for j in set(mapping.values())}
     if relation_heads is None:
-        relation_heads = default_relation_heads(student, [*s_caps.values(), *t_caps.values()])
+        relation_heads = layer_relation_heads(student, teacher, mapping)
     totals = dict.fromkeys(mapping, 0.0)
     count = 0
     s_dev = next(student.parameters()).device
@@ -136,14 +136,6 @@ def _capture_all(model, caps: dict, ids, mask) -> dict[int, tuple[torch.Tensor, 
         for c in caps.values():
             c.remove()
             c.clear()
-
-
-def default_relation_heads(student, captures) -> int:
-    """The distill stage's default A_r over every q/k/v width the captures involve."""
-    from ..distill.losses import default_relation_heads as relation_heads_for
-
-    widths = [m.out_features for c in captures for m in c.modules]
-    return relation_heads_for(widths, student.config.num_attention_heads)
 
 
 def pick_layer(scores: dict[int, float]) -> int:
@@ -190,7 +182,7 @@ def criterion_scores(
     Returns {"name", "scores": {layer: D_l}, "task_shift": {layer: S_l} | None, "pick", "teacher_layers",
     "examples"}. The student is the one the distill stage would start from.
     """
-    from ..distill.capture import QKVCapture
+    from ..distill.capture import layer_relation_heads
     from ..stages.common import load_model_dir_or_spec
     from ..stages.distill import load_student, load_teacher
 
@@ -199,8 +191,7 @@ def criterion_scores(
     batches = criterion_batches(recipe, tok, examples, batch_size)
     ns, nt = num_layers(student), num_layers(teacher)
     mapping = {i: map_layer(i, ns, nt) for i in range(ns)}
-    caps = [QKVCapture(student, i) for i in mapping] + [QKVCapture(teacher, j) for j in set(mapping.values())]
-    heads = recipe.distill.relation_heads or default_relation_heads(student, caps)
+    heads = recipe.distill.relation_heads or layer_relation_heads(student, teacher, mapping)
     scores = relation_divergences(teacher, student, batches, heads, mapping)
     del student
     shift = None

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from ..distill.capture import QKVCapture, projection_modules
-from ..distill.losses import default_relation_heads as relation_heads_for
+from ..distill.capture import QKVCapture, layer_relation_heads
 from ..distill.losses import distill_loss
 from ..errors import BitDistillError
 from ..recipe.schema import Recipe
@@ -50,13 +49,6 @@ def load_teacher(recipe: Recipe):
     return teacher, tok
 
 
-def default_relation_heads(student, teacher, spec) -> int:
-    """The distill stage's A_r when the recipe sets none (see losses.default_relation_heads)."""
-    widths = [m.out_features for m in projection_modules(student, spec.student_layer)]
-    widths += [m.out_features for m in projection_modules(teacher, spec.teacher_layer)]
-    return relation_heads_for(widths, student.config.num_attention_heads)
-
-
 def _forward_capturing(model, capture: QKVCapture | None, ids: torch.Tensor, mask: torch.Tensor):
     """(logits, the captured layer's (Q, K, V) or None); no hook or captured tensor is left behind."""
     if capture is None:
@@ -73,7 +65,9 @@ def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
     lam, gam = spec.weights(kind)
     lam = lam if spec.logits else 0.0
     gam = gam if spec.attention else 0.0
-    heads = spec.relation_heads or default_relation_heads(student, teacher, spec)
+    heads = spec.relation_heads or layer_relation_heads(
+        student, teacher, {spec.student_layer: spec.teacher_layer}
+    )
     s_cap = QKVCapture(student, spec.student_layer) if gam else None
     t_cap = QKVCapture(teacher, spec.teacher_layer) if gam else None
 
