@@ -4,8 +4,7 @@ The public names are imported on first use: the packed-model runtime and the CLI
 run without loading torch.
 """
 
-from importlib import import_module
-
+from ._lazy import lazy_getattr
 from .errors import BitDistillError
 
 __version__ = "0.1.0"
@@ -24,8 +23,4 @@ _LAZY = {
 
 __all__ = ["BitDistillError", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

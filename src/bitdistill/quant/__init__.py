@@ -4,8 +4,7 @@ Names are imported on first use, so torch-free parts (packing, the native runtim
 load without torch.
 """
 
-from importlib import import_module
-
+from .._lazy import lazy_getattr
 from .granularity import GRANULARITIES
 
 _LAZY = {
@@ -21,8 +20,4 @@ _LAZY = {
 
 __all__ = ["GRANULARITIES", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
