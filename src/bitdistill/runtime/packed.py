@@ -114,17 +114,22 @@ def quantize_rows_q4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return packed, d
 
 
+def dense_scale_name(name: str, dtype: str) -> str:
+    """The tensor holding an int8 matrix's row scales (`.scale`) or a q4 one's group scales (`.gscale`)."""
+    return f"{name}.gscale" if dtype == "q4" else f"{name}.scale"
+
+
 def dequantize_dense(t: dict[str, np.ndarray], name: str, dtype: str, k: int) -> np.ndarray:
     """A packed embedding / head tensor back to float32 [n, k] (every dense dtype, q4 included)."""
     w = t[name]
     if dtype == "bf16":
         return (w.astype(np.uint32) << 16).view(np.float32)
     if dtype == "int8":
-        return w.astype(np.float32) * t[f"{name}.scale"][:, None]
+        return w.astype(np.float32) * t[dense_scale_name(name, dtype)][:, None]
     if dtype == "q4":
         n = w.shape[0]
         c = np.concatenate([w.reshape(n, -1, 32) & 15, w.reshape(n, -1, 32) >> 4], axis=2).astype(np.float32)
-        return ((c - 8) * t[f"{name}.gscale"][..., None]).reshape(n, -1)[:, :k]
+        return ((c - 8) * t[dense_scale_name(name, dtype)][..., None]).reshape(n, -1)[:, :k]
     return w.astype(np.float32)
 
 
@@ -286,12 +291,12 @@ def pack_model(
     tensors["norm"] = norm_w(model.get_submodule("model.norm"))
     tensors["embed"], escale = _dense_to_numpy(emb.weight, embed_dtype)
     if escale is not None:
-        tensors["embed.gscale" if embed_dtype == "q4" else "embed.scale"] = escale
+        tensors[dense_scale_name("embed", embed_dtype)] = escale
     if not tied or head_dtype != embed_dtype:
         arch["tied"] = False
         tensors["head"], hscale = _dense_to_numpy(head.weight, head_dtype)
         if hscale is not None:
-            tensors["head.gscale" if head_dtype == "q4" else "head.scale"] = hscale
+            tensors[dense_scale_name("head", head_dtype)] = hscale
     arch["linear_bytes_on_disk"] = linear_bytes
     arch["linear_params"] = sum(n * k for n, k in dims.values()) * len(blocks)
     return _write_dir(model, out_dir, arch, tensors, tokenizer)
@@ -455,12 +460,9 @@ def expected_tensors(arch: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
         if dtype is None:
             continue
         exp[name] = (npd[dtype], (v, ng * 32) if dtype == "q4" else (v, h))
-        if dtype == "int8":
-            exp[f"{name}.scale"] = ("float32", (v,))
-        if (
-            dtype == "q4"
-        ):  # group scales may be negative or zero (Q4_0's d = m / -8); only finiteness is checked
-            exp[f"{name}.gscale"] = ("float32", (v, ng))
+        # q4 group scales may be negative or zero (Q4_0's d = m / -8); only finiteness is checked
+        if dtype in ("int8", "q4"):
+            exp[dense_scale_name(name, dtype)] = ("float32", (v,) if dtype == "int8" else (v, ng))
     return exp
 
 
