@@ -38,7 +38,7 @@ def test_convert_options_are_recorded(tmp_path, capsys):
     args = ["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "bit"), "--no-subln"]
     assert main(args + ["--granularity", "group", "--group-size", "32"]) == 0
     settings = bitdistill.load(tmp_path / "bit").config.bitdistill
-    assert settings["subln"] is False and settings["granularity"] == "group" and settings["group_size"] == 32
+    assert settings["subln"] == "none" and settings["granularity"] == "group" and settings["group_size"] == 32
     assert "SubLN norms      0" in capsys.readouterr().out
 
 

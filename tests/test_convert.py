@@ -62,9 +62,42 @@ def test_subln_normalizes_the_projection_input(family):
 
 
 def test_no_subln_leaves_plain_bitlinears():
-    model = to_bitnet(tiny_model("llama"), subln=False)
-    assert not any(isinstance(m, SubLNBitLinear) for m in model.modules())
-    assert sum(isinstance(m, BitLinear) for m in model.modules()) == 14
+    for off in (False, "none"):
+        model = to_bitnet(tiny_model("llama"), subln=off)
+        assert not any(isinstance(m, SubLNBitLinear) for m in model.modules())
+        assert sum(isinstance(m, BitLinear) for m in model.modules()) == 14
+        assert model.config.bitdistill["subln"] == "none"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_allnorm_puts_an_rmsnorm_before_every_bitlinear(family):
+    """The authors' "allnorm": q, k, v (which share one input) each get their own norm, as do gate/up."""
+    model = to_bitnet(tiny_model(family, seed=2), subln="all").eval()
+    assert model.config.bitdistill["subln"] == "all"
+    eps = model.config.rms_norm_eps
+    block = model.model.layers[0]
+    x = torch.randn(2, 5, model.config.hidden_size)
+    for path in LINEARS:
+        layer = block.get_submodule(path)
+        assert isinstance(layer, SubLNBitLinear), path
+        with torch.no_grad():
+            layer.sub_norm.weight.uniform_(0.5, 1.5)  # a trained norm: not the identity gain
+            width = layer.in_features
+            xi = x[..., :width] if width <= x.shape[-1] else torch.randn(2, 5, width)
+            want = BitLinear.forward(layer, rms_norm(xi, eps) * layer.sub_norm.weight)
+            torch.testing.assert_close(layer(xi), want)
+    assert sum(isinstance(m, SubLNBitLinear) for m in model.modules()) == 14
+
+
+def test_subln_modes_and_old_booleans():
+    from bitdistill.model.convert import BitNetSettings
+
+    assert to_bitnet(tiny_model("llama"), subln=True).config.bitdistill["subln"] == "o_down"
+    # config.json files written before the modes existed hold booleans
+    assert BitNetSettings.from_dict({"subln": True}).subln == "o_down"
+    assert BitNetSettings.from_dict({"subln": False}).subln == "none"
+    with pytest.raises(BitDistillError, match="'everywhere' is not one of o_down, all, none"):
+        to_bitnet(tiny_model("llama"), subln="everywhere")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..model.convert import SUBLN_MODES
 from ..quant import GRANULARITIES
 
 
@@ -18,7 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="HF directory, .gguf file, hub id, or smollm2-135m")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--no-subln", dest="subln", action="store_false", help="do not insert SubLN norms")
+    p.add_argument(
+        "--subln", choices=SUBLN_MODES, default="o_down",
+        help="where RMSNorms go: o_down = before o_proj/down_proj (the paper's SubLN, llama.cpp-compatible), "
+        "all = before every BitLinear (the authors' code, the recipe default), none",
+    )  # fmt: skip
+    p.add_argument("--no-subln", dest="subln", action="store_const", const="none", help="same as --subln none")
     p.add_argument("--granularity", choices=GRANULARITIES, default="tensor", help="weight scale granularity")
     p.add_argument("--group-size", type=int, default=128, help="columns per scale with --granularity group")
     p.add_argument(

@@ -44,7 +44,7 @@ def _counts(config_text: str) -> dict[str, Any]:
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..model.convert import to_bitnet
+    from ..model.convert import subln_mode, to_bitnet
     from ..quant import BitLinear
 
     raw = json.loads(config_text)
@@ -59,7 +59,7 @@ def _counts(config_text: str) -> dict[str, Any]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
         # Convert even full-precision models: the conversion's linears are the ones a ternary model packs.
-        to_bitnet(model, subln=bool(settings.get("subln", False)), granularity="tensor")
+        to_bitnet(model, subln=subln_mode(settings.get("subln", False)), granularity="tensor")
     linears = [m for m in model.modules() if isinstance(m, BitLinear)]
     linear_params = sum(m.weight.numel() for m in linears)
     scales = sum(_num_scales(tuple(m.weight.shape), granularity, group_size) for m in linears)

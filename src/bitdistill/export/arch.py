@@ -81,7 +81,7 @@ def choose_target(src: ExportSource) -> Target:
             f"sliding_window={window}: llama.cpp's llama graph attends to the full context, so outputs "
             f"differ from the model beyond {window} tokens"
         )
-    if not src.settings.subln:
+    if src.settings.subln == "none":
         arch = NO_SUBLN_ARCH[family]
         return Target(
             arch, arch == "llama", head_dim, getattr(cfg, "head_dim", None) is not None, tuple(notes)

@@ -118,7 +118,7 @@ def _metadata(writer: GGUFWriter, src: ExportSource, target: Target, name: str, 
         writer.add_rope_scaling_factor(factor)
     s = src.settings
     writer.add_string("bitdistill.family", s.family)
-    writer.add_bool("bitdistill.subln", s.subln)
+    writer.add_string("bitdistill.subln", s.subln)
     writer.add_string("bitdistill.granularity", s.granularity)
     writer.add_uint32("bitdistill.group_size", s.group_size)
     writer.add_bool("bitdistill.quantize_activations", s.quantize_activations)

@@ -50,9 +50,17 @@ class FamilyAdapter:
             f"{m}.{self.gate}", f"{m}.{self.up}", f"{m}.{self.down}",
         )  # fmt: skip
 
-    def subln_paths(self) -> tuple[str, ...]:
-        """Paths, relative to a block, of the projections that get a SubLN in front of them."""
-        return (f"{self.attn}.{self.o}", f"{self.mlp}.{self.down}")
+    def subln_paths(self, mode: str = "o_down") -> tuple[str, ...]:
+        """Paths, relative to a block, of the projections that get a SubLN in front of them.
+
+        "o_down": the paper's SubLN (before o_proj and down_proj); "all": the authors' code ("allnorm",
+        an RMSNorm before every BitLinear); "none": no extra norm.
+        """
+        if mode == "all":
+            return self.linear_paths()
+        if mode == "o_down":
+            return (f"{self.attn}.{self.o}", f"{self.mlp}.{self.down}")
+        return ()
 
 
 ADAPTERS: dict[str, FamilyAdapter] = {}

@@ -16,13 +16,27 @@ from .adapters import adapter_for
 from .subln import SubLNBitLinear
 
 FORMAT_VERSION = 1
+# Where the extra RMSNorms go: the paper's SubLN ("o_down"), the authors' code's "allnorm" ("all": one
+# before every BitLinear, microsoft/BitNet PR #382 `standard_bitnet=False`), or none.
+SUBLN_MODES = ("o_down", "all", "none")
+
+
+def subln_mode(value: bool | str | None, where: str = "subln") -> str:
+    """The SubLN mode of a setting: a mode name, or the older booleans (True = o_down, False = none)."""
+    if value is True or value is None:
+        return "o_down"
+    if value is False:
+        return "none"
+    if isinstance(value, str) and value in SUBLN_MODES:
+        return value
+    raise BitDistillError(f"{where}: {value!r} is not one of {', '.join(SUBLN_MODES)} (or true/false)")
 
 
 @dataclass(frozen=True)
 class BitNetSettings:
     """How a model was converted; stored in config.json under "bitdistill"."""
 
-    subln: bool = True
+    subln: str = "o_down"  # one of SUBLN_MODES (files written before the modes existed hold a bool)
     granularity: str = "tensor"
     group_size: int = 128
     quantize_activations: bool = True
@@ -35,6 +49,8 @@ class BitNetSettings:
     @classmethod
     def from_dict(cls, data: dict) -> BitNetSettings:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "subln" in known:
+            known["subln"] = subln_mode(known["subln"], "config.json bitdistill.subln")
         return cls(**known)
 
 
@@ -48,7 +64,7 @@ def _norm_eps(config) -> float:
 
 def to_bitnet(
     model: nn.Module,
-    subln: bool = True,
+    subln: bool | str = "o_down",
     granularity: str = "tensor",
     group_size: int = 128,
     quantize_activations: bool = True,
@@ -56,8 +72,10 @@ def to_bitnet(
     """Convert a Hugging Face causal LM in place (and return it) into its BitNet form.
 
     Every q/k/v/o and gate/up/down linear of every decoder block becomes a `BitLinear` sharing the original
-    weight; with `subln`, o_proj and down_proj get an RMSNorm (weight 1, the model's own eps) on their input.
+    weight. `subln` (see SUBLN_MODES; True/False mean "o_down"/"none") decides which of them get an RMSNorm
+    (weight 1, the model's own eps) on their input: o_proj and down_proj, every one, or none.
     """
+    subln = subln_mode(subln)
     if granularity not in GRANULARITIES:
         raise BitDistillError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
     if is_bitnet(model):
@@ -65,7 +83,7 @@ def to_bitnet(
     adapter = adapter_for(model)
     eps = _norm_eps(model.config)
     quant = dict(granularity=granularity, group_size=group_size, quantize_activations=quantize_activations)
-    subln_paths = set(adapter.subln_paths()) if subln else set()
+    subln_paths = set(adapter.subln_paths(subln))
     for i, block in enumerate(adapter.blocks(model)):
         for path in adapter.linear_paths():
             parent_path, _, name = path.rpartition(".")
