@@ -141,9 +141,9 @@ def test_relation_loss_is_zero_for_identical_inputs():
     g = torch.Generator().manual_seed(0)
     x = qkv(g, 2, 6, 32, 16)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    assert attention_relation_loss(x, tuple(t.clone() for t in x), mask, 4).item() == pytest.approx(
-        0.0, abs=1e-6
-    )
+    for relation in ("cosine", "scaled"):
+        same = attention_relation_loss(x, tuple(t.clone() for t in x), mask, 4, relation=relation)
+        assert same.item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -160,10 +160,10 @@ def test_relation_loss_matches_a_naive_loop(teacher_dims, student_dims, heads, c
     teacher = qkv(g, 2, 7, *teacher_dims, scale=1.5)
     student = qkv(g, 2, 7, *student_dims, scale=1.5)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
-    got = attention_relation_loss(teacher, student, mask, heads, causal=causal)
+    got = attention_relation_loss(teacher, student, mask, heads, causal=causal, relation="scaled")
     want = naive_relation_loss(teacher, student, mask.tolist(), heads, causal=causal)
     assert got.item() == pytest.approx(want, rel=1e-4)
-    assert attention_relation_loss(teacher, student, None, heads).item() == pytest.approx(
+    assert attention_relation_loss(teacher, student, None, heads, relation="scaled").item() == pytest.approx(
         naive_relation_loss(teacher, student, None, heads), rel=1e-4
     )
 
@@ -173,11 +173,11 @@ def test_relation_loss_ignores_padding_content_and_gives_finite_gradients():
     teacher = qkv(g, 2, 5, 32, 16)
     student = [x.clone().requires_grad_() for x in qkv(g, 2, 5, 16, 8)]
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
-    base = attention_relation_loss(teacher, student, mask, 2)
+    base = attention_relation_loss(teacher, student, mask, 2, relation="scaled")
     noisy_teacher = [x.clone() for x in teacher]
     for x in noisy_teacher:
         x[1, 2:] = 1e3  # whatever sits at padded positions must not matter
-    assert attention_relation_loss(noisy_teacher, student, mask, 2).item() == pytest.approx(
+    assert attention_relation_loss(noisy_teacher, student, mask, 2, relation="scaled").item() == pytest.approx(
         base.item(), rel=1e-6
     )
     base.backward()
@@ -185,13 +185,14 @@ def test_relation_loss_ignores_padding_content_and_gives_finite_gradients():
         assert torch.isfinite(x.grad).all()
         assert x.grad[1, 2:].abs().sum() == 0  # padded positions receive no gradient
     all_padding = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
-    assert torch.isfinite(attention_relation_loss(teacher, student, all_padding, 2))
+    assert torch.isfinite(attention_relation_loss(teacher, student, all_padding, 2, relation="scaled"))
 
 
 def test_relation_heads_must_divide_every_width():
     g = torch.Generator().manual_seed(0)
-    with pytest.raises(BitDistillError, match="does not divide the student K width 12"):
-        attention_relation_loss(qkv(g, 1, 3, 32, 16), qkv(g, 1, 3, 24, 12), None, 8)
+    for relation in ("cosine", "scaled"):
+        with pytest.raises(BitDistillError, match="does not divide the student K width 12"):
+            attention_relation_loss(qkv(g, 1, 3, 32, 16), qkv(g, 1, 3, 24, 12), None, 8, relation=relation)
     assert valid_relation_heads(576, 192, 2048, 1024) == [1, 2, 4, 8, 16, 32, 64]
 
 
@@ -208,6 +209,7 @@ def test_distill_loss_combines_the_parts():
     out = distill_loss(
         s_logits, labels, t_logits, t_qkv, s_qkv, attn,
         temperature=2.0, kd_weight=10.0, ad_weight=100.0, num_relation_heads=4,
+        kd_positions="targets", relation="scaled",
     )  # fmt: skip
     ce = F.cross_entropy(s_logits[:, :-1].reshape(-1, 13), labels[:, 1:].reshape(-1), ignore_index=-100)
     # Hand-picked KD positions: logits at t predict labels[t + 1].
@@ -222,3 +224,77 @@ def test_distill_loss_combines_the_parts():
     assert torch.isfinite(s_logits.grad).all()
     plain = distill_loss(s_logits, labels, kd_weight=0.0, ad_weight=0.0)
     assert plain["loss"].item() == pytest.approx(ce.item(), rel=1e-6) and plain["kd"].item() == 0.0
+
+
+# -- the authors' definitions (microsoft/BitNet PR #382), the defaults -------------------------------------
+
+
+def naive_cosine_relation_loss(teacher_qkv, student_qkv, heads) -> float:
+    """The authors' L_AD written out: per head, L2-normalised rows, softmax over every key (no mask, τ = 1),
+    KL summed over keys and averaged over all B·A_r·T rows (padding included), summed over Q, K, V, / A_r."""
+    total = 0.0
+    for xt, xs in zip(teacher_qkv, student_qkv, strict=True):
+        b_size, t_len = xt.shape[:2]
+        rows_kl, count = 0.0, 0
+        for b in range(b_size):
+            for a in range(heads):
+                dists = []
+                for x in (xt, xs):
+                    d = x.shape[2] // heads
+                    rows = []
+                    for t in range(t_len):
+                        v = x[b, t, a * d : (a + 1) * d].tolist()
+                        n = math.sqrt(sum(u * u for u in v))
+                        rows.append([u / n for u in v])
+                    dists.append(
+                        [softmax([sum(u * w for u, w in zip(rows[q], rows[k], strict=True)) for k in range(t_len)])
+                         for q in range(t_len)]
+                    )  # fmt: skip
+                for q in range(t_len):
+                    rows_kl += kl(dists[0][q], dists[1][q])
+                    count += 1
+        total += rows_kl / count
+    return total / heads
+
+
+@pytest.mark.parametrize(
+    ("teacher_dims", "student_dims", "heads"), [((32, 32), (32, 32), 4), ((64, 32), (48, 16), 8)]
+)
+def test_cosine_relation_loss_matches_the_authors_formula(teacher_dims, student_dims, heads):
+    g = torch.Generator().manual_seed(5)
+    teacher = qkv(g, 2, 6, *teacher_dims, scale=2.0)
+    student = qkv(g, 2, 6, *student_dims, scale=2.0)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    want = naive_cosine_relation_loss(teacher, student, heads)
+    # The authors' code reads no mask: padding rows and keys count, so the mask changes nothing.
+    for m in (mask, None):
+        assert attention_relation_loss(teacher, student, m, heads).item() == pytest.approx(want, rel=1e-4)
+    # Cosine relations ignore each row's length: rescaling a token's Q/K/V leaves the loss unchanged.
+    scaled = tuple(x * torch.linspace(0.5, 3.0, x.shape[1])[None, :, None] for x in student)
+    assert attention_relation_loss(teacher, scaled, mask, heads).item() == pytest.approx(want, rel=1e-4)
+
+
+def test_default_objective_is_the_authors():
+    """KD over every non-pad token (prompt included, batchmean over them, τ²), cosine relations, A_r = 32."""
+    g = torch.Generator().manual_seed(11)
+    s_logits = torch.randn(2, 5, 13, generator=g)
+    t_logits = torch.randn(2, 5, 13, generator=g)
+    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 1, 2, -100, -100]])
+    attn = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    t_qkv, s_qkv = qkv(g, 2, 5, 64, 32), qkv(g, 2, 5, 64, 32)
+    out = distill_loss(s_logits, labels, t_logits, t_qkv, s_qkv, attn, temperature=5.0)
+    assert out["kd"].item() == pytest.approx(naive_kd(s_logits, t_logits, attn.tolist(), 5.0), rel=1e-5)
+    assert out["ad"].item() == pytest.approx(naive_cosine_relation_loss(t_qkv, s_qkv, 32), rel=1e-4)
+    assert out["loss"].item() == pytest.approx(
+        out["ce"].item() + 10 * out["kd"].item() + 1e5 * out["ad"].item(), rel=1e-5
+    )
+
+
+def test_unknown_positions_or_relation_are_refused():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3, 5, generator=g)
+    labels = torch.tensor([[-100, 1, 2]])
+    with pytest.raises(BitDistillError, match="kd_positions 'prompt'"):
+        distill_loss(logits, labels, logits, kd_positions="prompt")
+    with pytest.raises(BitDistillError, match="relation 'dot'"):
+        attention_relation_loss(qkv(g, 1, 3, 8, 8), qkv(g, 1, 3, 8, 8), None, 2, relation="dot")

@@ -1,17 +1,23 @@
 """Distillation losses of BitNet Distillation: logits KD and MiniLM-v2 attention-relation KD.
 
 Everything is computed in float32 whatever the model dtype (bf16 softmax/KL lose too much precision).
+The defaults reproduce the authors' training code (microsoft/BitNet PR #382, `CustomDistillSeq2SeqTrainer`);
+docs/losses.md lists every difference from the paper's text and from that code.
 
 Logits KD (the paper's L_LD), with p = softmax(z / τ):
     L_LD = τ² · (1 / |M|) Σ_{(b,t) ∈ M} KL(p_teacher[b,t] ‖ p_student[b,t])
-M is the set of masked-in positions: the KL is *summed over the vocabulary* and *averaged over positions*
-(not over batch rows and not over vocabulary entries). τ² keeps gradient magnitudes comparable across τ.
+the KL *summed over the vocabulary* and *averaged over the positions in M* (`batchmean` over those rows).
+M (`kd_positions`): "all" = every non-pad token, prompt included (the authors' code); "targets" = only the
+positions whose logits predict a target token.
 
-Attention-relation KD (the paper's L_AD, MiniLM-v2 multi-head self-attention relations), per X ∈ {Q, K, V}
-of one layer: split the projection output [B, T, D] into A_r relation heads of width d_r = D / A_r,
-    R_X[b, a] = softmax_keys(X_a X_aᵀ / √d_r)          (padded keys masked out)
-    L_X = (1 / (A_r · |valid queries|)) Σ_{a} Σ_{(b,t) valid} KL(R_X^teacher[b,a,t] ‖ R_X^student[b,a,t])
-    L_AD = L_Q + L_K + L_V
+Attention-relation KD (the paper's L_AD, MiniLM-v2 self-attention relations), per X ∈ {Q, K, V} of one layer:
+split X [B, T, D] into A_r relation heads of width d_r = D / A_r, then (`relation`):
+  "cosine" (the authors' code): x̂ = x / ‖x‖₂ per head and token,
+      R_X[b, a] = softmax_keys(X̂_a X̂_aᵀ)       (temperature 1, every key, no mask)
+      L_X = (1 / (B·A_r·T)) Σ_{b,a,t} KL(R_X^teacher[b,a,t] ‖ R_X^student[b,a,t])   (padding rows included)
+      L_AD = (L_Q + L_K + L_V) / A_r              (the code divides once more by layers × A_r; one layer)
+  "scaled" (bitdistill's earlier definition): R_X[b, a] = softmax_keys(X_a X_aᵀ / √d_r) with padded keys
+      masked out, L_X = mean over heads and real query tokens of the KL, L_AD = L_Q + L_K + L_V.
 A_r is chosen independently of the models' head counts, so teacher and student may differ in hidden size
 and in their query / key-value widths (GQA): each side uses its own d_r.
 """
@@ -28,7 +34,10 @@ from ..data.encode import IGNORE_INDEX
 from ..errors import BitDistillError
 
 QKV = Sequence[torch.Tensor]
-_MASKED = -1e9  # relation score of a masked key (see _relation_log_probs)
+_MASKED = -1e9  # relation score of a masked key (see _scaled_relation_log_probs)
+KD_POSITIONS = ("all", "targets")
+RELATIONS = ("cosine", "scaled")
+AUTHORS_RELATION_HEADS = 32  # `split_head_number` in the authors' recipes
 
 
 def target_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -87,27 +96,38 @@ def valid_relation_heads(*widths: int) -> list[int]:
     return [a for a in range(1, g + 1) if g % a == 0]
 
 
-def default_relation_heads(widths: Sequence[int], max_heads: int) -> int:
-    """The largest A_r <= max_heads (the student's head count) that divides every q/k/v width.
+def default_relation_heads(widths: Sequence[int], max_heads: int = AUTHORS_RELATION_HEADS) -> int:
+    """The largest A_r <= max_heads (the authors' 32) that divides every q/k/v width.
 
-    With GQA the k/v width is smaller than the q width (SmolLM2: 576 vs 192), so the head count itself
-    (9) need not divide both; A_r only has to split each tensor evenly (SmolLM2 -> 8).
+    With GQA the k/v width is smaller than the q width (SmolLM2: 576 vs 192); A_r only has to split each
+    tensor evenly (SmolLM2 and Qwen3 -> 32, the authors' value).
     """
     return max(a for a in valid_relation_heads(*widths) if a <= max_heads)
 
 
-def _relation_log_probs(
-    x: torch.Tensor, heads: int, key_mask: torch.Tensor | None, causal: bool, who: str
-) -> torch.Tensor:
-    """log R for x [B, T, D]: [B, A_r, T, T] float32; masked keys get probability exactly 0."""
+def _split_heads(x: torch.Tensor, heads: int, who: str) -> torch.Tensor:
+    """x [B, T, D] -> [B, A_r, T, D / A_r] float32."""
     b, t, d = x.shape
     if d % heads:
         raise BitDistillError(
             f"attention distillation: num_relation_heads={heads} does not divide the {who} width {d}; "
             f"choose A_r that divides every q/k/v width of teacher and student"
         )
-    dr = d // heads
-    xh = x.float().reshape(b, t, heads, dr).transpose(1, 2)  # [B, A, T, d_r]
+    return x.float().reshape(b, t, heads, d // heads).transpose(1, 2)
+
+
+def _cosine_relation_log_probs(x: torch.Tensor, heads: int, who: str) -> torch.Tensor:
+    """log softmax_keys(x̂ x̂ᵀ) with x̂ L2-normalised per head and token: [B, A_r, T, T] float32."""
+    xh = F.normalize(_split_heads(x, heads, who), p=2, dim=-1)
+    return F.log_softmax(xh @ xh.transpose(-1, -2), dim=-1)
+
+
+def _scaled_relation_log_probs(
+    x: torch.Tensor, heads: int, key_mask: torch.Tensor | None, causal: bool, who: str
+) -> torch.Tensor:
+    """log R for x [B, T, D]: [B, A_r, T, T] float32; masked keys get probability exactly 0."""
+    xh = _split_heads(x, heads, who)  # [B, A, T, d_r]
+    b, _, t, dr = xh.shape
     scores = xh @ xh.transpose(-1, -2) / math.sqrt(dr)
     allowed = torch.ones((b, 1, t, t), dtype=torch.bool, device=x.device)
     if key_mask is not None:
@@ -126,16 +146,19 @@ def attention_relation_loss(
     teacher_qkv: QKV,
     student_qkv: QKV,
     mask: torch.Tensor | None,
-    num_relation_heads: int,
+    num_relation_heads: int = AUTHORS_RELATION_HEADS,
     causal: bool = False,
+    relation: str = "cosine",
 ) -> torch.Tensor:
-    """MiniLM-v2 relation KD summed over Q, K, V; see the module docstring.
+    """MiniLM-v2 relation KD over Q, K, V; see the module docstring for both `relation` definitions.
 
-    `teacher_qkv` / `student_qkv`: (Q, K, V) projection outputs, each [B, T, D] (D may differ per tensor
-    and per model). `mask`: [B, T] attention mask (1 = real token; None = all real). Padded positions are
-    masked as keys and excluded as queries. `causal=True` also masks keys after the query (the relation
-    then only looks where the decoder's attention can); the default follows MiniLM-v2 (all keys).
+    `teacher_qkv` / `student_qkv`: (Q, K, V), each [B, T, D] (D may differ per tensor and per model).
+    `mask`: [B, T] attention mask (1 = real token; None = all real). "scaled" masks padded positions as keys
+    and excludes them as queries, and `causal=True` also masks keys after the query; "cosine" (the authors'
+    code) reads neither: every position is a query and a key.
     """
+    if relation not in RELATIONS:
+        raise BitDistillError(f"attention distillation: relation {relation!r} is not one of {RELATIONS}")
     if len(teacher_qkv) != len(student_qkv):
         raise BitDistillError(
             f"attention distillation: teacher gives {len(teacher_qkv)} tensors, student {len(student_qkv)}"
@@ -154,19 +177,25 @@ def attention_relation_loss(
             raise BitDistillError(
                 f"attention distillation: mask {tuple(key_mask.shape)} vs {name} {tuple(xs.shape)}"
             )
-        log_t = _relation_log_probs(xt.detach(), num_relation_heads, key_mask, causal, f"teacher {name}")
-        log_s = _relation_log_probs(xs, num_relation_heads, key_mask, causal, f"student {name}")
-        # KL over keys; masked keys have p_t = 0 exactly and finite logs, so they add 0.
-        kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # [B, A, T]
-        if key_mask is not None:
-            q = key_mask[:, None, :].expand_as(kl)
-            part = kl[q].sum() / q.sum().clamp(min=1)
+        if relation == "cosine":
+            log_t = _cosine_relation_log_probs(xt.detach(), num_relation_heads, f"teacher {name}")
+            log_s = _cosine_relation_log_probs(xs, num_relation_heads, f"student {name}")
+            part = (log_t.exp() * (log_t - log_s)).sum(dim=-1).mean()  # batchmean over B·A_r·T rows
         else:
-            part = kl.mean()
+            log_t = _scaled_relation_log_probs(xt.detach(), num_relation_heads, key_mask, causal, f"teacher {name}")
+            log_s = _scaled_relation_log_probs(xs, num_relation_heads, key_mask, causal, f"student {name}")
+            # KL over keys; masked keys have p_t = 0 exactly and finite logs, so they add 0.
+            kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # [B, A, T]
+            if key_mask is not None:
+                q = key_mask[:, None, :].expand_as(kl)
+                part = kl[q].sum() / q.sum().clamp(min=1)
+            else:
+                part = kl.mean()
         total = part if total is None else total + part
     if total is None:
         raise BitDistillError("attention distillation: no Q/K/V tensors were given")
-    return total
+    # The authors divide the sum over Q, K, V (and layers) by layers × A_r once more; one layer here.
+    return total / num_relation_heads if relation == "cosine" else total
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -189,26 +218,32 @@ def distill_loss(
     temperature: float = 5.0,
     kd_weight: float = 10.0,
     ad_weight: float = 1e5,
-    num_relation_heads: int = 8,
+    num_relation_heads: int = AUTHORS_RELATION_HEADS,
     causal_relations: bool = False,
     ce_weight: float = 1.0,
+    kd_positions: str = "all",
+    relation: str = "cosine",
 ) -> dict[str, torch.Tensor]:
     """BitDistill objective `L = CE + λ·L_LD + γ·L_AD` (λ = kd_weight, γ = ad_weight).
 
     Returns {"loss", "ce", "kd", "ad"} (unweighted parts, still attached to the graph; log them with
-    `.item()`); a part whose weight is 0 or whose inputs are None is a zero
-    tensor and is not computed. CE and KD act on target tokens only (`labels != -100`, shifted as the
-    model predicts); AD covers every real token of the chosen layer (`attention_mask`).
+    `.item()`); a part whose weight is 0 or whose inputs are None is a zero tensor and is not computed.
+    CE acts on target tokens (`labels != -100`, shifted as the model predicts); KD on every non-pad token
+    (`kd_positions="all"`, needs `attention_mask`) or on the target positions ("targets"); AD on the chosen
+    layer's Q/K/V (see `attention_relation_loss` for `relation`).
     """
+    if kd_positions not in KD_POSITIONS:
+        raise BitDistillError(f"logits distillation: kd_positions {kd_positions!r} is not one of {KD_POSITIONS}")
     zero = student_logits.new_zeros((), dtype=torch.float32)
     ce = causal_lm_loss(student_logits, labels) if ce_weight else zero
     kd = zero
     if kd_weight and teacher_logits is not None:
-        kd = logits_kd_loss(student_logits, teacher_logits, target_mask(labels), temperature)
+        positions = target_mask(labels) if kd_positions == "targets" else attention_mask
+        kd = logits_kd_loss(student_logits, teacher_logits, positions, temperature)
     ad = zero
     if ad_weight and teacher_qkv is not None and student_qkv is not None:
         ad = attention_relation_loss(
-            teacher_qkv, student_qkv, attention_mask, num_relation_heads, causal_relations
+            teacher_qkv, student_qkv, attention_mask, num_relation_heads, causal_relations, relation
         )
     loss = ce_weight * ce + kd_weight * kd + ad_weight * ad
     return {"loss": loss, "ce": ce, "kd": kd, "ad": ad}

@@ -20,7 +20,10 @@ from typing import Any
 
 import yaml
 
+from ..distill.capture import QKV_SOURCES
+from ..distill.losses import KD_POSITIONS, RELATIONS
 from ..errors import BitDistillError
+from ..model.convert import subln_mode
 from ..train.loop import TrainConfig
 
 STAGES = ("teacher", "bitnet_sft", "continue_pretrain", "distill")
@@ -49,7 +52,9 @@ class TaskSpec:
 class BitNetSpec:
     """Stage-1 conversion settings (see bitdistill.model.convert.to_bitnet)."""
 
-    subln: bool = True
+    # o_down (the paper's SubLN) | all (the authors' code: an RMSNorm before every BitLinear) | none;
+    # true/false still mean o_down/none
+    subln: bool | str = "all"
     granularity: str = "tensor"
     group_size: int = 128
     quantize_activations: bool = True
@@ -100,7 +105,10 @@ class DistillStage:
     # before training (eval/layers.py: the largest relation divergence at initialisation)
     student_layer: int | str = -1
     teacher_layer: int = -1
-    relation_heads: int | None = None  # A_r; None = the student's attention head count
+    relation_heads: int | None = None  # A_r; None = the largest divisor of every q/k/v width <= 32 (authors)
+    kd_positions: str = "all"  # L_LD over every non-pad token (authors' code) | targets: target positions only
+    relation: str = "cosine"  # L_AD relations: cosine (authors' code) | scaled (softmax(XXᵀ/√d), masked)
+    qkv_source: str = "attention"  # Q/K after q/k-norm and RoPE (authors' code) | projection outputs
     train: dict[str, Any] = field(default_factory=dict)
 
     def weights(self, kind: str) -> tuple[float, float]:
@@ -165,6 +173,11 @@ class Recipe:
             raise BitDistillError(
                 f"{src}: distill.student_layer: expected a layer index or auto, got {self.distill.student_layer!r}"
             )
+        subln_mode(self.bitnet.subln, f"{src}: bitnet.subln")
+        for key, allowed in (("kd_positions", KD_POSITIONS), ("relation", RELATIONS), ("qkv_source", QKV_SOURCES)):
+            value = getattr(self.distill, key)
+            if value not in allowed:
+                raise BitDistillError(f"{src}: distill.{key}: {value!r} is not one of {', '.join(allowed)}")
         if self.distill.relation_heads is not None and self.distill.relation_heads < 1:
             raise BitDistillError(f"{src}: distill.relation_heads: must be >= 1")
         if self.distill.enabled and not (self.distill.ce or self.distill.logits or self.distill.attention):

@@ -1,8 +1,9 @@
 """Distillation (the paper's stage 3): L = CE + λ·τ²·KL(teacher ‖ student) + γ·L_AD on the task.
 
-The teacher (full precision, frozen) and the BitNet student see the same batch; logits KD acts on the
-target tokens, attention-relation KD on the q/k/v of one layer per model (chosen separately, so a larger
-teacher works). Each term can be switched off in the recipe for the paper's ablations.
+The teacher (full precision, frozen) and the BitNet student see the same batch; logits KD acts on every
+non-pad token (or the target tokens: `distill.kd_positions`), attention-relation KD on the Q/K/V of one
+layer per model (chosen separately, so a larger teacher works). Each term can be switched off in the recipe
+for the paper's ablations.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
     heads = spec.relation_heads or layer_relation_heads(
         student, teacher, {spec.student_layer: spec.teacher_layer}
     )
-    s_cap = QKVCapture(student, spec.student_layer) if gam else None
-    t_cap = QKVCapture(teacher, spec.teacher_layer) if gam else None
+    s_cap = QKVCapture(student, spec.student_layer, spec.qkv_source) if gam else None
+    t_cap = QKVCapture(teacher, spec.teacher_layer, spec.qkv_source) if gam else None
 
     def loss_fn(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -81,13 +82,14 @@ def make_distill_loss(recipe: Recipe, student, teacher, kind: str):
         parts = distill_loss(
             logits, batch["labels"], teacher_logits if lam else None, t_qkv, s_qkv, mask,
             temperature=spec.temperature, kd_weight=lam, ad_weight=gam, num_relation_heads=heads,
-            ce_weight=1.0 if spec.ce else 0.0,
+            ce_weight=1.0 if spec.ce else 0.0, kd_positions=spec.kd_positions, relation=spec.relation,
         )  # fmt: skip
         return parts["loss"], {k: float(v.detach()) for k, v in parts.items() if k != "loss"}
 
     return loss_fn, {"lambda": lam, "gamma": gam, "temperature": spec.temperature, "relation_heads": heads,
                      "student_layer": spec.student_layer, "teacher_layer": spec.teacher_layer,
-                     "ce": spec.ce}  # fmt: skip
+                     "ce": spec.ce, "kd_positions": spec.kd_positions, "relation": spec.relation,
+                     "qkv_source": spec.qkv_source}  # fmt: skip
 
 
 def resolve_auto_layer(recipe: Recipe, student, teacher, tokenizer) -> tuple[Recipe, dict[str, Any]]:
