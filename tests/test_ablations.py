@@ -19,6 +19,7 @@ ABLATIONS = {
     "LD only": {"distill.attention": False},
     "w/o continued pre-training": {"continue_pretrain.enabled": False},
     "longer stage 2": {"continue_pretrain.corpus.tokens": 2048},
+    "SubLN": {"bitnet.subln": "o_down"},
 }
 
 
@@ -58,6 +59,10 @@ def test_variants_reuse_teacher_and_stage2_only_when_unchanged(world, tmp_path):
     longer = variant(recipe, "longer stage 2")  # its own stage 2: the corpus budget differs
     assert longer.stage_dir("continue_pretrain") == longer.out / "continue_pretrain"
     assert longer.continue_pretrain.corpus.tokens == 2048
+    # another stage-1 conversion is another stage-2 model, even with the same corpus and training
+    subln = variant(recipe, "SubLN")
+    assert subln.stage_dir("continue_pretrain") == subln.out / "continue_pretrain"
+    assert subln.bitnet.subln == "o_down" != recipe.bitnet.subln
 
 
 @pytest.mark.parametrize(

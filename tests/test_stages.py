@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from bitdistill.errors import BitDistillError
 from bitdistill.recipe import load_recipe, parse_recipe, run_recipe
@@ -157,6 +158,38 @@ def test_recipe_errors_name_the_field(world, tmp_path):
     bad = {**good, "continue_pretrain": {"corpus": {"sources": ["x"], "tokens": "lots"}}}
     with pytest.raises(BitDistillError, match=r"continue_pretrain\.corpus\.tokens: expected a count"):
         parse_recipe(bad, "tiny")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("distill", "kd_positions", "prompt"), ("distill", "relation", "dot"), ("distill", "qkv_source", "rope"),
+     ("bitnet", "subln", "everywhere")],
+)  # fmt: skip
+def test_unknown_values_of_the_faithfulness_options_fail_before_training(world, tmp_path, section, key, value):
+    data = tiny_recipe(world, tmp_path)
+    data[section] = {**data.get(section, {}), key: value}
+    with pytest.raises(BitDistillError, match=rf"^tiny: {section}\.{key}: '{value}' is not one of"):
+        parse_recipe(data, "tiny")
+    assert not (tmp_path / "teacher").exists()
+
+
+def test_faithful_defaults_and_the_teacher_start(world, tmp_path):
+    r = parse_recipe(tiny_recipe(world, tmp_path), "tiny")
+    assert (r.distill.kd_positions, r.distill.relation, r.distill.qkv_source) == ("all", "cosine", "attention")
+    assert parse_recipe({"continue_pretrain": {"enabled": False}}, "x").bitnet.subln == "all"
+
+
+def test_distill_student_teacher_starts_from_the_ternarized_teacher(full_run, world, tmp_path):
+    from bitdistill.model import SubLNBitLinear
+    from bitdistill.stages.distill import load_student
+
+    out, _ = full_run
+    data = tiny_recipe(world, out, continue_pretrain__enabled=False, distill__student="teacher")
+    student, _ = load_student(parse_recipe(data, "tiny"))
+    teacher = AutoModelForCausalLM.from_pretrained(out / "teacher" / "model")
+    layer = student.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, SubLNBitLinear)  # stage 1 with the recipe's allnorm
+    assert torch.equal(layer.weight, teacher.model.layers[0].self_attn.q_proj.weight)  # the teacher's weights
 
 
 def test_recipe_values_parse(world, tmp_path):

@@ -9,7 +9,8 @@ A recipe's `ablations:` maps a row label to dotted overrides of the recipe itsel
       "AD only": {distill.logits: false}
 
 Each variant runs under `<out>/ablations/<slug>/` with the main run's finished teacher, and with the main
-run's continued-pre-training output unless its overrides change that stage (then it runs its own). It
+run's continued-pre-training output unless its overrides change that stage, the model or the stage-1
+conversion (then it runs its own). It
 trains and evaluates only its distill stage; `run_recipe` records it in results.json under "ablations",
 and the report adds it as a row beside FP16-SFT, BitNet-SFT and BitDistill.
 """
@@ -50,7 +51,12 @@ def variant(recipe: Recipe, label: str) -> Recipe:
     data.setdefault("eval", {})["stages"] = ["distill"]
     dirs = {"teacher": str(recipe.stage_dir("teacher"))}
     out = parse_recipe(data, where)
-    if out.continue_pretrain.enabled and out.continue_pretrain == recipe.continue_pretrain:
+    # Stage 2 is reused only if it would be the same stage: same corpus and training, and the same model
+    # converted the same way (a `bitnet.subln` row needs its own stage 2).
+    same_stage2 = (out.continue_pretrain, out.bitnet, out.model) == (
+        recipe.continue_pretrain, recipe.bitnet, recipe.model
+    )
+    if out.continue_pretrain.enabled and same_stage2:
         dirs["continue_pretrain"] = str(recipe.stage_dir("continue_pretrain"))
     if not out.distill.enabled:
         raise BitDistillError(f"{where}: distill.enabled is false; an ablation row is a distill stage")

@@ -92,7 +92,8 @@ class PretrainStage:
 class DistillStage:
     enabled: bool = True
     # The student: "auto" = the continue_pretrain output when that stage is enabled, else the recipe's
-    # model converted to BitNet (the "no continued pre-training" ablation); or a model directory.
+    # model converted to BitNet (the "no continued pre-training" ablation); "teacher" = the teacher stage's
+    # output converted to BitNet (no stage 2; beyond the paper); or a model directory.
     student: str = "auto"
     teacher: str = "auto"  # "auto" = the teacher stage's output; or a model directory
     ce: bool = True  # the task cross-entropy term

@@ -33,6 +33,10 @@ def _same_tokenizer(teacher_tok, student_tok, where: str) -> None:
 
 def load_student(recipe: Recipe):
     spec = recipe.distill
+    if spec.student == "teacher":
+        # Beyond the paper: stage 1 applied to the fine-tuned FP teacher, a start that already knows the task.
+        model, tok = load_model_dir_or_spec(finished_model(recipe, "teacher"))
+        return convert(model, recipe), tok
     if spec.student != "auto":
         return load_model_dir_or_spec(spec.student)
     if recipe.continue_pretrain.enabled:
