@@ -31,7 +31,23 @@ def test_accuracy_and_macro_f1_by_hand():
     assert per_class_f1(preds, gold) == pytest.approx(f)
     assert macro_f1(preds, gold) == pytest.approx((0.5 + 0.4 + 0.8) / 3)
     m = classification_metrics(preds, gold)
+    ci = m.pop("accuracy_ci95")
     assert m == {"accuracy": pytest.approx(4 / 7), "macro_f1": pytest.approx(1.7 / 3), "n": 7}
+    assert ci[0] <= 4 / 7 <= ci[1]
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    from bitdistill.eval.metrics import bootstrap_interval
+
+    # 700 of 872 right: the binomial standard error is sqrt(p(1-p)/n); a 95 % interval is ±1.96 of it.
+    p, n = 700 / 872, 872
+    lo, hi = bootstrap_interval([True] * 700 + [False] * 172)
+    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    assert lo == pytest.approx(p - half, abs=0.004) and hi == pytest.approx(p + half, abs=0.004)
+    assert bootstrap_interval([True] * 10) == (1.0, 1.0)  # nothing to vary
+    assert bootstrap_interval([True, False] * 50) == bootstrap_interval([True, False] * 50)  # fixed seed
+    with pytest.raises(BitDistillError, match="no examples"):
+        bootstrap_interval([])
 
 
 def test_macro_f1_counts_classes_only_predicted():

@@ -123,14 +123,15 @@ def test_write_report_files_and_extra_run(tmp_path):
     # Another run: no continued pre-training, attention distillation only (lambda = 0)
     other = tmp_path / "ablation"
     other.mkdir()
-    rec = {"model_dir": str(run / "distill" / "model"), "eval": {"accuracy": 700 / 872, "n": 872},
+    rec = {"model_dir": str(run / "distill" / "model"),
+           "eval": {"accuracy": 700 / 872, "accuracy_ci95": [0.7752, 0.8291], "n": 872},
            "distill": {"lambda": 0.0, "gamma": 1e5, "ce": True}}  # fmt: skip
     (other / "results.json").write_text(json.dumps({"stages": {"teacher": {}, "distill": rec}}))
     report = write_report(run, extra_runs=[(None, other, "distill")], plots=False)
     md = (run / "report.md").read_text()
     label = "BitDistill (w/o continued pre-training, AD only)"
     assert label in _table_rows(md)
-    assert _table_rows(md)[label][:3] == ["80.28", "—", f"{(700 - 791) / 872 * 100:+.2f}"]
+    assert _table_rows(md)[label][:3] == ["80.28 [77.5–82.9]", "—", f"{(700 - 791) / 872 * 100:+.2f}"]
     assert json.loads((run / "report.json").read_text()) == json.loads(json.dumps(report))
     assert [r["label"] for r in report["report"]["rows"]][-1] == label
 

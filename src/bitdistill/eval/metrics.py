@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import BitDistillError
 
@@ -55,10 +56,32 @@ def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
     return sum(scores.values()) / len(scores)
 
 
-def classification_metrics(predictions: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
-    """{"accuracy", "macro_f1", "n"} of label-id predictions."""
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_interval(
+    correct: Sequence[bool], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the accuracy: resample the examples with replacement `resamples`
+    times (a fixed seed, so a report is reproducible) and take the (1 ± level)/2 quantiles of the means."""
+    import numpy as np
+
+    if not correct:
+        raise BitDistillError("bootstrap interval: no examples to resample")
+    hits = np.asarray(correct, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(hits), size=(resamples, len(hits)))
+    means = hits[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def classification_metrics(predictions: Sequence[int], labels: Sequence[int]) -> dict[str, Any]:
+    """{"accuracy", "accuracy_ci95" ([low, high], percentile bootstrap), "macro_f1", "n"} of label-id
+    predictions."""
+    acc = accuracy(predictions, labels)
     return {
-        "accuracy": accuracy(predictions, labels),
+        "accuracy": acc,
+        "accuracy_ci95": list(bootstrap_interval([p == y for p, y in zip(predictions, labels, strict=True)])),
         "macro_f1": macro_f1(predictions, labels),
         "n": len(labels),
     }

@@ -140,6 +140,7 @@ def _row(label: str, stage: str, record: dict[str, Any], run_dir: Path, source: 
         "source": source,
         "model_dir": str(model_dir) if model_dir is not None else record.get("model_dir"),
         "metrics": metrics,
+        "accuracy_ci95": (record.get("eval") or {}).get("accuracy_ci95"),
         "n": (record.get("eval") or {}).get("n"),
         "ternary": stage != "teacher" if memory is None else memory["counts"]["bitnet"],
         "params": memory["counts"] if memory else None,
@@ -219,6 +220,13 @@ def _memory_cell(row: dict[str, Any], column: str) -> str:
     return format_bytes(mem[column])
 
 
+def _metric_cell(row: dict[str, Any], name: str) -> str:
+    """The metric, with its 95 % bootstrap interval where the evaluation recorded one (accuracy)."""
+    cell = _fmt_metric(name, row["metrics"].get(name))
+    ci = row.get("accuracy_ci95") if name == "accuracy" else None
+    return f"{cell} [{ci[0] * 100:.1f}–{ci[1] * 100:.1f}]" if ci and cell != "—" else cell
+
+
 def comparison_table(rows: list[dict[str, Any]]) -> str:
     metrics = [m for m in METRIC_ORDER if any(m in r["metrics"] for r in rows)]
     primary = metrics[0] if metrics else None
@@ -228,7 +236,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     head += [MEMORY_NAMES[c] for c in MEMORY_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
-        cells = [r["label"], *(_fmt_metric(m, r["metrics"].get(m)) for m in metrics)]
+        cells = [r["label"], *(_metric_cell(r, m) for m in metrics)]
         if primary:
             cells.append(_fmt_gap(primary, r["gap"].get(primary)))
         cells += [_memory_cell(r, c) for c in MEMORY_COLUMNS]
@@ -344,7 +352,8 @@ def build_report(
     md += ["", "## Comparison", "", comparison_table(rows), ""]
     if metric:
         md.append(
-            "Metrics in percent; Δ is the difference to FP16-SFT in points. Memory is the parameters' "
+            "Metrics in percent (accuracy with its 95 % percentile-bootstrap interval over the evaluated "
+            "examples, 2000 resamples); Δ is the difference to FP16-SFT in points. Memory is the parameters' "
             "storage: FP16 columns at 16 bits per parameter; 2-bit / 1.58-bit columns with the ternary "
             "linear weights packed 4 or 5 per byte (+ fp32 scales) and everything else (embeddings, norms, "
             "LM head) in FP16."
