@@ -3,8 +3,11 @@
 Stated tolerance (fp32 head): at every step the largest logit difference is below 2% of the largest |logit|,
 and the median over steps is below 1e-5 absolute (observed ~5e-7). The engine and PyTorch differ only in
 float summation order; that noise occasionally flips one int8 activation rounding at a .5 boundary, which
-moves logits by ~1e-3 for that step — hence two bounds. Greedy decoding must pick identical tokens for 32
-steps. Lower-precision heads are checked against their own formulas in test_kernels.py and loosely here.
+moves logits by ~1e-3 to ~5e-2 for that step (more often with subln "all", which quantizes 7 inputs per
+block instead of 4) — hence two bounds. Greedy decoding must pick identical tokens for 32 steps, except at a
+near-tie: where the engine's pick trails PyTorch's by no more than that step's measured logit difference
+(within the bounds), PyTorch's token is fed to both. Lower-precision heads are checked against their own
+formulas in test_kernels.py and loosely here.
 
 The engine runs single-threaded beside PyTorch here: two OpenMP runtimes spinning on a 2-core machine slow
 each other down 1000x; threaded runs are covered by the kernel tests and the benchmark.
@@ -57,7 +60,7 @@ MEDIAN_ATOL = 1e-5
 MAX_RTOL = 0.02
 
 
-def _model(family: str, subln: bool, seed: int = 0, cfg=None, **convert) -> torch.nn.Module:
+def _model(family: str, subln: bool | str, seed: int = 0, cfg=None, **convert) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = cfg or CONFIGS[family]()
     cfg._attn_implementation = "eager"
@@ -88,17 +91,18 @@ def _compare(model, engine, prompt: list[int], steps: int = STEPS) -> None:
         with torch.no_grad():
             ref_last = model(torch.tensor([ids])).logits[0, -1].numpy()
         diffs.append(np.abs(last - ref_last).max())
-        tok = int(np.argmax(ref_last))
-        assert tok == int(np.argmax(last)), f"greedy token differs at position {len(ids)}"
+        tok, mine = int(np.argmax(ref_last)), int(np.argmax(last))
+        tie = ref_last[tok] - ref_last[mine] <= diffs[-1]  # a flip within the logit tolerance, not an error
+        assert tok == mine or tie, f"greedy token differs at position {len(ids)}"
         ids.append(tok)
         logits = engine.forward([tok])
     assert np.median(diffs) < MEDIAN_ATOL, diffs
     assert max(diffs) < MAX_RTOL * scale, diffs
 
 
-@pytest.mark.parametrize("subln", [True, False])
+@pytest.mark.parametrize("subln", ["o_down", "all", "none"])
 @pytest.mark.parametrize("family", list(CONFIGS))
-def test_engine_matches_pytorch(family: str, subln: bool, tmp_path) -> None:
+def test_engine_matches_pytorch(family: str, subln: str, tmp_path) -> None:
     model = _model(family, subln)
     pack_model(model, tmp_path / "p", head_dtype="fp32")
     engine = load(tmp_path / "p", threads=1)

@@ -213,7 +213,7 @@ def test_llama_without_subln_round_trips_exactly(tmp_path, tokenizer, ttype):
     want = {"tq2_0": GGMLQuantizationType.TQ2_0, "tq1_0": GGMLQuantizationType.TQ1_0}[ttype]
     check_linears(model, tensors, permute=True, want_type=want)
     assert fields["general.file_type"] == {"tq2_0": 37, "tq1_0": 36}[ttype]
-    assert fields["bitdistill.subln"] is False
+    assert fields["bitdistill.subln"] == "none"
     assert len(report.fallbacks) == cfg.num_hidden_layers  # the down projections
     emb = model.model.embed_tokens.weight.detach().numpy()
     assert np.array_equal(deq(tensors["token_embd.weight"]), emb.astype(np.float16).astype(np.float32))
@@ -263,7 +263,7 @@ def test_llama_with_subln_exports_bitnet_arch(tmp_path, tokenizer):
         assert np.array_equal(deq1(tensors[f"blk.{i}.attn_sub_norm.weight"]), sub_a)
         assert np.array_equal(deq1(tensors[f"blk.{i}.ffn_sub_norm.weight"]), sub_f)
     assert "output.weight" not in tensors
-    assert fields["bitdistill.subln"] is True
+    assert fields["bitdistill.subln"] == "o_down"
 
 
 def test_qwen3_without_subln_has_qk_norms_and_head_dim(tmp_path, tokenizer):

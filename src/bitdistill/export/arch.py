@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import BitDistillError
-from .source import ExportSource
+from .source import ExportSource, refuse_allnorm
 
 # families whose HF attention uses rotate_half: llama.cpp's `llama` graph uses interleaved ("normal") RoPE,
 # so convert_hf_to_gguf.py permutes q/k rows for it; `qwen2`, `qwen3` and `bitnet` use NEOX RoPE as HF does.
@@ -58,6 +58,7 @@ def choose_target(src: ExportSource) -> Target:
     cfg, family = src.config, src.adapter.family
     hidden, heads = cfg.hidden_size, cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    refuse_allnorm(src.settings.subln, "the model")  # from_model / from_packed refuse it earlier, by name
     act = getattr(cfg, "hidden_act", "silu")
     if family == "gemma3":
         raise BitDistillError(

@@ -6,6 +6,7 @@ exactly what the packed format stores and what the eval-mode BitLinear multiplie
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from ..quant import BitLinear
 from .blocks import TernaryMatrix
 
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+# llama.cpp's `bitnet` graph has two sub-norms per block: attn_sub_norm before attn_output and ffn_sub_norm
+# before ffn_down. A norm on any other linear's input has no GGUF tensor, and it cannot be folded into that
+# linear's ternary weight either: the int8 activation quantization sits between the norm and the matmul.
+SUB_NORM_ROLES = {"o": "attn_sub", "down": "ffn_sub"}
 
 
 @dataclass
@@ -58,14 +63,26 @@ def _linear(block: nn.Module, path: str, i: int) -> BitLinear:
     return module
 
 
-def from_model(model: nn.Module, tokenizer_dir: Path | None = None) -> ExportSource:
-    """Collect the ternary weights and float tensors of a converted (BitNet) model."""
+def refuse_allnorm(subln: str, name: str) -> None:
+    """GGUF cannot express subln="all" (see SUB_NORM_ROLES): a one-line error naming the model and the fix."""
+    if subln == "all":
+        raise BitDistillError(
+            f"{name}: converted with subln=all (an RMSNorm before every BitLinear), which GGUF cannot express "
+            "(llama.cpp's bitnet graph has only attn_sub_norm/ffn_sub_norm, and a norm cannot be folded into "
+            "ternary weights); re-convert with `bitdistill convert MODEL --subln o_down`, or run this model "
+            "with `bitdistill pack` and the native runtime"
+        )
+
+
+def from_model(model: nn.Module, tokenizer_dir: Path | None = None, name: str | None = None) -> ExportSource:
+    """Collect the ternary weights and float tensors of a converted (BitNet) model (`name` for errors)."""
     if not is_bitnet(model):
         raise BitDistillError(
             "export needs a BitNet model (config.json has no 'bitdistill' settings): convert it first with "
             "`bitdistill convert MODEL --out DIR` (add --no-subln for stock llama.cpp)"
         )
     settings = settings_of(model)
+    refuse_allnorm(settings.subln, name or str(tokenizer_dir or "the model"))
     adapter = adapter_for(model)
     blocks = []
     for i, block in enumerate(adapter.blocks(model)):
@@ -78,7 +95,7 @@ def from_model(model: nn.Module, tokenizer_dir: Path | None = None) -> ExportSou
                 biases[role] = _np(lin.bias)
             sub = getattr(lin, "sub_norm", None)
             if sub is not None:
-                norms["attn_sub" if role == "o" else "ffn_sub"] = _np(sub.weight)
+                norms[SUB_NORM_ROLES[role]] = _np(sub.weight)
         norms["attn"] = _np(block.input_layernorm.weight)
         norms["ffn"] = _np(block.post_attention_layernorm.weight)
         attn = adapter.attention(block)
@@ -119,6 +136,7 @@ def from_packed(packed_dir: str | Path) -> ExportSource:
 
     pm = load_packed(packed_dir)  # validates CRC, shapes and codes
     arch = pm.arch
+    refuse_allnorm(arch["subln"], str(packed_dir))
     config = AutoConfig.from_pretrained(packed_dir)
     settings = BitNetSettings.from_dict(pm.config.get("bitdistill") or {})
     adapter = adapter_for(config.model_type)
@@ -134,7 +152,7 @@ def from_packed(packed_dir: str | Path) -> ExportSource:
             if f"{p}.bias" in pm.tensors:
                 biases[role] = pm.tensors[f"{p}.bias"]
             if f"{p}.sub_norm" in pm.tensors:
-                norms["attn_sub" if role == "o" else "ffn_sub"] = pm.tensors[f"{p}.sub_norm"]
+                norms[SUB_NORM_ROLES[role]] = pm.tensors[f"{p}.sub_norm"]
         for key in ("attn", "ffn", "q", "k"):
             name = f"layers.{i}.{key}_norm"
             if name in pm.tensors:
@@ -160,8 +178,6 @@ def from_packed(packed_dir: str | Path) -> ExportSource:
 
 
 def is_packed_dir(path: str | Path) -> bool:
-    import json
-
     cfg = Path(path) / "config.json"
     try:
         return cfg.is_file() and "packed" in json.loads(cfg.read_text())
@@ -175,4 +191,9 @@ def from_directory(model_dir: str | Path) -> ExportSource:
         return from_packed(model_dir)
     from ..model.io import load
 
-    return from_model(load(model_dir), tokenizer_dir=Path(model_dir))
+    try:  # refuse an allnorm model before loading its weights (from_model checks again once loaded)
+        recorded = json.loads((Path(model_dir) / "config.json").read_text()).get("bitdistill") or {}
+        refuse_allnorm(recorded.get("subln"), str(model_dir))
+    except (OSError, ValueError, AttributeError):
+        pass  # unreadable or malformed: load() reports it
+    return from_model(load(model_dir), tokenizer_dir=Path(model_dir), name=str(model_dir))

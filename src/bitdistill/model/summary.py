@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from ..quant import BitLinear
-from .convert import is_bitnet
+from .convert import is_bitnet, settings_of
 from .subln import SubLNBitLinear
 
 BITS_PER_TRIT_PACKED = {"2bit": 2.0, "1.58bit": 8 / 5}  # 4 trits per byte, 5 trits per byte (3^5 = 243)
+SUBLN_WHERE = {"o_down": "before o_proj and down_proj", "all": "before every BitLinear", "none": "none"}
 
 
 @torch.no_grad()
@@ -37,6 +38,8 @@ def summarize(model: nn.Module, directory: str | os.PathLike | None = None) -> d
         "hidden_size": getattr(config, "hidden_size", None),
         "num_bitlinear": len(bitlinears),
         "num_subln": sum(isinstance(m, SubLNBitLinear) for m in model.modules()),
+        # the recorded mode (old boolean settings read as o_down / none); None for an unconverted model
+        "subln_mode": settings_of(model).subln if is_bitnet(model) else None,
         "parameters": total_params,
         "bitlinear_parameters": linear_params,
     }
@@ -73,12 +76,13 @@ def format_summary(info: dict) -> str:
             else ""
         ),
         f"BitLinear layers {info['num_bitlinear']}",
-        f"SubLN norms      {info['num_subln']}",
+        f"SubLN norms      {info['num_subln']}"
+        + (f" ({SUBLN_WHERE[info['subln_mode']]})" if info["subln_mode"] else ""),
     ]
     if info["settings"]:
         s = info["settings"]
         lines.append(
-            f"conversion       family={s['family']} subln={s['subln']} granularity={s['granularity']}"
+            f"conversion       family={s['family']} subln={info['subln_mode']} granularity={s['granularity']}"
             + (f" group_size={s['group_size']}" if s["granularity"] == "group" else "")
             + f" int8_activations={s['quantize_activations']}"
         )

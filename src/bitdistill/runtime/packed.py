@@ -38,7 +38,9 @@ from ..quant.packing import (
     quantize_rows_int8,
 )
 
-PACKED_FORMAT_VERSION = 1
+# 2: "arch.subln" is a mode ("o_down", "all", "none") instead of a bool; version-1 files (true = o_down,
+# false = none) still load.
+PACKED_FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -47,6 +49,9 @@ DENSE_DTYPES = ("fp32", "fp16", "bf16", "int8", "q4")
 Q4_GROUP = 64
 ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 _MAX_DIM = 1 << 20
+# Which linears carry a `.sub_norm` (an RMSNorm on their input) in each SubLN mode: the paper's SubLN, the
+# authors' allnorm (every BitLinear, q/k/v and gate/up each with their own weights), or none.
+SUBLN_LINEARS = {"o_down": ("o", "down"), "all": LINEARS, "none": ()}
 
 
 @dataclass
@@ -273,6 +278,11 @@ def pack_model(
                 tensors[f"{p}.bias"] = mod.bias.detach().float().numpy().copy()
                 arch["bias"][lname] = True
             sub = getattr(mod, "sub_norm", None)
+            if (sub is not None) != (lname in SUBLN_LINEARS[settings.subln]):
+                raise BitDistillError(
+                    f"layer {i} {lname}: {'has' if sub is not None else 'lacks'} a SubLN norm, which contradicts "
+                    f"the recorded subln={settings.subln!r}; re-convert the model with bitdistill convert"
+                )
             if sub is not None:
                 if abs(sub.eps - arch["eps"]) > 1e-12:
                     raise BitDistillError(f"layer {i} {lname}: SubLN eps {sub.eps} differs from rms_norm_eps")
@@ -403,9 +413,15 @@ def validate_arch(arch: object, path: Path) -> dict:
         for _n, k in _linear_dims(arch).values():
             if gs % BLOCK or k % gs:
                 raise _fail(path, f"group_size {gs} does not divide the layer width {k} in blocks of {BLOCK}")
-    for key in ("tied", "subln", "sandwich_norms", "qk_norm"):
+    for key in ("tied", "sandwich_norms", "qk_norm"):
         if not isinstance(arch.get(key), bool):
             raise _fail(path, f'"packed.arch.{key}" is not true/false')
+    subln = arch.get("subln")
+    if isinstance(subln, bool):  # format version 1
+        arch["subln"] = "o_down" if subln else "none"
+    elif subln not in SUBLN_LINEARS:
+        modes = ", ".join(SUBLN_LINEARS)
+        raise _fail(path, f'"packed.arch.subln" = {subln!r} is not one of {modes} (or true/false)')
     n = arch["n_layers"]
     rope_scale = arch.get("rope_scale")
     if not isinstance(rope_scale, dict) or not rope_scale:
@@ -442,7 +458,7 @@ def expected_tensors(arch: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
             exp[f"{p}.scale"] = ("float32", sshape)
             if arch["bias"].get(lname):
                 exp[f"{p}.bias"] = ("float32", (n,))
-            if arch["subln"] and lname in ("o", "down"):
+            if lname in SUBLN_LINEARS[arch["subln"]]:
                 exp[f"{p}.sub_norm"] = ("float32", (k,))
         p = f"layers.{i}"
         exp[f"{p}.attn_norm"] = exp[f"{p}.ffn_norm"] = ("float32", (h,))

@@ -189,6 +189,11 @@ static void prep_input(const float *src, const float *norm, int T, int n, int kp
     }
 }
 
+/* private: rows of src[T][n] normed by `norm` into dst[T][n] */
+static void norm_rows(const float *src, const float *norm, int T, int n, float eps, float *dst) {
+    for (int t = 0; t < T; t++) rmsnorm(src + (size_t)t * n, norm, n, eps, dst + (size_t)t * n);
+}
+
 /* this thread's share of a linear's row groups; returns the first/last output row it wrote */
 static void linear(const bd_linear *L, int T, float *y, bd_tls *tl, int tid, int nth, int *r0, int *r1) {
     int a, b;
@@ -198,6 +203,32 @@ static void linear(const bd_linear *L, int T, float *y, bd_tls *tl, int tid, int
         *r0 = a * BD_ROWS;
         *r1 = b * BD_ROWS < L->n ? b * BD_ROWS : L->n;
     }
+}
+
+/* q/k/v (and gate/up) read the same input, the block's normed residual stream. Without their own SubLN they
+ * share one quantized copy of it (one prep_input for the group). With the authors' allnorm each of them has a
+ * sub_norm: the normed rows are kept in this thread's tl->o ([T][H], free outside residual()) and each linear
+ * re-norms and quantizes them with its own weights right before its matmul; that is 2-3 extra O(T*H) passes
+ * per group, against O(T*H*n) for the matmuls. */
+static int own_norms(const bd_linear *const *Ls, int nl) {
+    for (int j = 0; j < nl; j++)
+        if (Ls[j]->sub_norm) return 1;
+    return 0;
+}
+
+static void prep_group(const bd_linear *const *Ls, int nl, const float *x, const float *norm, int T, int H, float eps,
+                       bd_tls *tl) {
+    if (own_norms(Ls, nl))
+        norm_rows(x, norm, T, H, eps, tl->o);
+    else
+        prep_input(x, norm, T, H, Ls[0]->kp, eps, tl);
+}
+
+/* run linear j of a group prepared by prep_group (quantizing its own normed input first under allnorm) */
+static void group_linear(const bd_linear *const *Ls, int nl, int j, int T, int H, float eps, float *y, bd_tls *tl,
+                         int tid, int nth, int *r0, int *r1) {
+    if (own_norms(Ls, nl)) prep_input(tl->o, Ls[j]->sub_norm, T, H, Ls[j]->kp, eps, tl);
+    linear(Ls[j], T, y, tl, tid, nth, r0, r1);
 }
 
 static inline float act(int kind, float x) {
@@ -249,11 +280,11 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     unsigned long long *pt = &tl->tick;
 
     /* attention block: q/k/v rows by row group */
-    prep_input(tl->x, L->in_norm, T, H, L->q.kp, m->eps, tl);
+    const bd_linear *qkv[3] = {&L->q, &L->k, &L->v}, *gu[2] = {&L->gate, &L->up};
+    float *qkv_out[3] = {st->q, st->k, st->v};
+    prep_group(qkv, 3, tl->x, L->in_norm, T, H, m->eps, tl);
     PROF(P_PREP);
-    linear(&L->q, T, st->q, tl, tid, nth, NULL, NULL);
-    linear(&L->k, T, st->k, tl, tid, nth, NULL, NULL);
-    linear(&L->v, T, st->v, tl, tid, nth, NULL, NULL);
+    for (int j = 0; j < 3; j++) group_linear(qkv, 3, j, T, H, m->eps, qkv_out[j], tl, tid, nth, NULL, NULL);
     PROF(P_QKV);
     BARRIER
     /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention */
@@ -313,10 +344,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     residual(tl->x, st->tmp, L->post_attn_norm, T, H, m->eps, tl);
     PROF(P_RESID);
     /* feed-forward block: gate/up rows by row group, activation on the rows this thread owns */
-    prep_input(tl->x, L->pre_ffn_norm, T, H, L->gate.kp, m->eps, tl);
+    prep_group(gu, 2, tl->x, L->pre_ffn_norm, T, H, m->eps, tl);
     PROF(P_PREP);
-    linear(&L->gate, T, st->g, tl, tid, nth, &r0, &r1);
-    linear(&L->up, T, st->u, tl, tid, nth, NULL, NULL);
+    group_linear(gu, 2, 0, T, H, m->eps, st->g, tl, tid, nth, &r0, &r1);
+    group_linear(gu, 2, 1, T, H, m->eps, st->u, tl, tid, nth, NULL, NULL);
     for (int t = 0; t < T; t++) {
         float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
         for (int i = r0; i < r1; i++) g[i] = act(m->act, g[i]) * u[i];
