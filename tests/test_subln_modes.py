@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from bitdistill.cli import main
 from bitdistill.errors import BitDistillError
@@ -64,6 +65,49 @@ def test_allnorm_threads_agree_bit_for_bit(tmp_path) -> None:
         first = engine.forward(PROMPT, all_logits=True)
         outs.append(np.concatenate([first, engine.forward([3])[None]]))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_cli_pack_generate_classify_an_allnorm_model(tmp_path, capsys) -> None:
+    """The user's path: a saved subln=all directory, `bitdistill pack`, then generate and classify."""
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from bitdistill.data import get_task, score_label_words
+    from test_engine import FIX, SMALL
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(FIX / "tokenizer" / "tokenizer.json"), eos_token="<|endoftext|>"
+    )
+    model = _model("llama", "all", cfg=LlamaConfig(**{**SMALL, "vocab_size": len(tok)}))
+    save(model, tmp_path / "m", tokenizer=tok)
+    packed = str(tmp_path / "p")
+    assert main(["pack", str(tmp_path / "m"), "--out", packed, "--head-dtype", "fp32"]) == 0
+    capsys.readouterr()
+    prompt = "the movie was"
+    assert main(["generate", packed, "--prompt", prompt, "--max-new-tokens", "6", "--no-stop"]) == 0
+    ids = tok(prompt)["input_ids"]
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    n = len(tok(prompt)["input_ids"])
+    assert capsys.readouterr().out == tok.decode(ids[n:], skip_special_tokens=True) + "\n"
+    out = tmp_path / "preds.jsonl"
+    args = [
+        "classify",
+        packed,
+        "--task",
+        "sst2",
+        "--data",
+        str(FIX / "sst2"),
+        "--limit",
+        "6",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    task = get_task("sst2")
+    ref = score_label_words(model, tok, task.load("dev", FIX / "sst2", limit=6), task.label_words).numpy()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["pred"] for r in rows] == ref.argmax(1).tolist()
 
 
 @pytest.mark.parametrize("subln, old", [("o_down", True), ("none", False)])
