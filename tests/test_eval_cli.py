@@ -87,7 +87,7 @@ def test_eval_cli_user_errors(tmp_path, capsys):
     save_tiny_hf_dir(tmp_path / "m", "llama", seed=1)
     # The default SST-2 label words are unknown to the tiny tokenizer: both encode to <unk>.
     assert main(["eval", str(tmp_path / "m"), "--data", str(DATA), "--no-progress"]) == 2
-    assert "encode to the same tokens" in capsys.readouterr().err
+    assert "encodes to the unknown token '<unk>'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nope"), *ARGS]) == 2
     assert main(["eval", str(tmp_path / "m"), *ARGS, "--task-option", "oops"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err

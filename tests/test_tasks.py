@@ -206,7 +206,7 @@ def test_hub_rows_use_the_hub_columns_and_split_names(monkeypatch):
     calls = []
     rows = [
         {"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": 0, "idx": 0},
-        {"premise": "A dog runs.", "hypothesis": "A cat sits.", "label": -1, "idx": 1},
+        {"premise": "A dog runs.", "hypothesis": "A cat sits.", "label": 2, "idx": 1},
     ]
 
     def fake_load_dataset(path, name=None, split=None, **kwargs):
@@ -216,8 +216,13 @@ def test_hub_rows_use_the_hub_columns_and_split_names(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     ex = get_task("mnli").load("dev", limit=2)
     assert calls == [("nyu-mll/glue", "mnli", "validation_matched[:2]")]
-    assert [e.label for e in ex] == [0, None] and ex[0].target == " yes" and ex[1].target == ""
+    assert [e.label for e in ex] == [0, 2] and ex[0].target == " yes"
     assert ex[0].prompt.startswith("Premise: A man sleeps.\nHypothesis: A person rests.\n")
+    # -1 marks the hub's unlabeled test rows: in a scored split it is an error naming the row, not a row
+    # silently left out of the accuracy
+    rows[1]["label"] = -1
+    with pytest.raises(BitDistillError, match=r"row 2: label -1 \(unlabeled\) in split 'dev'"):
+        get_task("mnli").load("dev", limit=2)
 
 
 @pytest.mark.skipif(not SHARED_SST2.is_dir(), reason="../shared/data/sst2 not present")

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "BitLinear": ".quant",
     "BitNetSettings": ".model",
+    "FamilyAdapter": ".model",
     "adapter_for": ".model",
     "load": ".model",
     "load_pretrained": ".model",

@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 import sys
 
+from .. import __version__
 from ..errors import BitDistillError
 
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bitdistill",
         description="Turn a full-precision LLM into a 1.58-bit task model and run it on a CPU.",
     )
+    parser.add_argument("--version", action="version", version=f"bitdistill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
-import tempfile
 from pathlib import Path
+
+from .._threads import check_threads
+from ..errors import BitDistillError
 
 
 def register(subparsers) -> None:
@@ -27,45 +29,97 @@ def register(subparsers) -> None:
     p.add_argument("--text-pair", default=None, help="second text for pair tasks (with --text)")
     p.add_argument("--labels", default=None, help="comma-separated label words, e.g. ' negative, positive' "
                    "(overrides the task's; needed without --task)")  # fmt: skip
-    p.add_argument("--template", default=None, help="prompt template with {text} (and {text_pair})")
+    p.add_argument("--template", default=None, help="prompt template with {text} (and {text_pair}); \\n and "
+                   "\\t in it are read as a newline and a tab")  # fmt: skip
+    p.add_argument("--text-column", default=None, help="--task custom: the column holding the text")
+    p.add_argument(
+        "--text-pair-column", default=None, help="--task custom: the column holding the second text"
+    )
+    p.add_argument("--label-column", default=None, help="--task custom: the column holding the label")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write per-example predictions as JSON lines here")
     p.set_defaults(func=run)
 
 
+def unescape(text: str) -> str:
+    """`\\n`, `\\t` and `\\\\` typed in a shell argument as the characters they name (the docs' templates
+    write "Review: {text}\\nSentiment:", which a shell passes with a literal backslash)."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
 def _task(args):
-    from ..errors import BitDistillError
+    """The task to score: a named one (with --labels/--template/--*-column overrides), else one built from
+    --labels and --template alone. Templates and label words go through the tasks' own validation."""
+    from ..data.tasks import get_task
 
     labels = None
     if args.labels:
         labels = [w if w.startswith(" ") else " " + w for w in (x.strip() for x in args.labels.split(","))]
         labels = [w for w in labels if w.strip()]
-    try:
-        from ..data.tasks import get_task
-    except ImportError:
-        get_task = None
-    if args.task and get_task is not None:
-        opts = {"label_words": labels, "template": args.template}
-        return get_task(args.task, **{k: v for k, v in opts.items() if v is not None})
-    if not (labels and args.template):
+    template = unescape(args.template) if args.template else None
+    columns = {"text_column": args.text_column, "text_pair_column": args.text_pair_column,
+               "label_column": args.label_column}  # fmt: skip
+    if args.task:
+        opts = {"label_words": labels, "template": template, **columns}
+        task = get_task(args.task, **{k: v for k, v in opts.items() if v is not None})
+    elif labels and template:
+        pair = "text_pair" if "{text_pair}" in template else None
+        task = get_task("custom", text_column="text", text_pair_column=pair, label_column="label",
+                        label_words=labels, template=template)  # fmt: skip
+        task.load = None  # only --text: there are no files to read columns from
+    else:
         raise BitDistillError("give --task, or both --labels and --template (with {text})")
-    from types import SimpleNamespace
+    if task.kind != "classification":
+        raise BitDistillError(
+            f"task {task.name!r} is {task.kind}: classify scores label words; evaluate it with "
+            f"`bitdistill eval DIR --task {task.name}`"
+        )
+    return task
 
-    return SimpleNamespace(name="custom", template=args.template, label_words=labels, load=None)
+
+def check_words(tok, words: list[str]) -> None:
+    """Label words must encode to distinct token sequences without the unknown token."""
+    from ..runtime.scoring import encode
+
+    unk_token = getattr(tok.model, "unk_token", None)
+    unk = tok.token_to_id(unk_token) if unk_token else None
+    seen: dict[tuple[int, ...], str] = {}
+    for w in words:
+        ids = tuple(encode(tok, w, special=False))
+        if unk is not None and unk in ids:
+            raise BitDistillError(
+                f"label word {w!r} encodes to the unknown token {unk_token!r}; choose a word in the model's "
+                "vocabulary"
+            )
+        if ids in seen:
+            raise BitDistillError(
+                f"label words {seen[ids]!r} and {w!r} encode to the same tokens {list(ids)}; choose words "
+                "that differ"
+            )
+        seen[ids] = w
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import BitDistillError
+    from ..data.tasks import render
     from ..runtime.engine import load, load_tokenizer
     from ..runtime.scoring import score_label_words
 
+    for flag in ("limit", "max_length"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise BitDistillError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    threads = None if args.threads is None else check_threads(args.threads)
     task = _task(args)
+    engine = load(args.packed, threads=threads)  # before the tokenizer: a wrong path is named as such
     tok = load_tokenizer(args.packed)
-    engine = load(args.packed, threads=args.threads)
     words = list(task.label_words)
+    check_words(tok, words)
+    ctx = int(engine.arch.get("max_position_embeddings") or 0)
+    if ctx and args.max_length > ctx:
+        args.max_length = ctx  # prompts are cut from the left to fit; never beyond what the model saw
     if args.text is not None:
-        prompt = task.template.format(text=args.text.strip(), text_pair=(args.text_pair or "").strip())
+        pair = (args.text_pair or "").strip() if task.text_pair_columns else None
+        prompt, _ = render(task.template, args.text.strip(), pair)
         scores = score_label_words(engine, tok, prompt, words, args.max_length)
         best = int(scores.argmax())
         for w, s in zip(words, scores, strict=True):
@@ -73,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if task.load is None:
         raise BitDistillError(
-            "--data needs --task (use --task custom with --labels/--template for own files)"
+            "--data needs --task (use --task custom with --text-column, --label-column, --labels and "
+            "--template for own files)"
         )
     examples = task.load(args.split, args.data, limit=args.limit)
     if not examples:
@@ -96,10 +151,8 @@ def run(args: argparse.Namespace) -> int:
     if labelled:
         print(f"accuracy: {correct / labelled:.4f} ({correct}/{labelled})")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, out)
+        from .._fs import atomic_file
+
+        with atomic_file(args.out) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import BitDistillError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def parse_task_options(items: list[str]) -> dict:
-    from ..errors import BitDistillError
+    from .classify import unescape
 
     opts: dict = {}
     for item in items:
@@ -44,18 +46,43 @@ def parse_task_options(items: list[str]) -> dict:
         if key in ("label_words", "label_names"):
             opts[key] = [w for w in value.split(",")]
         else:
-            opts[key] = value
+            opts[key] = unescape(value) if key == "template" else value
     return opts
 
 
+def check_device(device: str) -> None:
+    """A one-line error for a device torch does not know or this machine does not have."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BitDistillError(f"--device {device!r}: not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BitDistillError(f"--device {device!r}: no CUDA GPU is available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise BitDistillError(f"--device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise BitDistillError(f"--device {device!r}: evaluation runs on cpu, cuda or mps")
+
+
 def run(args: argparse.Namespace) -> int:
+    from .._threads import check_threads
     from ..eval._io import atomic_write_text
     from ..eval.evaluate import evaluate_dir
 
-    if args.threads:
+    for flag in ("batch_size", "max_length", "max_new_tokens", "beams"):
+        if getattr(args, flag) < 1:
+            raise BitDistillError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise BitDistillError(f"--limit {args.limit}: must be at least 1 (omit it for the whole split)")
+    if args.threads is not None:
         import torch
 
+        args.threads = check_threads(args.threads)
         torch.set_num_threads(args.threads)  # on a shared machine 1 thread avoids OpenMP barrier stalls
+    if args.device is not None:
+        check_device(args.device)
 
     result = evaluate_dir(
         args.dir, args.task, data=args.data, split=args.split, limit=args.limit,
@@ -64,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         num_beams=args.beams, progress=not args.no_progress, keep_predictions=bool(args.json),
     )  # fmt: skip
     m = result["metrics"]
-    shown = ", ".join(f"{k}={v * 100:.2f}" for k, v in m.items() if k != "n")
+    shown = ", ".join(f"{k}={v * 100:.2f}" for k, v in m.items() if k != "n" and isinstance(v, float))
     print(f"{args.dir}: {result['task']} {args.split} (n={m['n']}): {shown}  [{result['seconds']:.1f}s]")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+from .._threads import check_threads
 
 
 def register(subparsers) -> None:
@@ -33,21 +36,56 @@ def eos_ids(arch: dict) -> list[int]:
     return [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
 
 
+def check_sampling(args: argparse.Namespace) -> None:
+    from ..errors import BitDistillError
+
+    if args.max_new_tokens < 1:
+        raise BitDistillError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise BitDistillError(f"--temperature {args.temperature}: must be a number >= 0 (0 = greedy)")
+    if args.top_k < 0:
+        raise BitDistillError(f"--top-k {args.top_k}: must be >= 0 (0 = off)")
+    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise BitDistillError(f"--top-p {args.top_p}: must be in (0, 1] (1 = off)")
+
+
+def fit_context(n_prompt: int, max_new: int, arch: dict) -> int:
+    """`max_new` cut to the model's context (with a warning); a prompt that fills it is refused.
+
+    Without this a 100k-token prompt reserves a KV cache of gigabytes and prefills positions the model was
+    never trained on."""
+    from ..errors import BitDistillError
+
+    ctx = int(arch.get("max_position_embeddings") or 0)
+    if not ctx or n_prompt + max_new <= ctx:
+        return max_new
+    if n_prompt >= ctx:
+        raise BitDistillError(
+            f"the prompt is {n_prompt} tokens; the model's context is {ctx} tokens (max_position_embeddings) "
+            "and generation needs room for at least one more. Shorten the prompt"
+        )
+    print(
+        f"bitdistill generate: warning: the prompt ({n_prompt} tokens) + --max-new-tokens {max_new} exceed "
+        f"the model's context of {ctx} tokens; generating at most {ctx - n_prompt}",
+        file=sys.stderr,
+    )
+    return ctx - n_prompt
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
     from ..runtime.engine import GenerationStats, SamplingParams, load, load_tokenizer
     from ..runtime.scoring import encode
 
-    if args.max_new_tokens < 1:
-        raise BitDistillError("--max-new-tokens must be at least 1")
-    if not 0 < args.top_p <= 1:
-        raise BitDistillError("--top-p must be in (0, 1]")
+    check_sampling(args)
+    threads = None if args.threads is None else check_threads(args.threads)
+    engine = load(args.packed, threads=threads)  # before the tokenizer: a wrong path is named as such
     tok = load_tokenizer(args.packed)
-    engine = load(args.packed, threads=args.threads)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     ids = encode(tok, prompt)
     if not ids:
         raise BitDistillError("the prompt encodes to no tokens; give some text")
+    args.max_new_tokens = fit_context(len(ids), args.max_new_tokens, engine.arch)
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     stats = GenerationStats()
     out: list[int] = []

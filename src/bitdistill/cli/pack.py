@@ -32,11 +32,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..model.convert import is_bitnet, to_bitnet
     from ..model.hub import load_any
     from ..runtime.packed import load_packed, pack_model
 
     model, tok = load_any(args.model)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BitDistillError(
+                f"{args.model}: {name} holds NaN/inf values (a diverged training run?); pack a healthy "
+                "checkpoint instead"
+            )
     if not is_bitnet(model):
         if not args.convert:
             raise BitDistillError(

@@ -36,12 +36,22 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, Row]]:
     if not path.is_file():
         raise BitDistillError(f"{path}: no such file")
     reader = {"tsv": _tsv, "csv": _csv, "jsonl": _jsonl, "parquet": _parquet}[file_format(path)]
-    return reader(path)
+    return _utf8(path, reader(path))
+
+
+def _utf8(path: Path, rows: Iterator[tuple[str, Row]]) -> Iterator[tuple[str, Row]]:
+    try:
+        yield from rows
+    except UnicodeDecodeError as e:
+        raise BitDistillError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start : e.start + 1].hex()} cannot be decoded); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _tsv(path: Path) -> Iterator[tuple[str, Row]]:
     # GLUE TSVs contain bare quote characters inside sentences: split on tabs, never interpret quotes.
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
         header: list[str] | None = None
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
@@ -63,7 +73,7 @@ def _tsv(path: Path) -> Iterator[tuple[str, Row]]:
 
 def _csv(path: Path) -> Iterator[tuple[str, Row]]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # CNN/DM articles exceed the 128 KiB default
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
         reader = csv.reader(f)
         header: list[str] | None = None
         end = 0  # physical line where the previous record ended; a quoted record may span lines
@@ -99,12 +109,22 @@ def json_lines(f, path: Path) -> Iterator[tuple[int, object]]:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, Row]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, row in json_lines(f, path):
             if not isinstance(row, dict):
                 raise BitDistillError(
                     f"{path} line {lineno}: expected a JSON object per line, found {type(row).__name__}"
                 )
+            for key, value in row.items():
+                # JSON may escape half a surrogate pair (\ud800): valid JSON, but no text; tokenizers reject it
+                if isinstance(value, str) and not value.isascii():
+                    try:
+                        value.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise BitDistillError(
+                            f"{path} line {lineno}: field {key!r} holds a lone surrogate escape (\\ud800-"
+                            "\\udfff without its pair); fix or remove the line"
+                        ) from None
             yield f"{path} line {lineno}", row
 
 

@@ -27,10 +27,16 @@ def check_label_words(tokenizer, label_words: Sequence[str], prompt: str = "") -
     prompt_ids = list(tokenizer(prompt)["input_ids"]) if prompt else []
     ids = [encode_target(tokenizer, prompt, w, prompt_ids) if prompt else
            list(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in label_words]  # fmt: skip
+    unk = getattr(tokenizer, "unk_token_id", None)
     for i, a in enumerate(ids):
         if not a:
             raise BitDistillError(
                 f"label word {label_words[i]!r} encodes to no tokens; choose a visible word"
+            )
+        if unk is not None and unk in a:
+            raise BitDistillError(
+                f"label word {label_words[i]!r} encodes to the unknown token {tokenizer.unk_token!r}: the "
+                "model cannot tell it from any other unknown word; choose a word in its vocabulary"
             )
         for j in range(i):
             if a == ids[j]:

@@ -123,7 +123,15 @@ class Task:
         for where, row in rows:
             if columns is None:
                 columns = self._columns(row, where, labeled)
-            examples.append(self.example(row, columns, where))
+            example = self.example(row, columns, where)
+            if labeled and example.label is None and self.kind == "classification":
+                # -1 is the hub's marker for unlabeled test rows; in a split that is scored it would
+                # silently drop the row from the accuracy
+                raise BitDistillError(
+                    f"{where}: label -1 (unlabeled) in split {split!r}; only a test split may hold unlabeled "
+                    "rows. Fix or remove the row"
+                )
+            examples.append(example)
             if limit is not None and len(examples) >= limit:
                 break
         if not examples:

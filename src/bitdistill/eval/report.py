@@ -51,8 +51,14 @@ def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
             raise BitDistillError(
                 f"{path}: not valid JSON ({err}); re-run `bitdistill run --only eval`"
             ) from None
-        if not isinstance(results.get("stages"), dict):
+        if not isinstance(results, dict) or not isinstance(results.get("stages"), dict):
             raise BitDistillError(f"{path}: no 'stages' mapping; it was not written by `bitdistill run`")
+        for stage, rec in results["stages"].items():
+            if not isinstance(rec, dict) or not isinstance(rec.get("eval", {}), dict | None):
+                raise BitDistillError(
+                    f"{path}: stages.{stage} is not a stage record (with an 'eval' mapping); it was not written "
+                    "by `bitdistill run` — re-run `bitdistill run --only eval`"
+                )
     merge_stage_dirs(run_dir, results)
     if not results["stages"]:
         raise BitDistillError(f"{path}: missing, and no finished stage under {run_dir}; run the recipe first "

@@ -9,7 +9,6 @@ record how the model was converted. The file is written under a temporary name a
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType
 
+from .._fs import atomic_file
 from ..errors import BitDistillError
 from .arch import Target, choose_target, rope_scaling, rope_theta
 from .blocks import (
@@ -144,10 +144,8 @@ def export_gguf(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = ExportReport(out, target.arch, notes=list(target.notes))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(fd)
-    try:
-        writer = GGUFWriter(tmp, target.arch)
+    with atomic_file(out) as tmp:  # removed on error; a killed export's is removed by the next one
+        writer = GGUFWriter(str(tmp), target.arch)
         cfg = src.config
         _metadata(writer, src, target, name or out.stem, ttype)
         if src.tokenizer_dir is None:
@@ -178,10 +176,6 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     report.bytes = out.stat().st_size
     return report
 

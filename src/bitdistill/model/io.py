@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,8 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from .._fs import atomic_dir
 from ..errors import BitDistillError
 from .convert import FORMAT_VERSION, BitNetSettings, is_bitnet, settings_of, to_bitnet
+from .hub import INVALID_MODEL_ERRORS, invalid_model
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -34,9 +34,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None) -> Path:
     replaced only once the new one is complete.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         config = model.config
         if getattr(config, "quantization_config", None) is not None:
             # A GGUF load leaves a quantization_config; the weights we write are plain floats.
@@ -45,22 +43,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None) -> Path:
         save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "bitdistill": "1"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished `src` to `dst`, keeping the old `dst` until the new one is in place."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_config(model_dir: str | os.PathLike) -> dict:
@@ -100,15 +83,18 @@ def load(
         )
     try:
         config = AutoConfig.from_pretrained(model_dir)
-    except (ValueError, KeyError, OSError) as err:
-        raise BitDistillError(f"{model_dir / CONFIG_NAME}: not a usable model config ({err})") from None
+    except (OSError, *INVALID_MODEL_ERRORS) as err:
+        raise invalid_model(model_dir / CONFIG_NAME, err) from None
     if dtype is None:
         dtype = getattr(config, "dtype", None) or torch.float32
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     # Skip random initialisation: every parameter is overwritten by the load below, and buffers that are
     # not stored (rotary frequencies) are still computed by the constructors.
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except INVALID_MODEL_ERRORS as err:  # values the config parser let through (a negative size)
+        raise invalid_model(model_dir / CONFIG_NAME, err) from None
     if settings is not None:
         config.bitdistill = None
         to_bitnet(model, **_convert_kwargs(BitNetSettings.from_dict(settings)))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._threads import check_threads
 from ..errors import BitDistillError
 from ..quant.packing import BLOCK, ROWS, packed_2bit_shape
 from .native import (
@@ -79,7 +80,7 @@ class Engine:
         self.kv16 = int(kv_dtype == "fp16")
         self.packed = packed
         self.arch = a = packed.arch
-        self.threads = threads or default_threads()
+        self.threads = default_threads() if threads is None else check_threads(threads, "threads")
         t = packed.tensors
         self._arrays = t  # every pointer below points into these arrays: keep them alive with the engine
         self._layers = (Layer * a["n_layers"])()

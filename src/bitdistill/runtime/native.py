@@ -139,7 +139,9 @@ def simd_level() -> int:
 
 
 def default_threads() -> int:
-    env = os.environ.get("BITDISTILL_THREADS")
-    if env:
-        return max(1, int(env))
+    from .._threads import env_threads
+
+    env = env_threads()
+    if env is not None:
+        return env
     return max(1, min(lib().bd_max_threads(), os.cpu_count() or 1))

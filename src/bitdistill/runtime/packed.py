@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._fs import atomic_dir
 from ..errors import BitDistillError
 from ..quant.packing import (
     BLOCK,
@@ -316,9 +315,7 @@ def _write_dir(model, out_dir, arch: dict, tensors: dict[str, np.ndarray], token
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # a killed pack leaves nothing a re-run does not clean or restore
         tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "bitdistill-packed"})
         config = json.loads(model.config.to_json_string())
@@ -331,16 +328,6 @@ def _write_dir(model, out_dir, arch: dict, tensors: dict[str, np.ndarray], token
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -553,7 +540,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
                 raise _fail(path, f"tensor {name!r}: malformed shape/data_offsets in the header")
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
             begin, end = offs
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            count = math.prod(shape)  # exact: an int64 product of a crafted shape can wrap to a small value
             if not 0 <= begin <= end <= data_size or end - begin != count * dtype.itemsize:
                 raise _fail(
                     path, f"tensor {name!r}: data_offsets {offs} do not match its shape or the file size"

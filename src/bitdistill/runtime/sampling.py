@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import BitDistillError
+
 _NUCLEUS_PREFILTER = 1024
+NONFINITE = (
+    "the model produced NaN/inf logits: its weights hold NaN/inf (a diverged training run?); re-pack it from "
+    "a healthy checkpoint"
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,8 @@ class SamplingParams:
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """One token id drawn from `logits` (1-D) under `params` (top-k first, then top-p, like transformers)."""
+    if not np.isfinite(logits).all():
+        raise BitDistillError(NONFINITE)
     if params.temperature <= 0:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / params.temperature

@@ -67,4 +67,8 @@ def score_label_words(
             lp = _log_softmax(engine.forward(t[:-1], all_logits=True))
             s += sum(lp[j, t[j + 1]] for j in range(len(t) - 1))
         scores[i] = s
+    if not np.isfinite(scores).all():
+        from .sampling import NONFINITE
+
+        raise BitDistillError(NONFINITE)
     return scores

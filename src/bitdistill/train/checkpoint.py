@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from .._fs import make_public
 from ..errors import BitDistillError
 
 LATEST = "LATEST"
@@ -59,6 +60,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        make_public(Path(tmp))  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -116,6 +118,7 @@ def save_checkpoint(
             _fsync_file(f)
         if before_publish is not None:
             before_publish()  # fault injection in tests: a kill here must leave the previous checkpoint
+        make_public(tmp)  # mkdtemp makes 0700, safetensors 0600
         if final.exists():  # a re-save of the same step after a resume: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
