@@ -56,6 +56,7 @@ def llama_cpp_version() -> str:
 def build_model(args, work: Path):
     """(bitdistill model dir converted with subln=False, tokenizer) for --model or --shape."""
     from bitdistill import load, load_tokenizer, save, to_bitnet
+    from bitdistill.model.convert import settings_of
     from bitdistill.model.hub import load_pretrained
 
     out = work / ("converted-" + (args.shape or Path(str(args.model)).name))
@@ -77,7 +78,7 @@ def build_model(args, work: Path):
         if p.is_dir() and (p / "model.safetensors").is_file():
             model = load(p)
             tok = load_tokenizer(p)
-            if model.config.bitdistill.get("subln"):
+            if settings_of(model).subln != "none":
                 sys.exit(f"{p}: a SubLN model; stock llama.cpp runs models converted with subln=False")
             return p, tok
         model, tok = load_pretrained(args.model)
