@@ -1,7 +1,8 @@
 """BitLinear: a drop-in nn.Linear with ternary weights and int8 per-token activations.
 
 Training mode fake-quantizes in the input dtype with straight-through gradients to the latent
-full-precision weight (the weight the optimizer updates). Eval mode quantizes the weight once, caches the
+full-precision weight (the weight the optimizer updates); in float32 that is one fused autograd Function
+(fused.py) with the same values and gradients. Eval mode quantizes the weight once, caches the
 int8 ternary matrix and its scale, and computes `(x_q @ W_q.T) · Δ / s` — the same integer sums the native
 kernels compute. The cache is dropped whenever the module returns to training or its weight is loaded.
 """
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import BitLinearFn, can_fuse
 from .numerics import (
     EPS,
     GRANULARITIES,
@@ -88,6 +90,10 @@ class BitLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
+            if can_fuse(x, self.weight):
+                return BitLinearFn.apply(
+                    x, self.weight, self.bias, self.granularity, self.group_size, self.quantize_activations
+                )
             xq = fake_quant_activation(x) if self.quantize_activations else x
             wq = fake_quant_weight(self.weight, self.granularity, self.group_size)
             return F.linear(xq, wq, self.bias)
