@@ -318,8 +318,25 @@ TEACHER = [
      ["/t:", "not a loadable model"], {}),
 ]  # fmt: skip
 
+DISTILL = [
+    ("teacher-without-tokenizer",
+     lambda m, d: ["distill", "--teacher", _no_tokenizer(m, d), "--student", str(m.bitnet), "--model", str(m.hf),
+                   "--out", str(d / "o"), "--data", SST2, "--steps", "1"],
+     ["notok", "no tokenizer"], {}),
+    ("truncated-teacher",
+     lambda m, d: ["distill", "--teacher", truncated(m.hf, d, "t"), "--student", str(m.bitnet), "--model",
+                   str(m.hf), "--out", str(d / "o"), "--data", SST2, "--steps", "1"],
+     ["/t:", "not a loadable model"], {}),
+]  # fmt: skip
+
+BENCH = [
+    ("threads-0", lambda m, d: ["bench", "--threads", "0"], ["--threads=0"], {}),
+    ("threads-huge", lambda m, d: ["bench", "--threads", "70000"], ["--threads=70000", "at most"], {}),
+]  # fmt: skip
+
 TABLES = {"convert": CONVERT, "inspect": INSPECT, "eval": EVAL, "pack": PACK, "generate": GENERATE,
-          "classify": CLASSIFY, "export": EXPORT, "report": REPORT, "teacher": TEACHER}  # fmt: skip
+          "classify": CLASSIFY, "export": EXPORT, "report": REPORT, "teacher": TEACHER,
+          "distill": DISTILL, "bench": BENCH}  # fmt: skip
 ROWS = [pytest.param(verb, *row[1:], id=f"{verb}-{row[0]}") for verb, rows in TABLES.items() for row in rows]
 
 

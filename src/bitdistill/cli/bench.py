@@ -56,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     bad = [e for e in engines if e not in ENGINES and e not in runtime]
     if bad:
         raise BitDistillError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
-    if min(args.threads, args.prefill, args.decode, args.runs) < 1:
-        raise BitDistillError("--threads, --prefill, --decode and --runs must be at least 1")
+    if min(args.prefill, args.decode, args.runs) < 1:
+        raise BitDistillError("--prefill, --decode and --runs must be at least 1")
+    from .._threads import check_threads
+
+    args.threads = check_threads(args.threads)  # the workers' OpenMP crashes on absurd counts
     out = Path(args.out or Path("runs") / "bench" / f"{args.model.replace('/', '_')}.json")
     res = run_bench(
         args.model, args.threads, args.prefill, args.decode, args.runs, engines,

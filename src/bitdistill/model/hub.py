@@ -109,8 +109,10 @@ def load_pretrained(spec: str | os.PathLike, dtype: torch.dtype | None = None, t
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kwargs)
     except OSError as err:
+        detail = " ".join(str(err).split()).rstrip(".")  # hub errors span lines; ours is one
+        local = "" if Path(where).exists() else f"no local file or directory {spec!r}, and as a hub id: "
         raise BitDistillError(
-            f"could not load model {spec!r}: {err}. Pass a local HF directory, a .gguf file, "
+            f"could not load model {spec!r}: {local}{detail}. Pass a local HF directory, a .gguf file, "
             f"{DEFAULT_MODEL!r}, or a hub id with network access (HF_HUB_OFFLINE must be unset)."
         ) from None
     except INVALID_MODEL_ERRORS as err:
