@@ -5,10 +5,13 @@ from bitdistill.data.tasks import get_task
 from bitdistill.train.bench import ratios, synthetic_sst2
 
 
-def test_unknown_row_is_a_one_line_error(capsys):
+def test_unknown_row_and_bad_threads_are_one_line_errors(capsys):
     assert main(["bench-train", "--rows", "fp,bogus"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--rows" in err and "bogus" in err and len(err.splitlines()) == 1
+    assert main(["bench-train", "--threads", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--threads" in err and len(err.splitlines()) == 1
 
 
 def test_synthetic_sst2_loads_through_the_task_with_sst2_lengths(tmp_path):

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=6, help="measured steps per row (after --warmup)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--threads", default=None, help="torch threads (default: torch's default)")
     p.add_argument("--subln", default="all", choices=("all", "o_down", "none"))
     p.add_argument(
         "--rows", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}"
@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
     from ..train.bench import format_table, run_bench_train, write_json
 
-    if (
-        min(args.batch_size, args.steps) < 1
-        or args.warmup < 0
-        or (args.threads is not None and args.threads < 1)
-    ):
-        raise BitDistillError("--batch-size, --steps and --threads must be at least 1, --warmup at least 0")
+    if min(args.batch_size, args.steps) < 1 or args.warmup < 0:
+        raise BitDistillError("--batch-size and --steps must be at least 1, --warmup at least 0")
+    if args.threads is not None:
+        from .._threads import check_threads
+
+        args.threads = check_threads(args.threads)
     if args.baseline and not (Path(args.baseline) / "bitdistill").is_dir():
         raise BitDistillError(
             f"--baseline {args.baseline}: no bitdistill package there; pass a checkout's src/"
