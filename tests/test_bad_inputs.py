@@ -391,6 +391,15 @@ def test_generate_warns_and_cuts_near_the_context(m, capsys) -> None:
                  "--no-stop", "--stats"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert f"context of {CTX} tokens" in err and "warning" in err
+    # label-word scoring cuts a long text from the left to the context instead of running past it
+    from bitdistill.runtime.engine import load, load_tokenizer
+    from bitdistill.runtime.scoring import score_label_words
+
+    engine, tok = load(m.packed), load_tokenizer(m.packed)
+    prompt, words = "the movie was " * 200 + "\nSentiment:", [" negative", " positive"]
+    capped = score_label_words(engine, tok, prompt, words, max_length=100_000)
+    assert (capped == score_label_words(engine, tok, prompt, words, max_length=CTX)).all()
+    assert main(["classify", str(m.packed), "--task", "sst2", "--text", "the movie was " * 200]) == 0
 
 
 def test_version_inspect_packed_and_public_names(m, capsys) -> None:

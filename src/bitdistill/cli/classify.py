@@ -114,9 +114,6 @@ def run(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.packed)
     words = list(task.label_words)
     check_words(tok, words)
-    ctx = int(engine.arch.get("max_position_embeddings") or 0)
-    if ctx and args.max_length > ctx:
-        args.max_length = ctx  # prompts are cut from the left to fit; never beyond what the model saw
     if args.text is not None:
         pair = (args.text_pair or "").strip() if task.text_pair_columns else None
         prompt, _ = render(task.template, args.text.strip(), pair)

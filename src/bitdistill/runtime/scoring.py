@@ -47,6 +47,9 @@ def score_label_words(
     engine: Engine, tokenizer, prompt: str, label_words: Sequence[str], max_length: int = 1024
 ) -> np.ndarray:
     """Summed log-likelihood of each label word after `prompt` (float64 [len(label_words)])."""
+    ctx = int(engine.arch.get("max_position_embeddings") or 0)
+    if ctx:  # prompts are cut from the left to fit: never past the positions the model was trained on
+        max_length = min(max_length, ctx)
     p_ids = encode(tokenizer, prompt)
     targets = [target_ids(tokenizer, prompt, w, p_ids) for w in label_words]
     for w, t in zip(label_words, targets, strict=True):
