@@ -63,10 +63,10 @@ def test_ties_round_half_to_even_like_the_formula():
 @pytest.mark.parametrize("granularity,acts", [("tensor", True), ("channel", True), ("group", False)])
 def test_fused_forward_and_gradients_are_bitwise_the_reference(bias, granularity, acts):
     torch.manual_seed(1)
-    w = (torch.randn(12, 16) * 0.05).requires_grad_()
-    b = torch.randn(12).requires_grad_() if bias else None
-    x = (torch.randn(2, 5, 16) * 3).requires_grad_()
-    g = torch.randn(2, 5, 12)
+    w = (torch.randn(72, 96) * 0.05).requires_grad_()  # large enough for blocked matmul kernels
+    b = torch.randn(72).requires_grad_() if bias else None
+    x = (torch.randn(3, 37, 96) * 3).requires_grad_()
+    g = torch.randn(3, 37, 72)
     y_ref = naive_bitlinear(x, w, b, granularity, 4, acts)
     ref = torch.autograd.grad(y_ref, [x, w] + ([b] if bias else []), g)
     y = BitLinearFn.apply(x, w, b, granularity, 4, acts)

@@ -55,7 +55,7 @@ class BitLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = g2.mm(wq).reshape(*grad.shape[:-1], wq.shape[1])
         if ctx.needs_input_grad[1]:
-            grad_w = xq.reshape(-1, xq.shape[-1]).t().mm(g2).t()
+            grad_w = g2.t().mm(xq.reshape(-1, xq.shape[-1]))  # contiguous, like the weight (no copy)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b, None, None, None
