@@ -23,10 +23,10 @@ def test_synthetic_sst2_loads_through_the_task_with_sst2_lengths(tmp_path):
 
 def test_ratios_are_medians_divided():
     rows = [
-        {"row": "fp", "code": "this", "median_s": 2.0},
-        {"row": "bitnet", "code": "this", "median_s": 2.4},
-        {"row": "distill-targets", "code": "this", "median_s": 3.0},
-        {"row": "distill-targets", "code": "baseline", "median_s": 9.0},
+        {"row": "fp", "code": "this", "cpu_total_s": 2.0},
+        {"row": "bitnet", "code": "this", "cpu_total_s": 2.4},
+        {"row": "distill-targets", "code": "this", "cpu_total_s": 3.0},
+        {"row": "distill-targets", "code": "baseline", "cpu_total_s": 9.0},
     ]
     r = ratios(rows)
     assert r["bitnet/fp"] == 1.2 and r["distill-targets/fp"] == 1.5

@@ -107,9 +107,11 @@ def main(spec: dict) -> dict:
         loss_fn = _profiled(loss_fn, spec["warmup"], profile)
     clean = _reset_peak_rss()
     t0 = time.perf_counter()
+    timed = _CpuTimed(batches)
     with tempfile.TemporaryDirectory() as tmp:
-        loop.train(model, batches, loss_fn, cfg, tmp, desc=spec["variant"], accelerator=accelerator)
+        loop.train(model, timed, loss_fn, cfg, tmp, desc=spec["variant"], accelerator=accelerator)
         records = [json.loads(line) for line in open(os.path.join(tmp, "log.jsonl"))]
+    timed.mark()
     wall = time.perf_counter() - t0
     seconds, tokens, prev = [], [], 0
     for r in records:
@@ -122,6 +124,7 @@ def main(spec: dict) -> dict:
         "variant": spec["variant"],
         "code": os.path.dirname(os.path.dirname(bitdistill.__file__)),
         "seconds": seconds,
+        "cpu_seconds": [b - a for a, b in zip(timed.cpu, timed.cpu[1:])],
         "tokens": tokens,
         "widths": widths,
         "wall_seconds": wall,
@@ -130,6 +133,27 @@ def main(spec: dict) -> dict:
         "threads": torch.get_num_threads(),
         "subln": spec["subln_used"],
     }
+
+
+class _CpuTimed:
+    """The batch source, noting this process's CPU time each time the loop fetches a step's batch.
+
+    On a shared machine the wall time of a step depends on who else runs; the CPU time this process spent
+    between two fetches (one optimizer step, grad_accum = 1) hardly does, and with one thread it is the
+    wall time an idle machine would show.
+    """
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+        self.cpu: list[float] = []
+
+    def mark(self) -> None:
+        self.cpu.append(time.process_time())
+
+    def iterate(self, start: int):
+        for batch in self.batches.iterate(start):
+            self.mark()
+            yield batch
 
 
 def _profiled(loss_fn, warmup: int, path: str):
