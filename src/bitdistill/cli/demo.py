@@ -12,7 +12,6 @@ and a greedy continuation before and after conversion): the ternary gap that sta
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from importlib import resources
@@ -25,7 +24,7 @@ FALLBACK_SENTENCES = [
     "The performances are uniformly excellent and the script is sharp.",
 ]
 PROMPT = "The capital of France is"
-DEFAULT_DATA = "../shared/data/sst2"
+DEFAULT_DATA = "builtin:sst2"  # the copy shipped in the package (bitdistill/data/builtin)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="teacher, BitNet-SFT and BitDistill on SST-2 with the embedded SmolLM2-135M (~11 min on 2 cores)",
     )
     p.add_argument("--model", default="smollm2-135m", help="base model (default: the embedded SmolLM2)")
-    p.add_argument("--data", default=DEFAULT_DATA, help="SST-2 directory with train.tsv and dev.tsv")
+    p.add_argument("--data", default=DEFAULT_DATA, help="SST-2 directory with train and dev files (GLUE TSV); default: the packaged copy")
     p.add_argument("--out", default="runs/demo", help="run directory (finished stages are reused)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -55,15 +54,17 @@ def demo_recipe_path() -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.convert_only:
         return convert_only(args)
+    from ..data.tasks import get_task
     from ..errors import BitDistillError
     from ..recipe import load_recipe, run_recipe
 
-    data = Path(args.data)
-    if not (data / "train.tsv").is_file() or not (data / "dev.tsv").is_file():
-        raise BitDistillError(
-            f"{data}: the demo needs SST-2 as train.tsv and dev.tsv (GLUE format) in this directory; "
-            "pass --data DIR"
-        )
+    data = args.data
+    task = get_task("sst2")
+    try:
+        for split in ("train", "dev"):
+            task.split_file(data, split)
+    except BitDistillError as err:
+        raise BitDistillError(f"the demo needs SST-2 train and dev files (GLUE TSV): {err}; pass --data DIR") from None
     overrides = [f"model={args.model}", f"task.path={data}", f"output_dir={args.out}", *args.set]
     recipe = load_recipe(demo_recipe_path(), overrides)
     start = time.perf_counter()
@@ -86,13 +87,15 @@ def comparison_section(markdown: str) -> str:
     return "\n".join(body[:end]).strip()
 
 
-def _sentences(path: str, limit: int) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
+def _sentences(data: str, limit: int) -> list[str]:
+    """The first `limit` SST-2 dev sentences under `data`, or built-in sentences when there are none."""
+    from ..data.tasks import get_task
+    from ..errors import BitDistillError
+
+    try:
+        return [ex.prompt[slice(*ex.spans[0])] for ex in get_task("sst2").load("dev", data, limit=limit)]
+    except BitDistillError:
         return FALLBACK_SENTENCES
-    with p.open(newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return [row["sentence"] for _, row in zip(range(limit), rows)]
 
 
 def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 16) -> float:
@@ -127,7 +130,7 @@ def convert_only(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model, tokenizer = load_pretrained(args.model)
     model.eval()
-    sentences = _sentences(str(Path(args.data) / "dev.tsv"), args.sentences)
+    sentences = _sentences(args.data, args.sentences)
     fp_ppl = perplexity(model, tokenizer, sentences)
     fp_text = continuation(model, tokenizer, PROMPT)
     to_bitnet(model).eval()
@@ -136,8 +139,8 @@ def convert_only(args: argparse.Namespace) -> int:
     bit_text = continuation(model, tokenizer, PROMPT)
     print(format_summary(summarize(model, Path(args.out) / "model")))
     print()
-    dev = Path(args.data) / "dev.tsv"
-    print(f"perplexity on {len(sentences)} sentences of {dev if dev.is_file() else 'built-ins'}")
+    source = args.data if sentences is not FALLBACK_SENTENCES else "built-in sentences"
+    print(f"perplexity on {len(sentences)} sentences of {source}")
     print(f"  full precision        {fp_ppl:10.1f}")
     print(f"  BitNet (stage 1 only) {bit_ppl:10.1f}")
     print(f"greedy continuation of {PROMPT!r}")

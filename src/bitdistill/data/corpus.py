@@ -56,7 +56,9 @@ def expand_sources(sources: list[str] | str) -> list[str]:
         if src.startswith("hub:"):
             out.append(src)
             continue
-        p = Path(src).expanduser()
+        from .builtin import resolve
+
+        p = resolve(src)  # builtin:austen is the packaged corpus
         if any(c in src for c in "*?["):
             matches = sorted(
                 m for m in glob.glob(str(p), recursive=True) if Path(m).is_file() and _suffix(Path(m))

@@ -8,6 +8,7 @@ the wrong number of fields, invalid JSON) are raised here; value problems (a bad
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import sys
 from collections.abc import Iterator
@@ -15,13 +16,17 @@ from pathlib import Path
 
 from ..errors import BitDistillError
 
-FORMATS: dict[str, str] = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+FORMATS: dict[str, str] = {
+    ".tsv": "tsv", ".tsv.gz": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"
+}  # fmt: skip
 
 Row = dict[str, object]
 
 
 def file_format(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+    name = path.name.lower()
+    fmt = next((f for ext, f in FORMATS.items() if name.endswith(ext) and ext != ".tsv"), None)
+    fmt = fmt or FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise BitDistillError(
             f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FORMATS)} "
@@ -51,7 +56,8 @@ def _utf8(path: Path, rows: Iterator[tuple[str, Row]]) -> Iterator[tuple[str, Ro
 
 def _tsv(path: Path) -> Iterator[tuple[str, Row]]:
     # GLUE TSVs contain bare quote characters inside sentences: split on tabs, never interpret quotes.
-    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
+    opener = gzip.open if path.name.lower().endswith(".gz") else open  # the packaged copies are gzip'd
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
         header: list[str] | None = None
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
@@ -73,7 +79,8 @@ def _tsv(path: Path) -> Iterator[tuple[str, Row]]:
 
 def _csv(path: Path) -> Iterator[tuple[str, Row]]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # CNN/DM articles exceed the 128 KiB default
-    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
+    opener = gzip.open if path.name.lower().endswith(".gz") else open  # the packaged copies are gzip'd
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
         reader = csv.reader(f)
         header: list[str] | None = None
         end = 0  # physical line where the previous record ended; a quoted record may span lines

@@ -139,8 +139,11 @@ class Task:
         return examples
 
     def split_file(self, path: str | Path, split: str) -> Path:
-        """The file that holds `split` under `path` (itself, when `path` is a file)."""
-        p = Path(path).expanduser()
+        """The file that holds `split` under `path` (itself, when `path` is a file; `builtin:sst2` is the
+        packaged copy)."""
+        from .builtin import resolve
+
+        p = resolve(path)
         if p.is_file():
             return p
         if not p.is_dir():
