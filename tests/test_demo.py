@@ -50,7 +50,8 @@ def test_demo_without_data_says_what_to_pass(tmp_path, capsys):
     code = main(["demo", "--data", str(tmp_path / "nowhere")])
     assert code != 0
     err = capsys.readouterr().err
-    assert "nowhere" in err and "train.tsv and dev.tsv" in err and "--data" in err
+    assert "nowhere" in err and "train and dev files" in err and "--data" in err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_comparison_section_extracts_the_table():
