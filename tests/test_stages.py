@@ -173,6 +173,16 @@ def test_unknown_values_of_the_faithfulness_options_fail_before_training(world, 
     assert not (tmp_path / "teacher").exists()
 
 
+def test_non_utf8_recipe_is_one_line(tmp_path, capsys):
+    from bitdistill.cli import main
+
+    bad = tmp_path / "r.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "r.yaml: not UTF-8 text" in err and "Traceback" not in err
+
+
 def test_faithful_defaults_and_the_teacher_start(world, tmp_path):
     r = parse_recipe(tiny_recipe(world, tmp_path), "tiny")
     assert (r.distill.kd_positions, r.distill.relation, r.distill.qkv_source) == ("all", "cosine", "attention")

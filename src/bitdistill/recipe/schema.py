@@ -324,9 +324,11 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not p.is_file():
         raise BitDistillError(f"{p}: no such recipe file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise BitDistillError(f"{p}: not valid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise BitDistillError(f"{p}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from None
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
