@@ -10,27 +10,15 @@ benchmarks/results/train-MODEL.json). Same options as `bitdistill bench-train`.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from _verb import RESULTS, run_verb
 
 
 def main() -> int:
     from bitdistill.cli.bench_train import register
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command")
-    register(sub)
-    argv = sys.argv[1:]
-    if not any(a == "--out" or a.startswith("--out=") for a in argv):
-        argv += ["--out", str(Path(__file__).parent / "results" / "train-smollm2-135m.json")]
-    args = parser.parse_args(["bench-train", *argv])
-    return args.func(args)
+    return run_verb(__doc__, register, "bench-train", sys.argv[1:], lambda _: RESULTS / "train-smollm2-135m.json")
 
 
 if __name__ == "__main__":
