@@ -323,10 +323,10 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     p = Path(path)
     if not p.is_file():
         raise BitDistillError(f"{p}: no such recipe file")
+    from .yamlio import load_yaml  # rejects duplicate keys
+
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise BitDistillError(f"{p}: not valid YAML ({err})") from None
+        data = load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
     except UnicodeDecodeError as err:
         raise BitDistillError(f"{p}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from None
     for item in overrides or []:
