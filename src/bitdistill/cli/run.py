@@ -9,8 +9,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
         help="run a recipe: teacher -> bitnet_sft -> continue_pretrain -> distill -> eval",
-        description="Run a YAML recipe. Finished stages are skipped; an interrupted stage resumes from its "
-        "last checkpoint. Writes results.json in the output directory.",
+        description="Run a YAML recipe. Everything is checked first (paths, layers, sizes, numbers) and the "
+        "plan printed. Finished stages are skipped and an interrupted stage resumes from its last checkpoint, "
+        "only if the recipe still gives the same stage fingerprint; otherwise the run stops naming the "
+        "settings that changed. Writes results.json in the output directory.",
     )
     p.add_argument("recipe", help="the recipe YAML file (see configs/)")
     p.add_argument("--output-dir", help="override output_dir (default runs/<name>)")
@@ -22,12 +24,23 @@ def register(subparsers) -> None:
         "--only",
         help="comma-separated stages to run (teacher,bitnet_sft,continue_pretrain,distill,ablations,eval)",
     )
+    p.add_argument(
+        "--check", action="store_true",
+        help="check the recipe (model paths and configs, layers, relation heads, group and batch sizes, "
+        "numbers, finished stages against the recipe) and print the plan; train nothing, write nothing",
+    )  # fmt: skip
+    p.add_argument(
+        "--restart", metavar="STAGE[,STAGE]|all",
+        help="retrain these stages from scratch: their old outputs are removed first (ablations: every "
+        "ablation row; all: every stage and row)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
     from ..recipe import STAGES, load_recipe, run_recipe
+    from ..recipe.run import parse_restart
 
     overrides = list(args.set)
     if args.output_dir:
@@ -38,5 +51,9 @@ def run(args: argparse.Namespace) -> int:
     for s in only or []:
         if s not in known:
             raise BitDistillError(f"--only: {s!r} is not one of {', '.join(known)}")
-    run_recipe(recipe, only)
+    restart = parse_restart(args.restart)
+    result = run_recipe(recipe, only, restart, check_only=args.check)
+    if args.check:
+        print("\n".join(result["plan"]))
+        print("check: ok")
     return 0

@@ -8,11 +8,12 @@ A recipe's `ablations:` maps a row label to dotted overrides of the recipe itsel
       "LD only": {distill.attention: false}
       "AD only": {distill.logits: false}
 
-Each variant runs under `<out>/ablations/<slug>/` with the main run's finished teacher, and with the main
-run's continued-pre-training output unless its overrides change that stage, the model or the stage-1
-conversion (then it runs its own). It
-trains and evaluates only its distill stage; `run_recipe` records it in results.json under "ablations",
-and the report adds it as a row beside FP16-SFT, BitNet-SFT and BitDistill.
+Each variant runs under `<out>/ablations/<slug>/`. It reuses the main run's teacher and continued
+pre-training output when its overrides leave that stage's fingerprint unchanged (recipe/fingerprint.py:
+the same model, data, conversion and training settings), and runs its own otherwise (a `bitnet.subln` row
+needs its own stage 2; a `seed` row its own teacher too). It trains and evaluates its distill stage;
+`run_recipe` records it in results.json under "ablations", and the report adds it as a row beside FP16-SFT,
+BitNet-SFT and BitDistill.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import copy
 import re
 
 from ..errors import BitDistillError
+from .fingerprint import stage_fingerprint
 from .schema import Recipe, parse_recipe, set_dotted
 
 ABLATIONS_DIR = "ablations"
@@ -49,17 +51,16 @@ def variant(recipe: Recipe, label: str) -> Recipe:
     data["output_dir"] = str(recipe.out / ABLATIONS_DIR / slug(label))
     data.setdefault("bitnet_sft", {})["enabled"] = False  # the baseline row is the main run's
     data.setdefault("eval", {})["stages"] = ["distill"]
-    dirs = {"teacher": str(recipe.stage_dir("teacher"))}
     out = parse_recipe(data, where)
-    # Stage 2 is reused only if it would be the same stage: same corpus and training, and the same model
-    # converted the same way (a `bitnet.subln` row needs its own stage 2).
-    same_stage2 = (out.continue_pretrain, out.bitnet, out.model) == (
-        recipe.continue_pretrain, recipe.bitnet, recipe.model
-    )
-    if out.continue_pretrain.enabled and same_stage2:
-        dirs["continue_pretrain"] = str(recipe.stage_dir("continue_pretrain"))
     if not out.distill.enabled:
         raise BitDistillError(f"{where}: distill.enabled is false; an ablation row is a distill stage")
+    dirs = {}
+    for stage in ("teacher", "continue_pretrain"):
+        mine, main = getattr(out, stage).enabled, getattr(recipe, stage).enabled
+        if not mine and not main:
+            dirs[stage] = str(recipe.stage_dir(stage))  # a finished stage both read from the main run's dir
+        elif mine and main and stage_fingerprint(out, stage) == stage_fingerprint(recipe, stage):
+            dirs[stage] = str(recipe.stage_dir(stage))  # the very stage the main run trains
     out.stage_dirs = dirs
     return out
 

@@ -1,8 +1,11 @@
 """Run a recipe: teacher -> bitnet_sft -> continue_pretrain -> distill -> eval, as the YAML declares.
 
-A stage whose `stage.json` exists is skipped (its record is reused); a stage that was interrupted resumes
-from its last checkpoint. The run ends with `results.json` in the output directory: per stage the dev
-metrics, wall time, training tokens and tokens/s.
+Before anything trains, the whole recipe is checked (recipe/check.py: paths, layers, sizes, numbers, and
+each stage directory against the recipe's fingerprint for it) and the plan printed; then the run takes the
+run directory's lock (recipe/lock.py), applies `--restart`, and runs the stages. A stage whose `stage.json`
+exists and whose fingerprint matches is skipped (its record is reused); a stage that was interrupted
+resumes from its last checkpoint under the same condition. The run ends with `results.json` in the output
+directory: per stage the dev metrics, wall time, training tokens and tokens/s.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from typing import Any
 import torch
 
 from ..data.tasks import get_task
+from ..errors import BitDistillError
 from ..recipe.schema import STAGES, Recipe
 from ..stages.common import read_stage, stage_dir, write_stage
 from ..train.checkpoint import atomic_write_text
 from .ablations import variants
+from .fingerprint import digest, path_identity, read_fingerprint
+from .state import clear_outputs, prepare_stage
+
+RESTARTABLE = (*STAGES, "ablations")
 
 EVAL_FILE = "eval.json"
 
@@ -28,16 +36,26 @@ def _log(msg: str) -> None:
     print(f"[bitdistill] {msg}", file=sys.stderr, flush=True)
 
 
-def run_stage(recipe: Recipe, stage: str, force: bool = False) -> dict[str, Any]:
-    """Run one stage unless it already finished; return its stage.json record."""
+def run_stage(recipe: Recipe, stage: str, force: bool = False, hint: str | None = None) -> dict[str, Any]:
+    """Run one stage unless it already finished under the same fingerprint; return its stage.json record.
+
+    A finished or checkpointed stage whose fingerprint differs from the recipe's is refused (one line
+    naming the differing keys, ending with `hint`; default: delete the directory or use --restart).
+    `force` retrains a finished stage with the same fingerprint.
+    """
     from ..stages import RUNNERS
 
     out = stage_dir(recipe, stage)
+    hint = hint or f"delete {out} (bitdistill run: --restart {stage}) to retrain it"
+    state = prepare_stage(recipe, stage, hint)
     done = read_stage(out)
     if done is not None and not force:
         _log(f"{stage}: done already ({out / 'stage.json'}), skipping")
         return {**done, "skipped": True}
-    _log(f"{stage}: starting -> {out}")
+    if state.status == "resume":
+        _log(f"{stage}: resuming from step {state.step} (same fingerprint) -> {out}")
+    else:
+        _log(f"{stage}: starting -> {out}")
     t0 = time.perf_counter()
     RUNNERS[stage](recipe)
     record = read_stage(out) or {}
@@ -57,6 +75,9 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
         "split": recipe.task.eval_split,
         "limit": recipe.task.eval_limit,
         "max_length": recipe.task.max_length,
+        # the weights (retrained weights have another fingerprint) and the data they are scored on
+        "weights": digest(read_fingerprint(out) or {"record": record}),
+        "task": [recipe.task.name, recipe.task.options, _eval_data(recipe)],
     }
     if get_task(recipe.task.name, **recipe.task.options).kind != "classification":  # generation settings
         key.update(generate_limit=recipe.task.generate_limit, max_new_tokens=recipe.task.max_new_tokens,
@@ -74,8 +95,71 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
     return metrics
 
 
-def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
-    """Execute the recipe's enabled stages in order, then evaluation; write and return results.json."""
+def _eval_data(recipe: Recipe) -> str:
+    if recipe.task.path is None:
+        return "hub"
+    try:
+        task = get_task(recipe.task.name, **recipe.task.options)
+        return path_identity(task.split_file(recipe.task.path, recipe.task.eval_split))
+    except BitDistillError:
+        return "missing"
+
+
+def parse_restart(value: str | None) -> tuple[str, ...]:
+    """`--restart STAGE[,STAGE]|all` as stage names (plus "ablations"); errors are one line."""
+    if not value:
+        return ()
+    names = [s.strip().replace("-", "_") for s in value.split(",") if s.strip()]
+    if "all" in names:
+        return RESTARTABLE
+    for name in names:
+        if name not in RESTARTABLE:
+            raise BitDistillError(f"--restart: {name!r} is not one of {', '.join(RESTARTABLE)} or all")
+    return tuple(names)
+
+
+def plan_recipe(
+    recipe: Recipe, only: list[str] | None = None, restart: tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, Recipe]]:
+    """(the plan's lines, the ablation variants) after checking everything; writes nothing."""
+    from .check import check_recipe
+
+    for name in restart:
+        if name in STAGES and not getattr(recipe, name).enabled:
+            raise BitDistillError(f"--restart {name}: that stage is disabled in {recipe.source}")
+    # Built before anything trains, so a bad ablation override fails fast.
+    ablations = variants(recipe) if not only or "ablations" in only else {}
+    return check_recipe(recipe, only, restart, ablations), ablations
+
+
+def run_recipe(
+    recipe: Recipe, only: list[str] | None = None, restart: tuple[str, ...] = (), check_only: bool = False
+) -> dict[str, Any]:
+    """Check the recipe, print the plan, then (unless `check_only`) hold the run directory's lock, apply
+    `restart` and execute the enabled stages in order, then evaluation; write and return results.json."""
+    from .lock import RunLock
+
+    plan, ablations = plan_recipe(recipe, only, restart)
+    if check_only:
+        return {"plan": plan}
+    _log("\n".join(plan))
+    with RunLock(recipe.out):
+        for name in restart:
+            if name in STAGES and clear_outputs(recipe.stage_dir(name)):
+                _log(f"{name}: --restart: removed the old outputs in {recipe.stage_dir(name)}")
+        if "ablations" in restart:
+            for variant in ablations.values():
+                for name in STAGES:  # only the variant's own stages, never the main run's it reuses
+                    if variant.stage_dir(name).is_relative_to(variant.out):
+                        clear_outputs(variant.stage_dir(name))
+        return _execute(recipe, only, ablations)
+
+
+def _execute(
+    recipe: Recipe, only: list[str] | None, ablations: dict[str, Recipe], restart_flag: str | None = None
+) -> dict[str, Any]:
+    """Run the stages, ablations and evaluation (checked and locked by the caller); `restart_flag`: what
+    a refusal tells the user to pass to --restart (an ablation variant's stages: "ablations")."""
     out = recipe.out
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -89,12 +173,11 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
         "stages": {},
     }  # fmt: skip
     t_all = time.perf_counter()
-    # Built before anything trains, so a bad ablation override fails fast.
-    ablations = variants(recipe) if not only or "ablations" in only else {}
     for stage in STAGES:
         if not getattr(recipe, stage).enabled or (only and stage not in only):
             continue
-        record = run_stage(recipe, stage)
+        flag = restart_flag or stage
+        record = run_stage(recipe, stage, hint=f"rerun with --restart {flag} (or --restart all) to retrain it")
         train = record.get("train", {})
         results["stages"][stage] = {
             "model_dir": record.get("model_dir"),
@@ -124,7 +207,6 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None) -> dict[str, Any]:
     _log(f"results: {out / 'results.json'}")
     _print_summary(results)
     if recipe.eval.enabled and any(r.get("eval") for r in results["stages"].values()):
-        from ..errors import BitDistillError
         from ..eval.report import write_report
 
         try:
@@ -140,7 +222,7 @@ def run_ablations(ablations: dict[str, Recipe]) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for label, variant in ablations.items():
         _log(f"ablation {label!r}: -> {variant.out}")
-        sub = run_recipe(variant)
+        sub = _execute(variant, None, {}, restart_flag="ablations")
         rows[label] = {"stage": "distill", **sub["stages"].get("distill", {})}
     return rows
 
@@ -159,4 +241,4 @@ def _print_summary(results: dict[str, Any]) -> None:
     print("\n".join([f"recipe {results['recipe']} ({results['task']}):", *rows]))
 
 
-__all__ = ["run_recipe", "run_stage", "evaluate_stage", "write_stage"]
+__all__ = ["evaluate_stage", "parse_restart", "plan_recipe", "run_recipe", "run_stage", "write_stage"]
