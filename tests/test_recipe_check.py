@@ -72,7 +72,8 @@ BAD = [
     ({"distill.train.max_grad_norm": -1}, "distill.train.max_grad_norm: must be a finite number >= 0"),
     ({"train.lr": ".inf"}, "train.lr: must be a finite number > 0"),
     ({"train.keep_checkpoints": 0}, "train.keep_checkpoints: must be >= 1"),
-    ({"train.warmup_ratio": 0.1}, "warmup_steps (2) and warmup_ratio (0.1) are both set"),
+    ({"train.warmup_ratio": 0.1}, "train: warmup_steps (2) and warmup_ratio (0.1) are both set"),
+    ({"distill.train.warmup_ratio": 0.1}, "distill.train.warmup_ratio: ignored, since train.warmup_steps (2)"),
     ({"name": "../../evil", "output_dir": "null"}, "name: '../../evil' must be a plain directory name"),
     ({"name": "a/b", "output_dir": "null"}, "must be a plain directory name"),
     ({"task.path": "/nonexistent/data"}, "task.path: /nonexistent/data: no such file or directory"),
@@ -107,6 +108,13 @@ def test_late_validation_fails_at_check(warm, recipe, tmp_path, capsys, monkeypa
     assert err.count("\n") == 1 and "Traceback" not in err
     assert snapshot(tmp_path) == before
     assert elapsed < 1.0, f"--check took {elapsed:.2f}s"
+
+
+def test_a_stage_warmup_steps_overrides_the_recipe_ratio(recipe, capsys):
+    """The paper configs' layering (recipe warmup_ratio, a stage's warmup_steps) is an override, not a clash."""
+    sets = ["train.warmup_steps=0", "train.warmup_ratio=0.1", "continue_pretrain.train={warmup_steps: 5}"]
+    assert main(["run", str(recipe), "--check", *[x for s in sets for x in ("--set", s)]]) == 0
+    capsys.readouterr()
 
 
 def test_the_same_check_runs_before_training(recipe, tmp_path, capsys):

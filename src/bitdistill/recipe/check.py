@@ -98,11 +98,28 @@ def _check_train(recipe: Recipe, stage: str) -> None:
     for key in ("eval_every", "warmup_steps"):
         if getattr(cfg, key) < 0:
             raise BitDistillError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
-    if cfg.warmup_steps > 0 and cfg.warmup_ratio > 0:
+    # The loop uses warmup_steps when it is > 0 and warmup_ratio otherwise. A stage's warmup_steps over the
+    # recipe's warmup_ratio is an override that works (the paper configs do this); both in one section, or
+    # a stage's ratio under the recipe's steps, would be silently ignored.
+    for label, section in (("train", recipe.train), (f"{stage}.train", getattr(recipe, stage).train)):
+        if _positive(section.get("warmup_steps")) and _positive(section.get("warmup_ratio")):
+            raise BitDistillError(
+                f"{recipe.source}: {label}: warmup_steps ({section['warmup_steps']}) and warmup_ratio "
+                f"({section['warmup_ratio']}) are both set; set one of them"
+            )
+    own = getattr(recipe, stage).train
+    if _positive(own.get("warmup_ratio")) and "warmup_steps" not in own and cfg.warmup_steps > 0:
         raise BitDistillError(
-            f"{where}: warmup_steps ({cfg.warmup_steps}) and warmup_ratio ({cfg.warmup_ratio}) are both set; "
-            "set one of them (the other to 0)"
+            f"{where}.warmup_ratio: ignored, since train.warmup_steps ({cfg.warmup_steps}) takes precedence; "
+            f"also set {stage}.train.warmup_steps: 0"
         )
+
+
+def _positive(value: object) -> bool:
+    try:
+        return float(value) > 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 # -- models, data -----------------------------------------------------------------------------------------
