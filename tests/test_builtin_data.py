@@ -19,6 +19,9 @@ from bitdistill.errors import BitDistillError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+NEEDS_GIT = pytest.mark.skipif(
+    shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout"
+)
 
 
 def test_builtin_sst2_has_the_glue_splits():
@@ -45,7 +48,7 @@ def test_builtin_austen_corpus_and_unknown_names():
         resolve("builtin:imdb")
 
 
-@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
+@NEEDS_GIT
 def test_a_fresh_clone_loads_the_demo_data_without_shared(tmp_path):
     clone = tmp_path / "p"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -67,3 +70,34 @@ def test_a_fresh_clone_loads_the_demo_data_without_shared(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     n_train, n_dev, corpus = out.stdout.split()
     assert (n_train, n_dev) == ("67349", "872") and corpus.startswith(str(clone))
+
+
+@NEEDS_GIT
+def test_a_fresh_clone_runs_a_tiny_demo_without_shared(tmp_path_factory):
+    """`bitdistill demo` with its default data, from a clone with nothing beside it: every file the run
+    opens (audit hook on open) is inside the clone, the tiny model, the temp dirs or Python itself."""
+    from test_demo import TINY
+    from tiny_pipeline import build_model_dir
+
+    model = build_model_dir(tmp_path_factory.mktemp("model") / "base")
+    clone = tmp_path_factory.mktemp("empty") / "p"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    assert sorted(os.listdir(clone.parent)) == ["p"]
+    sets = [*TINY, "task.train_limit=64", "task.eval_limit=16"]
+    code = (
+        "import sys\n"
+        "opened = set()\n"
+        "sys.addaudithook(lambda ev, a: opened.add(str(a[0])) if ev == 'open' and isinstance(a[0], str) else None)\n"
+        "from bitdistill.cli import main\n"
+        f"rc = main(['demo', '--model', {str(model)!r}, '--out', 'runs/demo', *{[a for s in sets for a in ('--set', s)]!r}])\n"
+        "data = ('.tsv', '.gz', '.jsonl', '.csv', '.parquet')\n"
+        "print('OPENED', *sorted(p for p in opened if '/shared/' in p or p.endswith(data)))\n"
+        "sys.exit(rc)\n"
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(clone / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=clone, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| BitDistill |" in out.stdout and (clone / "runs" / "demo" / "report.md").is_file()
+    opened = out.stdout.split("OPENED", 1)[1].split()
+    assert {Path(p).name for p in opened} >= {"train.tsv.gz", "dev.tsv.gz"}
+    assert all((clone / p).resolve().is_relative_to(clone) for p in opened), opened  # no ../shared
