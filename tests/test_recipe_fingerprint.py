@@ -126,6 +126,7 @@ def test_restart_retrains_only_the_named_stages(run, capsys):
     out = run.parent / "run"
     before = mtimes(out)
     old_eval = json.loads((out / "distill" / "eval.json").read_text())
+    (out / "distill" / "notes.txt").write_text("mine")  # not a stage output: --restart must leave it
     assert main(run_cli(run, "--set", "distill.train.lr=1e-3", "--restart", "distill,ablations")) == 0
     after = mtimes(out)
     assert {s for s in STAGES if after[s] != before[s]} == {"distill"}
@@ -134,6 +135,7 @@ def test_restart_retrains_only_the_named_stages(run, capsys):
     assert new_eval["key"]["weights"] != old_eval["key"]["weights"]
     assert read_fingerprint(out / "ablations" / "ld-only" / "distill")["distill.train.lr"] == 0.001
     assert not list((out / "distill").glob(".restart-*"))
+    assert (out / "distill" / "notes.txt").read_text() == "mine"
     # the new settings are now the recorded ones: an identical re-run skips everything
     capsys.readouterr()
     assert main(run_cli(run, "--set", "distill.train.lr=1e-3")) == 0

@@ -288,12 +288,13 @@ def check_recipe(
     restart: tuple[str, ...] = (),
     variants: dict[str, Recipe] | None = None,
     restart_flag: str | None = None,
+    hint: str | None = None,
 ) -> list[str]:
     """Validate `recipe` for a run of `only` (None: everything) after `--restart` of `restart`; return the
     plan's lines. Raises BitDistillError (one line) at the first problem. Writes nothing.
 
     `variants` are the ablation rows (checked too, their own stages in the plan); `restart_flag` is what a
-    refusal advises passing to --restart (default: the refused stages)."""
+    refusal advises passing to --restart (default: the refused stages); `hint` replaces that advice."""
     from .state import refusal, restart_hint
 
     refused: list = []  # (state, the --restart name that clears it)
@@ -306,7 +307,7 @@ def check_recipe(
     if refused:
         # One refusal names every flag needed, so the user does not meet them one run at a time.
         flags = list(dict.fromkeys(flag for _, flag in refused))
-        raise refusal(refused[0][0], restart_hint(flags))
+        raise refusal(refused[0][0], hint or restart_hint(flags))
     return lines
 
 

@@ -40,7 +40,7 @@ def _boot_id() -> str | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +57,7 @@ def _owner_alive(owner: dict[str, Any]) -> bool:
         return False
     if owner.get("boot_id") and _boot_id() and owner["boot_id"] != _boot_id():
         return False  # written before a reboot
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     started = owner.get("proc_start")
     return not (started and _proc_start(pid) and _proc_start(pid) != started)  # a recycled PID
@@ -82,6 +82,8 @@ class RunLock:
         )
 
     def acquire(self) -> None:
+        if os.environ.get("RANK", "0") not in ("", "0"):
+            return  # `accelerate launch` / torchrun: the processes of one run share it; rank 0 holds it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -11,9 +11,11 @@ directory: per stage the dev metrics, wall time, training tokens and tokens/s.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,9 +24,9 @@ from ..data.tasks import get_task
 from ..errors import BitDistillError
 from ..recipe.schema import STAGES, Recipe
 from ..stages.common import read_stage, stage_dir, write_stage
-from ..train.checkpoint import atomic_write_text
+from ..train.checkpoint import atomic_write_text, latest_checkpoint
 from .ablations import variants
-from .fingerprint import digest, path_identity, read_fingerprint
+from .fingerprint import FINGERPRINT_FILE, digest, path_identity, read_fingerprint
 from .state import clear_outputs, prepare_stage
 
 RESTARTABLE = (*STAGES, "ablations")
@@ -36,17 +38,25 @@ def _log(msg: str) -> None:
     print(f"[bitdistill] {msg}", file=sys.stderr, flush=True)
 
 
-def run_stage(recipe: Recipe, stage: str, force: bool = False, hint: str | None = None) -> dict[str, Any]:
+def run_stage(
+    recipe: Recipe, stage: str, force: bool = False, hint: str | None = None, checked: bool = False
+) -> dict[str, Any]:
     """Run one stage unless it already finished under the same fingerprint; return its stage.json record.
 
-    A finished or checkpointed stage whose fingerprint differs from the recipe's is refused (one line
-    naming the differing keys, ending with `hint`; default: delete the directory or use --restart).
-    `force` retrains a finished stage with the same fingerprint.
+    Unless `checked` (run_recipe checked the whole recipe), the stage gets the pre-flight checks of
+    `bitdistill run --check` first. A finished or checkpointed stage whose fingerprint differs from the
+    recipe's is refused (one line naming the differing keys, ending with `hint`; default: delete the
+    directory or use --restart). `force` retrains a finished stage with the same fingerprint.
     """
     from ..stages import RUNNERS
 
     out = stage_dir(recipe, stage)
     hint = hint or f"delete {out} (bitdistill run: --restart {stage}) to retrain it"
+    if not checked:
+        from .check import check_recipe
+
+        check_recipe(recipe, [stage], hint=hint)
+    existed = out.exists()
     state = prepare_stage(recipe, stage, hint)
     done = read_stage(out)
     if done is not None and not force:
@@ -57,7 +67,16 @@ def run_stage(recipe: Recipe, stage: str, force: bool = False, hint: str | None 
     else:
         _log(f"{stage}: starting -> {out}")
     t0 = time.perf_counter()
-    RUNNERS[stage](recipe)
+    try:
+        RUNNERS[stage](recipe)
+    except BaseException:
+        # Failed before its first checkpoint (a model that does not load, Ctrl-C): the fingerprint
+        # written for it describes nothing; leave no directory behind that this call created.
+        if state.status == "new" and latest_checkpoint(out / "train") is None and not (out / "stage.json").exists():
+            (out / FINGERPRINT_FILE).unlink(missing_ok=True)
+            if not existed:
+                prune_empty(out)
+        raise
     record = read_stage(out) or {}
     _log(f"{stage}: finished in {time.perf_counter() - t0:.1f}s")
     return record
@@ -143,16 +162,39 @@ def run_recipe(
     if check_only:
         return {"plan": plan}
     _log("\n".join(plan))
-    with RunLock(recipe.out):
-        for name in restart:
-            if name in STAGES and clear_outputs(recipe.stage_dir(name)):
-                _log(f"{name}: --restart: removed the old outputs in {recipe.stage_dir(name)}")
-        if "ablations" in restart:
-            for variant in ablations.values():
-                for name in STAGES:  # only the variant's own stages, never the main run's it reuses
-                    if variant.stage_dir(name).is_relative_to(variant.out):
-                        clear_outputs(variant.stage_dir(name))
-        return _execute(recipe, only, ablations)
+    existed = recipe.out.exists()
+    try:
+        with RunLock(recipe.out):
+            return _restart_and_execute(recipe, only, restart, ablations)
+    except BaseException:
+        if not existed:
+            prune_empty(recipe.out)  # a run that failed at once leaves no empty run directory
+        raise
+
+
+def prune_empty(path: Path) -> None:
+    """Remove `path` and the directories under it that are empty (bottom-up); keep anything with a file."""
+    if not path.is_dir():
+        return
+    for root, _, _ in sorted(os.walk(path), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(root)
+        except OSError:
+            pass
+
+
+def _restart_and_execute(
+    recipe: Recipe, only: list[str] | None, restart: tuple[str, ...], ablations: dict[str, Recipe]
+) -> dict[str, Any]:
+    for name in restart:
+        if name in STAGES and clear_outputs(recipe.stage_dir(name)):
+            _log(f"{name}: --restart: removed the old outputs in {recipe.stage_dir(name)}")
+    if "ablations" in restart:
+        for label, variant in ablations.items():
+            for name in STAGES:  # only the variant's own stages, never the main run's it reuses
+                if variant.stage_dir(name).is_relative_to(variant.out) and clear_outputs(variant.stage_dir(name)):
+                    _log(f"ablation {label!r}: {name}: --restart: removed the old outputs")
+    return _execute(recipe, only, ablations)
 
 
 def _execute(
@@ -177,7 +219,8 @@ def _execute(
         if not getattr(recipe, stage).enabled or (only and stage not in only):
             continue
         flag = restart_flag or stage
-        record = run_stage(recipe, stage, hint=f"rerun with --restart {flag} (or --restart all) to retrain it")
+        hint = f"rerun with --restart {flag} (or --restart all) to retrain it"
+        record = run_stage(recipe, stage, hint=hint, checked=True)
         train = record.get("train", {})
         results["stages"][stage] = {
             "model_dir": record.get("model_dir"),

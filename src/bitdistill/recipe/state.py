@@ -23,6 +23,7 @@ from ..errors import BitDistillError
 from ..stages.common import STAGE_FILE
 from ..train.checkpoint import latest_checkpoint
 from .fingerprint import FINGERPRINT_FILE, differences, read_fingerprint, stage_fingerprint, write_fingerprint
+from .lock import pid_alive
 from .schema import Recipe
 
 # What a stage writes in its directory (stage_dirs may point into a directory that holds other things:
@@ -83,13 +84,18 @@ def clear_outputs(path: Path) -> bool:
     never leaves a half-deleted model looking complete), then deleted. True when something was there."""
     present = [path / name for name in OUTPUTS if (path / name).exists()]
     for stale in path.glob(f"{TRASH}*") if path.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)  # what a killed restart left
+        pid = stale.name[len(TRASH) :].split("-")[0]
+        if not (pid.isdigit() and pid_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)  # what a killed restart left
     if not present:
         return False
     trash = path / f"{TRASH}{os.getpid()}-{time.time_ns()}"
     trash.mkdir()
     for p in present:
-        os.replace(p, trash / p.name)
+        try:
+            os.replace(p, trash / p.name)
+        except FileNotFoundError:  # moved by another process of the same distributed run
+            pass
     shutil.rmtree(trash, ignore_errors=True)
     return True
 
