@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+
+# Idle OpenMP threads sleep instead of spinning. libgomp reads this once, when torch loads it, so it is set
+# before any command imports torch. With libgomp's default (spin ~300k iterations at every barrier) one
+# other busy process on a 2-core machine made fp32 training steps 3.2x slower at twice the CPU time; with
+# passive waiting 1.5x. Idle, the two were within this VM's noise (docs/pipeline.md, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .. import __version__
 from ..errors import BitDistillError
