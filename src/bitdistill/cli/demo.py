@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.tasks import get_task
     from ..errors import BitDistillError
     from ..recipe import load_recipe, run_recipe
+    from ..train import eta
 
     data = args.data
     task = get_task("sst2")
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = [f"model={args.model}", f"task.path={data}", f"output_dir={args.out}", *args.set]
     recipe = load_recipe(demo_recipe_path(), overrides)
     start = time.perf_counter()
-    run_recipe(recipe)
+    n_eval = recipe.task.eval_limit or len(task.load(recipe.task.eval_split, data))
+    with eta.track(eta.plan(recipe, n_eval)):  # the whole run's time left beside each stage's progress bar
+        run_recipe(recipe)
     report = Path(recipe.out) / "report.md"
     if report.is_file():
         print()

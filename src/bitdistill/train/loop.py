@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import BitDistillError
+from . import eta
 from .checkpoint import (
     atomic_write_text,
     clean_stale,
@@ -419,7 +420,8 @@ def train(
             window_steps += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / max(dt, 1e-9):.0f}")
+                run_left = eta.step(desc, tokens, dt)  # the whole run's time left, when one is tracked
+                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / max(dt, 1e-9):.0f}", **run_left)
             done = step >= cfg.steps or exhausted
             if step % cfg.log_every == 0 or done or step == 1:
                 record = {
