@@ -83,10 +83,12 @@ class Tracker:
         if desc not in self._announced:
             self._announced.add(desc)
             stages = ", ".join(i.name for i in self.items if not i.finished)
-            print(
+            from tqdm.auto import tqdm
+
+            tqdm.write(  # above the stage's progress bar, not through it
                 f"[bitdistill] {desc}: step 1 took {seconds:.1f}s; whole run: ~{_clock(left)} left "
                 f"({stages}; estimated from the steps so far)",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
             )  # fmt: skip
         return {"run_left": _clock(left)}
 
