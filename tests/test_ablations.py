@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from bitdistill.errors import BitDistillError
 from bitdistill.recipe import load_recipe, run_recipe
 from bitdistill.recipe.ablations import slug, variant
-from tiny_pipeline import build_world
+from tiny_pipeline import build_world, write_tiny_recipe
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
 ABLATIONS = {
     "LD only": {"distill.attention": False},
     "w/o continued pre-training": {"continue_pretrain.enabled": False},
@@ -24,16 +22,7 @@ ABLATIONS = {
 
 
 def recipe_file(tmp_path: Path, world: dict[str, Path], ablations: dict) -> Path:
-    data = yaml.safe_load(CONFIG.read_text())
-    data.update(model=str(world["model"]), output_dir=str(tmp_path / "run"), ablations=ablations)
-    data["task"]["path"] = str(world["data"])
-    data["continue_pretrain"]["corpus"]["sources"] = [str(world["corpus"])]
-    data["train"]["steps"] = 3
-    for stage in ("teacher", "bitnet_sft", "distill"):
-        data[stage]["train"] = {"steps": 3}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_tiny_recipe(tmp_path, world, ablations, train__steps=3)
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bitdistill.cli import main
 from bitdistill.recipe import load_recipe
 from bitdistill.recipe.fingerprint import FINGERPRINT_FILE, digest, read_fingerprint, stage_fingerprint
 from bitdistill.recipe.run import evaluate_stage
-from tiny_pipeline import build_model_dir, build_world
+from tiny_pipeline import build_model_dir, build_world, write_tiny_recipe
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
 STAGES = ("teacher", "bitnet_sft", "continue_pretrain", "distill")
 
 
@@ -31,16 +29,7 @@ def world(tmp_path_factory):
 
 
 def write_recipe(tmp: Path, world: dict[str, Path], ablations: dict | None = None) -> Path:
-    data = yaml.safe_load(CONFIG.read_text())
-    data.update(model=str(world["model"]), output_dir=str(tmp / "run"), ablations=ablations or {})
-    data["task"]["path"] = str(world["data"])
-    data["continue_pretrain"]["corpus"]["sources"] = [str(world["corpus"])]
-    data["continue_pretrain"]["corpus"]["tokens"] = 384  # 3 steps
-    for stage in ("teacher", "bitnet_sft", "distill"):
-        data[stage]["train"] = {"steps": 3}
-    path = tmp / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_tiny_recipe(tmp, world, ablations, continue_pretrain__corpus__tokens=384)  # 3 steps
 
 
 @pytest.fixture(scope="module")

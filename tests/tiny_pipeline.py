@@ -77,3 +77,29 @@ def build_world(root: Path) -> dict[str, Path]:
         "data": write_sst2(root / "sst2"),
         "corpus": write_corpus(root / "corpus" / "text.txt"),
     }
+
+
+TINY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
+
+
+def write_tiny_recipe(tmp: Path, world: dict[str, Path], ablations: dict | None = None, **changes) -> Path:
+    """configs/tiny-test.yaml pointed at `world`, every task stage 3 steps, output under tmp/run; `changes`
+    are extra dotted-key overrides written with `__` for dots (train__steps=3). Returns the YAML file."""
+    import yaml
+
+    data = yaml.safe_load(TINY_RECIPE.read_text())
+    data.update(model=str(world["model"]), output_dir=str(tmp / "run"), ablations=ablations or {})
+    data["task"]["path"] = str(world["data"])
+    data["continue_pretrain"]["corpus"]["sources"] = [str(world["corpus"])]
+    for stage in ("teacher", "bitnet_sft", "distill"):
+        data[stage]["train"] = {"steps": 3}
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
