@@ -82,7 +82,7 @@ class _AttentionTap:
             # `_local_mapping` is where AttentionInterface keeps overrides; remember the old override (if
             # any) so removal restores exactly what was there.
             cls.saved[key] = fns._local_mapping.get(key)
-            fns[key] = cls._wrapper(key, attn)
+            fns[key] = cls._wrapper(key)
         cls.listeners[id(attn)] = capture
 
     @classmethod
@@ -99,7 +99,7 @@ class _AttentionTap:
             cls.saved = {}
 
     @classmethod
-    def _wrapper(cls, key: str, any_attn: nn.Module):
+    def _wrapper(cls, key: str):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as fns
 
         previous = cls.saved[key] or fns._global_mapping.get(key)
