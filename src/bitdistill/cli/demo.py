@@ -1,4 +1,4 @@
-"""`bitdistill demo`: the BitDistill pipeline on the embedded SmolLM2-135M and SST-2, in 11-15 minutes.
+"""`bitdistill demo`: the BitDistill pipeline on the embedded SmolLM2-135M and SST-2, within 15 minutes.
 
 It runs the packaged demo recipe (`bitdistill/recipe/demo.yaml`: teacher, BitNet-SFT, a short continued
 pre-training, BitDistill, evaluation on all 872 SST-2 dev sentences) with budgets sized for a 2-core CPU,
@@ -30,7 +30,7 @@ DEFAULT_DATA = "builtin:sst2"  # the copy shipped in the package (bitdistill/dat
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="teacher, BitNet-SFT and BitDistill on SST-2 with the embedded SmolLM2-135M (~11 min on 2 cores)",
+        help="teacher, BitNet-SFT and BitDistill on SST-2 with the embedded SmolLM2-135M (within 15 min on 2 cores)",
     )
     p.add_argument("--model", default="smollm2-135m", help="base model (default: the embedded SmolLM2)")
     p.add_argument("--data", default=DEFAULT_DATA, help="SST-2 directory with train and dev files (GLUE TSV); default: the packaged copy")
@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--convert-only", action="store_true",
         help="only convert (stage 1) and report perplexity and a continuation before and after",
+    )  # fmt: skip
+    p.add_argument(
+        "--restart", metavar="STAGE[,STAGE]|all",
+        help="retrain these stages of an earlier demo run from scratch (all: every stage), e.g. after --set",
     )  # fmt: skip
     p.add_argument("--sentences", type=int, default=64, help="--convert-only: sentences to score")
     p.set_defaults(func=run)
@@ -57,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.tasks import get_task
     from ..errors import BitDistillError
     from ..recipe import load_recipe, run_recipe
+    from ..recipe.run import parse_restart
     from ..train import eta
 
     data = args.data
@@ -68,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
         raise BitDistillError(f"the demo needs SST-2 train and dev files (GLUE TSV): {err}; pass --data DIR") from None
     overrides = [f"model={args.model}", f"task.path={data}", f"output_dir={args.out}", *args.set]
     recipe = load_recipe(demo_recipe_path(), overrides)
+    restart = parse_restart(args.restart)
     start = time.perf_counter()
     n_eval = recipe.task.eval_limit or len(task.load(recipe.task.eval_split, data))
     with eta.track(eta.plan(recipe, n_eval)):  # the whole run's time left beside each stage's progress bar
-        run_recipe(recipe)
+        run_recipe(recipe, restart=restart)
     report = Path(recipe.out) / "report.md"
     if report.is_file():
         print()
