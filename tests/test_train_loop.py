@@ -216,6 +216,19 @@ def test_invalid_config_names_the_field():
         TrainConfig(grad_accum=0).validate()
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("lr", float("inf")), ("lr", 0.0), ("lr", float("nan")), ("weight_decay", float("nan")),
+     ("weight_decay", -0.1), ("max_grad_norm", -1.0), ("warmup_ratio", float("inf")),
+     ("keep_checkpoints", 0), ("log_every", 0), ("eval_every", -1), ("warmup_steps", -2)],
+)  # fmt: skip
+def test_direct_callers_get_the_range_checks_recipes_get(field, value):
+    # train() validates its TrainConfig itself, so a Python caller without a recipe gets the same one-line
+    # errors as `bitdistill run` instead of NaN losses or a silently ignored value.
+    with pytest.raises(BitDistillError, match=rf"^train\.{field}: must be"):
+        TrainConfig(**{field: value}).validate()
+
+
 def test_group_by_length_batches_similar_lengths_and_stays_deterministic():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 60, (1003,), generator=g).tolist()

@@ -68,9 +68,10 @@ def build_recipe(args: argparse.Namespace, stage: str, extra: dict[str, Any] | N
 
 
 def run_one(recipe, stage: str) -> int:
-    from ..recipe.run import evaluate_stage, run_stage
+    from ..recipe.run import evaluate_stage, locked, run_stage
 
-    record = run_stage(recipe, stage, force=False)
+    with locked(recipe.stage_dir(stage)):  # two commands writing one --out would corrupt its checkpoints
+        record = run_stage(recipe, stage, force=False)
     print(f"{stage}: model -> {record.get('model_dir')}")
     if stage != "continue_pretrain":
         metrics = evaluate_stage(recipe, stage)

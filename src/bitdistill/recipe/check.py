@@ -86,18 +86,8 @@ def check_values(recipe: Recipe) -> None:
 
 
 def _check_train(recipe: Recipe, stage: str) -> None:
-    cfg = recipe.train_config(stage)
+    cfg = recipe.train_config(stage)  # TrainConfig.validate checks each field's range
     where = f"{recipe.source}: {stage}.train"
-    _finite(cfg.lr, f"{where}.lr", strict=True)
-    _finite(cfg.weight_decay, f"{where}.weight_decay")
-    _finite(cfg.max_grad_norm, f"{where}.max_grad_norm")
-    _finite(cfg.warmup_ratio, f"{where}.warmup_ratio")
-    for key in ("keep_checkpoints", "log_every"):
-        if getattr(cfg, key) < 1:
-            raise BitDistillError(f"{where}.{key}: must be >= 1, got {getattr(cfg, key)}")
-    for key in ("eval_every", "warmup_steps"):
-        if getattr(cfg, key) < 0:
-            raise BitDistillError(f"{where}.{key}: must be >= 0, got {getattr(cfg, key)}")
     # The loop uses warmup_steps when it is > 0 and warmup_ratio otherwise. A stage's warmup_steps over the
     # recipe's warmup_ratio is an override that works (the paper configs do this); both in one section, or
     # a stage's ratio under the recipe's steps, would be silently ignored.

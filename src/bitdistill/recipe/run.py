@@ -10,11 +10,13 @@ directory: per stage the dev metrics, wall time, training tokens and tokens/s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,19 +158,26 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Check the recipe, print the plan, then (unless `check_only`) hold the run directory's lock, apply
     `restart` and execute the enabled stages in order, then evaluation; write and return results.json."""
-    from .lock import RunLock
-
     plan, ablations = plan_recipe(recipe, only, restart)
     if check_only:
         return {"plan": plan}
     _log("\n".join(plan))
-    existed = recipe.out.exists()
+    with locked(recipe.out):
+        return _restart_and_execute(recipe, only, restart, ablations)
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold `out`'s RunLock; if `out` is new and the work fails, leave no empty directories behind."""
+    from .lock import RunLock
+
+    existed = out.exists()
     try:
-        with RunLock(recipe.out):
-            return _restart_and_execute(recipe, only, restart, ablations)
+        with RunLock(out):
+            yield
     except BaseException:
         if not existed:
-            prune_empty(recipe.out)  # a run that failed at once leaves no empty run directory
+            prune_empty(out)  # a run that failed at once leaves no empty run directory
         raise
 
 
@@ -284,4 +293,4 @@ def _print_summary(results: dict[str, Any]) -> None:
     print("\n".join([f"recipe {results['recipe']} ({results['task']}):", *rows]))
 
 
-__all__ = ["evaluate_stage", "parse_restart", "plan_recipe", "run_recipe", "run_stage", "write_stage"]
+__all__ = ["evaluate_stage", "locked", "parse_restart", "plan_recipe", "run_recipe", "run_stage", "write_stage"]

@@ -75,10 +75,22 @@ class TrainConfig:
         def bad(name: str, why: str) -> BitDistillError:
             return BitDistillError(f"{where}.{name}: {why}")
 
+        def finite(name: str, strict: bool = False) -> None:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (strict and value == 0):
+                raise bad(name, f"must be a finite number {'> 0' if strict else '>= 0'}, got {value}")
+
         if self.steps < 1:
             raise bad("steps", f"must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise bad("lr", f"must be > 0, got {self.lr}")
+        finite("lr", strict=True)
+        for name in ("weight_decay", "max_grad_norm", "warmup_ratio"):
+            finite(name)
+        for name in ("keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.grad_accum < 1:
