@@ -125,3 +125,27 @@ def test_check_takes_no_lock(recipe, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_stage_command_locks_its_out_directory(world, tmp_path, capsys, monkeypatch):
+    # `bitdistill teacher|sft|pretrain|distill --out DIR` writes checkpoints into DIR like a run does, so a
+    # second command on the same DIR is refused, before anything trains.
+    trained = []
+    monkeypatch.setattr(run_module, "run_stage", lambda *a, **k: trained.append(a) or {})
+    out = tmp_path / "teacher"
+    argv = ["teacher", "--model", str(world["model"]), "--data", str(world["data"]), "--out", str(out),
+            "--steps", "1"]  # fmt: skip
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        write_lock(out, holder.pid)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert f"{out}: another bitdistill run is using this run directory (pid {holder.pid} on" in err
+        assert trained == []
+    finally:
+        holder.kill()
+        holder.wait()
+    (out / LOCK_FILE).unlink()
+    monkeypatch.setattr(run_module, "evaluate_stage", lambda *a, **k: {})
+    assert main(argv) == 0 and len(trained) == 1
+    assert not (out / LOCK_FILE).exists()  # released at the end

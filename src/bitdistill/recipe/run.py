@@ -92,17 +92,7 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
     record = read_stage(out)
     if record is None:
         return {}
-    key = {
-        "split": recipe.task.eval_split,
-        "limit": recipe.task.eval_limit,
-        "max_length": recipe.task.max_length,
-        # the weights (retrained weights have another fingerprint) and the data they are scored on
-        "weights": digest(read_fingerprint(out) or {"record": record}),
-        "task": [recipe.task.name, recipe.task.options, _eval_data(recipe)],
-    }
-    if get_task(recipe.task.name, **recipe.task.options).kind != "classification":  # generation settings
-        key.update(generate_limit=recipe.task.generate_limit, max_new_tokens=recipe.task.max_new_tokens,
-                   num_beams=recipe.task.num_beams)  # fmt: skip
+    key = eval_cache_key(recipe, stage, record)
     cache = out / EVAL_FILE
     if cache.is_file():
         cached = json.loads(cache.read_text())
@@ -114,6 +104,23 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
     metrics["eval_seconds"] = time.perf_counter() - t0
     atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
+
+
+def eval_cache_key(recipe: Recipe, stage: str, record: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's cached dev metrics (eval.json) depend on: a different key means evaluate again."""
+    out = stage_dir(recipe, stage)
+    key = {
+        "split": recipe.task.eval_split,
+        "limit": recipe.task.eval_limit,
+        "max_length": recipe.task.max_length,
+        # the weights (retrained weights have another fingerprint) and the data they are scored on
+        "weights": digest(read_fingerprint(out) or {"record": record}),
+        "task": [recipe.task.name, recipe.task.options, _eval_data(recipe)],
+    }
+    if get_task(recipe.task.name, **recipe.task.options).kind != "classification":  # generation settings
+        key.update(generate_limit=recipe.task.generate_limit, max_new_tokens=recipe.task.max_new_tokens,
+                   num_beams=recipe.task.num_beams)  # fmt: skip
+    return key
 
 
 def _eval_data(recipe: Recipe) -> str:
