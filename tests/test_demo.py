@@ -45,6 +45,18 @@ def test_demo_runs_pipeline_and_prints_table(world, tmp_path, capsys):
     assert all("accuracy" in results["stages"][s]["eval"] for s in ("teacher", "bitnet_sft", "distill"))
     assert (out / "report.md").is_file()
 
+    # Run again with one stage setting changed: refused before anything trains, naming the key and the
+    # flag; with that flag only the changed stage retrains and the others are reused.
+    changed = ["--set", "distill.train.steps=2"]
+    argv = ["demo", "--model", str(world["model"]), "--data", str(world["data"]), "--out", str(out), *sets, *changed]
+    stamp = (out / "teacher" / "stage.json").stat().st_mtime_ns
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "steps" in err and "--restart distill" in err and "Traceback" not in err
+    assert main([*argv, "--restart", "distill"]) == 0
+    assert json.loads((out / "results.json").read_text())["stages"]["distill"]["steps"] == 2
+    assert (out / "teacher" / "stage.json").stat().st_mtime_ns == stamp  # reused, not retrained
+
 
 def test_demo_without_data_says_what_to_pass(tmp_path, capsys):
     code = main(["demo", "--data", str(tmp_path / "nowhere")])
