@@ -22,7 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("packed", help="packed model directory (bitdistill pack --out)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)"
+    )
     p.add_argument("--api-key", default=os.environ.get("BITDISTILL_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $BITDISTILL_API_KEY)")  # fmt: skip
     p.add_argument("--model-name", default=None, help="model id clients send (default: the directory name)")
@@ -63,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"bitdistill serve: warning: listening on {args.host} without --api-key: anyone who can reach "
               "this port can use the model", file=sys.stderr)  # fmt: skip
     model = app.state.model
-    print(f"bitdistill serve: {model.name} ({model.engine.threads} threads, context {model.ctx or '?'} tokens, "
-          f"chat template: {'yes' if model.chat else 'no'}) on http://{args.host}:{args.port}", file=sys.stderr)
+    print(
+        f"bitdistill serve: {model.name} ({model.engine.threads} threads, context {model.ctx or '?'} tokens, "
+        f"chat template: {'yes' if model.chat else 'no'}) on http://{args.host}:{args.port}",
+        file=sys.stderr,
+    )
     # one process, one event loop: the engine is a single resource, extra workers would each load the model
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1,
                 timeout_graceful_shutdown=5)  # fmt: skip

@@ -46,7 +46,13 @@ class Limits:
     def check(self) -> None:
         from ..errors import BitDistillError
 
-        for name in ("queue_size", "max_body_bytes", "max_tokens", "default_max_tokens", "max_classify_inputs"):
+        for name in (
+            "queue_size",
+            "max_body_bytes",
+            "max_tokens",
+            "default_max_tokens",
+            "max_classify_inputs",
+        ):
             if getattr(self, name) < 1:
                 raise BitDistillError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
 
@@ -97,7 +103,9 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         yield
         worker.stop()
 
-    app = FastAPI(title="bitdistill serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="bitdistill serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.model, app.state.worker, app.state.metrics = model, worker, metrics
     errors.install(app)
 
@@ -132,8 +140,12 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model.name}  # fmt: skip
         if not body.stream:
-            job = await run_job(worker, metrics, request,
-                                lambda j: model.generate(j, ids, max_new, params, body.stops, on_token=metrics.token))
+            job = await run_job(
+                worker,
+                metrics,
+                request,
+                lambda j: model.generate(j, ids, max_new, params, body.stops, on_token=metrics.token),
+            )
             g = await wait(job, request)
             choice = ({"index": 0, "message": {"role": "assistant", "content": g.text}} if chat
                       else {"index": 0, "text": g.text})  # fmt: skip
@@ -143,17 +155,29 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
 
         def job_fn(j: Job):
             try:
-                return model.generate(j, ids, max_new, params, body.stops,
-                                      on_text=lambda t: j.call_in_loop(pieces.put_nowait, t), on_token=metrics.token)
+                return model.generate(
+                    j,
+                    ids,
+                    max_new,
+                    params,
+                    body.stops,
+                    on_text=lambda t: j.call_in_loop(pieces.put_nowait, t),
+                    on_token=metrics.token,
+                )
             finally:
                 j.call_in_loop(pieces.put_nowait, _DONE)
 
         job = await run_job(worker, metrics, request, job_fn)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(sse(job, pieces, head, chat, include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            sse(job, pieces, head, chat, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
 
-    async def sse(job: Job, pieces: asyncio.Queue, head: dict, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+    async def sse(
+        job: Job, pieces: asyncio.Queue, head: dict, chat: bool, include_usage: bool
+    ) -> AsyncIterator[str]:
         head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
 
         def chunk(text: str | None, finish: str | None = None, first: bool = False) -> str:
@@ -201,7 +225,13 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
     async def classify(request: Request, body: ClassifyRequest) -> dict:
         check_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        pairs = None if body.text_pair is None else [body.text_pair] if isinstance(body.text_pair, str) else body.text_pair
+        pairs = (
+            None
+            if body.text_pair is None
+            else [body.text_pair]
+            if isinstance(body.text_pair, str)
+            else body.text_pair
+        )
         if not 1 <= len(texts) <= limits.max_classify_inputs:
             raise APIError(400, f"\"input\" has {len(texts)} texts; send 1 to {limits.max_classify_inputs} "
                            "(--max-classify-inputs)", param="input", code="invalid_value")  # fmt: skip

@@ -57,7 +57,9 @@ def load_chat_template(packed_dir: str | Path) -> ChatTemplate | None:
     else:
         found = config.get("chat_template")
         if isinstance(found, list):  # named templates: the "default" one is the chat template
-            found = next((t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"), None)
+            found = next(
+                (t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"), None
+            )
         template = found if isinstance(found, str) else None
     if not template:
         return None

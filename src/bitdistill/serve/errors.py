@@ -30,7 +30,9 @@ def error_body(message: str, type: str = INVALID, param: str | None = None, code
 
 
 def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(error_body(err.message, err.type, err.param, err.code), err.status, headers=err.headers)
+    return JSONResponse(
+        error_body(err.message, err.type, err.param, err.code), err.status, headers=err.headers
+    )
 
 
 # pydantic error types -> OpenAI-ish codes; the message names the field and what was wrong with it
@@ -38,11 +40,18 @@ _CODES = {"extra_forbidden": "unknown_parameter", "missing": "missing_required_p
           "json_invalid": "invalid_json"}  # fmt: skip
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "none"}  # pydantic names union members in `loc`; no field is one
+
+
 def validation_error(exc: RequestValidationError) -> APIError:
     first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
     kind = first.get("type", "")
+    loc = [
+        str(p) for p in first.get("loc", ()) if p != "body" and str(p) not in _TYPE_TAGS and "[" not in str(p)
+    ]
+    if kind == "json_invalid":
+        loc = []  # pydantic puts the character offset there, not a field
+    param = ".".join(loc) or None
     if kind == "json_invalid":
         ctx = first.get("ctx") or {}
         msg = f"the request body is not valid JSON ({ctx.get('error', 'parse error')})"

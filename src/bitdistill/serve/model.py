@@ -45,12 +45,16 @@ class ClassifyDefaults:
     pair: bool = False
 
 
-def defaults_from_task(task: str | None, labels: str | None = None, template: str | None = None) -> ClassifyDefaults:
+def defaults_from_task(
+    task: str | None, labels: str | None = None, template: str | None = None
+) -> ClassifyDefaults:
     """Server-wide classify settings from the CLI's flags, validated by the task registry as `classify` does."""
     words = normalize_labels([x.strip() for x in labels.split(",")]) if labels else None
     tmpl = unescape(template) if template else None
     if task:
-        t = get_task(task, **({"label_words": words} if words else {}), **({"template": tmpl} if tmpl else {}))
+        t = get_task(
+            task, **({"label_words": words} if words else {}), **({"template": tmpl} if tmpl else {})
+        )
         if t.kind != "classification":
             raise BitDistillError(f"task {t.name!r} is {t.kind}: /v1/classify scores label words")
         return ClassifyDefaults(list(t.label_words), t.template, bool(t.text_pair_columns))
@@ -174,7 +178,7 @@ class ServedModel:
             raise APIError(400, "the template uses {text_pair}: send \"text_pair\" with one string per input",
                            param="text_pair")  # fmt: skip
         if pairs is not None and not pair_template:
-            raise APIError(400, "\"text_pair\" was sent but the template has no {text_pair}", param="text_pair")
+            raise APIError(400, '"text_pair" was sent but the template has no {text_pair}', param="text_pair")
         if pairs is not None and len(pairs) != len(texts):
             raise APIError(400, f"\"text_pair\" has {len(pairs)} strings for {len(texts)} inputs",
                            param="text_pair")  # fmt: skip

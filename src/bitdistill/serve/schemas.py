@@ -8,11 +8,24 @@ and tools send them routinely, and `n` must be 1.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOPS = 4  # as OpenAI's API
+
+
+def _encodable(text: str) -> str:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"); no tokenizer can encode them, so refuse them here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"the text holds an unpaired surrogate {text[err.start]!r} at character {err.start}; "
+                         "send valid Unicode") from None  # fmt: skip
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class Strict(BaseModel):
@@ -29,7 +42,7 @@ class Sampling(Strict):
     temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -52,17 +65,17 @@ class Sampling(Strict):
 
 
 class CompletionRequest(Sampling):
-    prompt: str
+    prompt: Text
 
 
 class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
     name: str | None = None
 
     def text(self) -> str:
@@ -75,7 +88,7 @@ class ChatRequest(Sampling):
 
 class ClassifyRequest(Strict):
     model: str | None = None
-    input: str | list[str]
-    text_pair: str | list[str] | None = None
-    labels: list[str] | None = Field(None, min_length=2)
-    template: str | None = None
+    input: Text | list[Text]
+    text_pair: Text | list[Text] | None = None
+    labels: list[Text] | None = Field(None, min_length=2)
+    template: Text | None = None
