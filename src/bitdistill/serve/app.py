@@ -93,9 +93,9 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
     limits = limits or Limits()
     limits.check()
     model = ServedModel(packed_dir, threads=threads, name=name, classify=classify)
-    worker = Worker(limits.queue_size)
+    # each refers to the other: the metrics read the queue, the worker counts cancellations
     metrics = Metrics(lambda: worker.waiting, lambda: int(worker.busy))
-    worker._on_skip = metrics.cancelled.inc
+    worker = Worker(limits.queue_size, on_cancelled=metrics.cancelled.inc)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -210,7 +210,6 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         finally:  # also when Starlette cancels us because the client disconnected
             if not job.future.done():
                 job.cancel()
-                metrics.cancelled.inc()
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:

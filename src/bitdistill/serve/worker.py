@@ -58,14 +58,14 @@ class Job:
 
 
 class Worker:
-    def __init__(self, max_waiting: int, on_skip: Callable[[], None] | None = None) -> None:
+    def __init__(self, max_waiting: int, on_cancelled: Callable[[], None] | None = None) -> None:
         self.max_waiting = max_waiting
         self._jobs: deque[Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self._busy = False
+        self._running: Job | None = None
         self._mean_s = 0.0  # moving average of job durations, for Retry-After
-        self._on_skip = on_skip
+        self._on_cancelled = on_cancelled  # counted here, once per job, whether it was skipped or stopped
         self._thread = threading.Thread(target=self._run, name="bitdistill-engine", daemon=True)
 
     def start(self) -> None:
@@ -74,8 +74,9 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         with self._cv:
             self._stopping = True
-            for job in self._jobs:
-                job.cancel()
+            for job in [*self._jobs, self._running]:
+                if job is not None:
+                    job.cancel()  # a running generation stops at its next token
             self._cv.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -86,14 +87,14 @@ class Worker:
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        return self._running is not None
 
     def submit(self, fn: Callable[[Job], Any]) -> Job:
         """Enqueue `fn` (from the event loop); raises QueueFull instead of waiting for room."""
         job = Job(fn, asyncio.get_running_loop())
         with self._cv:
             if len(self._jobs) >= self.max_waiting:
-                ahead = len(self._jobs) + int(self._busy)
+                ahead = len(self._jobs) + int(self.busy)
                 raise QueueFull(max(1, math.ceil(self._mean_s * ahead)))
             self._jobs.append(job)
             self._cv.notify()
@@ -106,21 +107,19 @@ class Worker:
                     self._cv.wait()
                 if self._stopping:
                     return
-                job = self._jobs.popleft()
-                self._busy = True
+                job = self._running = self._jobs.popleft()
             try:
-                if job.cancelled:  # its client left while it waited: do not spend engine time on it
-                    if self._on_skip is not None:
-                        self._on_skip()
-                    continue
-                t0 = time.perf_counter()
-                result, error = None, None
-                try:
-                    result = job.fn(job)
-                except Exception as err:  # noqa: BLE001 - handed to the awaiting handler, which reports it
-                    error = err
-                dt = time.perf_counter() - t0
-                self._mean_s = dt if self._mean_s == 0 else 0.8 * self._mean_s + 0.2 * dt
-                job.call_in_loop(job._resolve, result, error)
+                if not job.cancelled:  # else its client left while it waited: spend no engine time on it
+                    t0 = time.perf_counter()
+                    result, error = None, None
+                    try:
+                        result = job.fn(job)
+                    except Exception as err:  # noqa: BLE001 - handed to the awaiting handler, which reports it
+                        error = err
+                    dt = time.perf_counter() - t0
+                    self._mean_s = dt if self._mean_s == 0 else 0.8 * self._mean_s + 0.2 * dt
+                    job.call_in_loop(job._resolve, result, error)
+                if job.cancelled and self._on_cancelled is not None:
+                    self._on_cancelled()
             finally:
-                self._busy = False
+                self._running = None
