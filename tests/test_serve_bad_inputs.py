@@ -173,3 +173,53 @@ def test_server_still_serves_after_the_bad_requests(server) -> None:
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
     metrics = httpx.get(server.url + "/metrics").text
     assert 'status="500"' not in metrics
+
+
+# -- the command line: every bad flag is one line on stderr and exit code 2, before anything listens --------
+
+CLI = [
+    ("missing-dir", lambda p, d: [str(d / "nope")], ["nope"]),
+    ("not-packed", lambda p, d: [str(d)], ["config.json"]),
+    ("port-out-of-range", lambda p, d: [p, "--port", "70000"], ["--port 70000"]),
+    ("threads-0", lambda p, d: [p, "--threads", "0"], ["--threads"]),
+    ("queue-size-0", lambda p, d: [p, "--queue-size", "0"], ["--queue-size 0"]),
+    ("max-body-0", lambda p, d: [p, "--max-body-bytes", "0"], ["--max-body-bytes 0"]),
+    ("max-tokens-0", lambda p, d: [p, "--max-tokens", "0"], ["--max-tokens 0"]),
+    ("unknown-task", lambda p, d: [p, "--task", "nosuch"], ["unknown task 'nosuch'"]),
+    ("summarization-task", lambda p, d: [p, "--task", "cnndm"], ["summarization"]),
+    ("labels-unknown-token", lambda p, d: [p, "--labels", "w1,zebra"], ["unknown token"]),
+    ("bad-host", lambda p, d: [p, "--host", "no.such.host.invalid"], ["--host"]),
+]
+
+
+@pytest.mark.parametrize("case", CLI, ids=[c[0] for c in CLI])
+def test_cli_bad_flags(packed, tmp_path, capsys, monkeypatch, case) -> None:
+    import uvicorn
+
+    from bitdistill.cli import main
+
+    def started(*a, **k):  # a guard: a case that wrongly passed its checks must not serve forever
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    _, argv, words = case
+    args = argv(str(packed[0]), tmp_path)
+    assert main(["serve", *args, *([] if "--port" in args else ["--port", "0"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bitdistill serve: error:") and len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_cli_port_in_use(packed, capsys) -> None:
+    import socket
+
+    from bitdistill.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(packed[0]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"127.0.0.1:{port}" in err and "--port" in err and len(err.splitlines()) == 1, err

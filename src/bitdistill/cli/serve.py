@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 import sys
 
 from .._threads import check_threads
@@ -47,6 +48,24 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port or a bad address is a one-line error (uvicorn
+    would log it and exit 1) and so that port 0 picks a free port we can print."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as err:
+        raise BitDistillError(f"--host {host}: not an address this machine can listen on ({err})") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise BitDistillError(f"cannot listen on {host}:{port} ({err.strerror}); is another server using it? "
+                              "choose another --port") from None  # fmt: skip
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -59,18 +78,19 @@ def run(args: argparse.Namespace) -> int:
                     args.max_classify_inputs)  # fmt: skip
     limits.check()
     classify = defaults_from_task(args.task, args.labels, args.template)
+    sock = bind(args.host, args.port)
     app = create_app(args.packed, threads=threads, api_key=args.api_key or None, name=args.model_name,
                      limits=limits, classify=classify)  # fmt: skip
     if not _loopback(args.host) and not args.api_key:
         print(f"bitdistill serve: warning: listening on {args.host} without --api-key: anyone who can reach "
               "this port can use the model", file=sys.stderr)  # fmt: skip
-    model = app.state.model
+    model, port = app.state.model, sock.getsockname()[1]
     print(
         f"bitdistill serve: {model.name} ({model.engine.threads} threads, context {model.ctx or '?'} tokens, "
-        f"chat template: {'yes' if model.chat else 'no'}) on http://{args.host}:{args.port}",
+        f"chat template: {'yes' if model.chat else 'no'}) on http://{args.host}:{port}",
         file=sys.stderr,
     )
     # one process, one event loop: the engine is a single resource, extra workers would each load the model
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1,
-                timeout_graceful_shutdown=5)  # fmt: skip
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
