@@ -57,7 +57,7 @@ class Limits:
                 raise BitDistillError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
 
 
-async def run_job(worker: Worker, metrics: Metrics, request: Request, fn) -> Job:
+def run_job(worker: Worker, metrics: Metrics, fn) -> Job:
     """Enqueue `fn` and return its job; 503 with Retry-After when the queue is full."""
     try:
         return worker.submit(fn)
@@ -96,10 +96,10 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
     # each refers to the other: the metrics read the queue, the worker counts cancellations
     metrics = Metrics(lambda: worker.waiting, lambda: int(worker.busy))
     worker = Worker(limits.queue_size, on_cancelled=metrics.cancelled.inc)
+    worker.start()  # now, not in the lifespan: a server run without lifespan events must still work
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        worker.start()
         yield
         worker.stop()
 
@@ -140,10 +140,9 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model.name}  # fmt: skip
         if not body.stream:
-            job = await run_job(
+            job = run_job(
                 worker,
                 metrics,
-                request,
                 lambda j: model.generate(j, ids, max_new, params, body.stops, on_token=metrics.token),
             )
             g = await wait(job, request)
@@ -167,7 +166,7 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
             finally:
                 j.call_in_loop(pieces.put_nowait, _DONE)
 
-        job = await run_job(worker, metrics, request, job_fn)
+        job = run_job(worker, metrics, job_fn)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
             sse(job, pieces, head, chat, include_usage),
@@ -237,7 +236,7 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         task = model.classify_task(body.labels, body.template)
         prompts = model.prompts(task, texts, pairs)
         words = list(task.label_words)
-        job = await run_job(worker, metrics, request, lambda j: model.classify(j, prompts, words))
+        job = run_job(worker, metrics, lambda j: model.classify(j, prompts, words))
         scores = await wait(job, request)
         metrics.classified.inc(len(prompts))
         labels = [w.strip() for w in words]
