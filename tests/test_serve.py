@@ -121,6 +121,10 @@ def test_chat_uses_the_tokenizers_template(client, ref) -> None:
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == text and r.choices[0].finish_reason == finish
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), n)
+    # the newer budget name and neutral values of parameters frameworks send by default are accepted
+    again = client.chat.completions.create(model="packed", messages=messages, max_completion_tokens=16,
+                                           temperature=0, presence_penalty=0, frequency_penalty=0, n=1)  # fmt: skip
+    assert again.choices[0].message.content == text
 
 
 def test_streaming_completion_and_chat(client, ref) -> None:

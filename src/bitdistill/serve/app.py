@@ -216,7 +216,7 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatRequest) -> Response:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [m.for_template() for m in body.messages]
         return await generate(request, body, model.chat_ids(messages), chat=True)
 
     @app.post("/v1/classify")

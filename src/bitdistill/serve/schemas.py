@@ -2,15 +2,16 @@
 field (a typo such as `max_token` must not silently fall back to a default). Ranges that depend on the
 loaded model (context, label words) are checked by the handlers.
 
-Only the OpenAI parameters this server implements are accepted; `n` and `user` are accepted because SDKs
-and tools send them routinely, and `n` must be 1.
+Only the OpenAI parameters this server implements are accepted. A few it does not implement are accepted
+at their neutral value, because SDKs and frameworks send them routinely: `n` (must be 1), `user` (ignored),
+`presence_penalty` / `frequency_penalty` (must be 0) and `logit_bias` (must be empty).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOPS = 4  # as OpenAI's API
 
@@ -48,6 +49,23 @@ class Sampling(Strict):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
     user: str | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, v: float) -> float:
+        if v != 0:
+            raise ValueError("penalties are not supported by this server; send 0 or leave it out")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, v: dict | None) -> dict | None:
+        if v:
+            raise ValueError("logit_bias is not supported by this server; send {} or leave it out")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -76,14 +94,24 @@ class TextPart(Strict):
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: Text | list[TextPart]
-    name: str | None = None
+    name: Text | None = None
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+    def for_template(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": self.role, "content": text, **({"name": self.name} if self.name is not None else {})}
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # the newer name of max_tokens in OpenAI's chat API
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> ChatRequest:
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None:
+                raise ValueError("send max_tokens or max_completion_tokens, not both")
+            self.max_tokens = self.max_completion_tokens
+        return self
 
 
 class ClassifyRequest(Strict):
