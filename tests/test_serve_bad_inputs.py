@@ -79,6 +79,7 @@ CASES = [
     ("classify-input-empty-list", CLS, {"input": [], "labels": ["w1", "w2"]}, 400, "input", None, ["send 1 to"]),
     ("classify-too-many-inputs", CLS, {"input": ["w1"] * 300, "labels": ["w1", "w2"]}, 400, "input", None,
      ["--max-classify-inputs"]),
+    ("classify-empty-text", CLS, {"input": "  ", "labels": ["w1", "w2"]}, 400, None, None, ["no tokens"]),
     ("classify-no-labels", CLS, {"input": "w1"}, 400, "labels", "missing_required_parameter", ["--task"]),
     ("classify-one-label", CLS, {"input": "w1", "labels": ["w1"]}, 400, "labels", None, ["at least 2"]),
     ("classify-unknown-word", CLS, {"input": "w1", "labels": ["w1", "zebra"]}, 400, "labels", None,
