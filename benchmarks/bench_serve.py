@@ -32,6 +32,10 @@ from pathlib import Path
 
 from _verb import RESULTS
 
+# As `bitdistill classify` and the server (bitdistill.cli sets it): the baseline must not get spinning
+# OpenMP threads that the CLI and the server do not have. Set before the runtime loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
