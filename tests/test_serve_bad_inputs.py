@@ -5,6 +5,8 @@ dropped connection. After the table the server must still answer a good request.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -156,6 +158,21 @@ def test_chat_without_a_template(packed) -> None:
         r = httpx.post(s.url + CHAT, json={"messages": USER})
         check(r, 400, "messages", "no_chat_template", ["no chat template", "/v1/completions"])
         assert httpx.post(s.url + C, json=OK).status_code == 200  # completions still work
+    finally:
+        s.close()
+
+
+def test_a_broken_model_is_reported_as_json_streamed_or_not(tmp_path) -> None:
+    """NaN logits (a diverged checkpoint) stop generation with the runtime's message: as a JSON error, or,
+    once a stream's headers are sent, as an error event before [DONE]; never a dropped connection."""
+    s = Server(create_app(build_packed(tmp_path, nan_head=True), threads=1))
+    try:
+        body = {"prompt": "w1 w2", "max_tokens": 4, "temperature": 0.8}
+        check(httpx.post(s.url + C, json=body), 400, words=["NaN/inf"])
+        with httpx.stream("POST", s.url + C, json={**body, "stream": True}) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line]
+        assert events[-1] == "data: [DONE]" and "NaN/inf" in json.loads(events[-2][6:])["error"]["message"]
     finally:
         s.close()
 

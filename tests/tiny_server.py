@@ -24,8 +24,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_packed(root: Path, chat: bool = True, seed: int = 0) -> Path:
-    """A BitNet-converted tiny Llama packed with fp32 head (so tests compare against exact references)."""
+def build_packed(root: Path, chat: bool = True, seed: int = 0, nan_head: bool = False) -> Path:
+    """A BitNet-converted tiny Llama packed with fp32 head (so tests compare against exact references);
+    `nan_head` puts a NaN in the LM head (the runtime refuses to sample from NaN logits)."""
     from bitdistill.model import to_bitnet
     from bitdistill.model.io import save
     from bitdistill.runtime.packed import pack_model
@@ -39,8 +40,14 @@ def build_packed(root: Path, chat: bool = True, seed: int = 0) -> Path:
                       bos_token_id=2, eos_token_id=3, pad_token_id=1)  # fmt: skip
     model = AutoModelForCausalLM.from_config(cfg).float()
     to_bitnet(model, subln="o_down")
+    if nan_head:
+        model.config.tie_word_embeddings = False
+        with torch.no_grad():
+            model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.clone())
+            model.lm_head.weight[5, 3] = float("nan")
     save(model, root / "bitnet", tokenizer=tok)
-    return pack_model(model, root / ("packed" if chat else "packed_nochat"), head_dtype="fp32", tokenizer=tok)
+    name = "packed_nan" if nan_head else "packed" if chat else "packed_nochat"
+    return pack_model(model, root / name, head_dtype="fp32", tokenizer=tok)
 
 
 class Server:

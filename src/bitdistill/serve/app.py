@@ -9,10 +9,8 @@ killed server restarts from the packed directory alone.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -26,9 +24,8 @@ from .guards import ApiKey, BodyLimit
 from .metrics import CountRequests, Metrics
 from .model import ServedModel
 from .schemas import ChatRequest, ClassifyRequest, CompletionRequest, Sampling
+from .sse import DONE, events, usage
 from .worker import Job, QueueFull, Worker
-
-_DONE = object()
 
 
 class ClientGone(Exception):
@@ -164,51 +161,15 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
                     on_token=metrics.token,
                 )
             finally:
-                j.call_in_loop(pieces.put_nowait, _DONE)
+                j.call_in_loop(pieces.put_nowait, DONE)
 
         job = run_job(worker, metrics, job_fn)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            sse(job, pieces, head, chat, include_usage),
+            events(job, pieces, head, chat, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-
-    async def sse(
-        job: Job, pieces: asyncio.Queue, head: dict, chat: bool, include_usage: bool
-    ) -> AsyncIterator[str]:
-        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
-
-        def chunk(text: str | None, finish: str | None = None, first: bool = False) -> str:
-            if chat:
-                delta = {} if text is None else {"content": text}
-                if first:
-                    delta = {"role": "assistant", "content": ""}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            return "data: " + json.dumps({**head, "choices": [choice]}) + "\n\n"
-
-        try:
-            if chat:
-                yield chunk(None, first=True)
-            while (piece := await pieces.get()) is not _DONE:
-                yield chunk(piece)
-            try:
-                g = await job.future
-            except Exception as err:  # noqa: BLE001 - headers are sent: the error goes in the stream
-                status = 400 if isinstance(err, APIError | errors.BitDistillError) else 500
-                kind = "invalid_request_error" if status == 400 else "server_error"
-                yield "data: " + json.dumps(errors.error_body(str(err), kind)) + "\n\n"
-                yield "data: [DONE]\n\n"
-                return
-            yield chunk(None, g.finish_reason)
-            if include_usage:
-                yield "data: " + json.dumps({**head, "choices": [], "usage": usage(g)}) + "\n\n"
-            yield "data: [DONE]\n\n"
-        finally:  # also when Starlette cancels us because the client disconnected
-            if not job.future.done():
-                job.cancel()
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
@@ -223,13 +184,7 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
     async def classify(request: Request, body: ClassifyRequest) -> dict:
         check_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        pairs = (
-            None
-            if body.text_pair is None
-            else [body.text_pair]
-            if isinstance(body.text_pair, str)
-            else body.text_pair
-        )
+        pairs = [body.text_pair] if isinstance(body.text_pair, str) else body.text_pair
         if not 1 <= len(texts) <= limits.max_classify_inputs:
             raise APIError(400, f"\"input\" has {len(texts)} texts; send 1 to {limits.max_classify_inputs} "
                            "(--max-classify-inputs)", param="input", code="invalid_value")  # fmt: skip
@@ -254,8 +209,3 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
 
 
 KNOWN = {"/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/classify"}
-
-
-def usage(g) -> dict:
-    return {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-            "total_tokens": g.prompt_tokens + g.completion_tokens}  # fmt: skip
