@@ -271,6 +271,19 @@ def test_a_full_queue_answers_503_with_retry_after(packed) -> None:
         s.close()
 
 
+def test_the_server_never_imports_torch(packed) -> None:
+    """The runtime is numpy + ctypes: a server that loaded torch would carry hundreds of MiB for nothing."""
+    code = (
+        "import sys; from bitdistill.serve import create_app; "
+        f"app = create_app({str(packed)!r}, threads=1); "
+        "app.state.model.chat_ids([{'role': 'user', 'content': 'w1'}]); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def test_killed_mid_stream_the_server_restarts_from_the_directory_alone(packed) -> None:
     """SIGKILL during a stream leaves nothing to repair: the same command serves again at once."""
     with socket.socket() as sock:
