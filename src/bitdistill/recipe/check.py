@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BitDistillError
+from ..errors import BitDistillError, require_finite
 from .modelinfo import ModelShape, model_shape
 from .schema import STAGES, Recipe
 
@@ -48,14 +48,6 @@ def _gb(n: int) -> str:
 # -- values ---------------------------------------------------------------------------------------------
 
 
-def _finite(value: float | None, where: str, low: float = 0.0, strict: bool = False) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value) or value < low or (strict and value == low):
-        bound = f"> {low:g}" if strict else f">= {low:g}"
-        raise BitDistillError(f"{where}: must be a finite number {bound}, got {value}")
-
-
 def check_values(recipe: Recipe) -> None:
     """Numbers and names the schema's types accept but no run can use (NaN, negative weights, 0 sizes)."""
     src = recipe.source
@@ -66,9 +58,9 @@ def check_values(recipe: Recipe) -> None:
             "run is written to runs/<name>; use output_dir to put it elsewhere"
         )
     d = recipe.distill
-    _finite(d.temperature, f"{src}: distill.temperature", strict=True)
-    _finite(d.lambda_logits, f"{src}: distill.lambda_logits")
-    _finite(d.gamma_attention, f"{src}: distill.gamma_attention")
+    require_finite(d.temperature, f"{src}: distill.temperature", strict=True)
+    require_finite(d.lambda_logits, f"{src}: distill.lambda_logits")
+    require_finite(d.gamma_attention, f"{src}: distill.gamma_attention")
     t = recipe.task
     for key in ("eval_batch_size", "max_new_tokens", "num_beams"):
         if getattr(t, key) < 1:

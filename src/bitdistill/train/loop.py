@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BitDistillError
+from ..errors import BitDistillError, require_finite
 from . import eta
 from .checkpoint import (
     atomic_write_text,
@@ -75,16 +75,11 @@ class TrainConfig:
         def bad(name: str, why: str) -> BitDistillError:
             return BitDistillError(f"{where}.{name}: {why}")
 
-        def finite(name: str, strict: bool = False) -> None:
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (strict and value == 0):
-                raise bad(name, f"must be a finite number {'> 0' if strict else '>= 0'}, got {value}")
-
         if self.steps < 1:
             raise bad("steps", f"must be >= 1, got {self.steps}")
-        finite("lr", strict=True)
+        require_finite(self.lr, f"{where}.lr", strict=True)
         for name in ("weight_decay", "max_grad_norm", "warmup_ratio"):
-            finite(name)
+            require_finite(getattr(self, name), f"{where}.{name}")
         for name in ("keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
