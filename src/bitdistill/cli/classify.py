@@ -48,15 +48,17 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
+def label_continuations(words: list[str]) -> list[str]:
+    """Label words are continuations of the prompt: a leading space is added where missing; empty ones go."""
+    return [w if w.startswith(" ") else " " + w for w in words if w.strip()]
+
+
 def _task(args):
     """The task to score: a named one (with --labels/--template/--*-column overrides), else one built from
     --labels and --template alone. Templates and label words go through the tasks' own validation."""
     from ..data.tasks import get_task
 
-    labels = None
-    if args.labels:
-        labels = [w if w.startswith(" ") else " " + w for w in (x.strip() for x in args.labels.split(","))]
-        labels = [w for w in labels if w.strip()]
+    labels = label_continuations([x.strip() for x in args.labels.split(",")]) if args.labels else None
     template = unescape(args.template) if args.template else None
     columns = {"text_column": args.text_column, "text_pair_column": args.text_pair_column,
                "label_column": args.label_column}  # fmt: skip

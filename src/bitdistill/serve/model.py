@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.classify import check_words, unescape
+from ..cli.classify import check_words, label_continuations, unescape
 from ..cli.generate import eos_ids
 from ..data.tasks import Task, get_task, render
 from ..errors import BitDistillError
@@ -49,7 +49,7 @@ def defaults_from_task(
     task: str | None, labels: str | None = None, template: str | None = None
 ) -> ClassifyDefaults:
     """Server-wide classify settings from the CLI's flags, validated by the task registry as `classify` does."""
-    words = normalize_labels([x.strip() for x in labels.split(",")]) if labels else None
+    words = label_continuations([x.strip() for x in labels.split(",")]) if labels else None
     tmpl = unescape(template) if template else None
     if task:
         t = get_task(
@@ -61,11 +61,6 @@ def defaults_from_task(
     if words or tmpl:
         return ClassifyDefaults(words, tmpl, bool(tmpl and "{text_pair}" in tmpl))
     return ClassifyDefaults()
-
-
-def normalize_labels(words: list[str]) -> list[str]:
-    """Label words are continuations of the prompt: a leading space is added as `bitdistill classify` does."""
-    return [w if w.startswith(" ") else " " + w for w in words if w.strip()]
 
 
 class ServedModel:
@@ -156,7 +151,7 @@ class ServedModel:
     def classify_task(self, labels: list[str] | None, template: str | None) -> Task:
         """The label words and template of a request, or the server's defaults, validated like a custom task."""
         d = self.classify_defaults
-        words = normalize_labels(labels) if labels is not None else d.labels
+        words = label_continuations(labels) if labels is not None else d.labels
         tmpl = template if template is not None else d.template
         if not words:
             raise APIError(400, "no label words: send \"labels\" (or start the server with --task or --labels)",
