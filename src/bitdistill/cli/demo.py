@@ -1,7 +1,7 @@
 """`bitdistill demo`: the BitDistill pipeline on the embedded SmolLM2-135M and SST-2, within 15 minutes.
 
 It runs the packaged demo recipe (`bitdistill/recipe/demo.yaml`: teacher, BitNet-SFT, a short continued
-pre-training, BitDistill, evaluation on all 872 SST-2 dev sentences) with budgets sized for a 2-core CPU,
+pre-training, BitDistill, evaluation on the first 500 SST-2 dev sentences) with budgets sized for a 2-core CPU,
 prints the comparison table and writes `report.md` with plots. The budgets are a demonstration, not the
 quality benchmark (configs/smollm2-sst2-full.yaml, docs/results.md).
 
