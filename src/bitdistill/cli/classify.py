@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--label-column", default=None, help="--task custom: the column holding the label")
     p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="prompts are scored many per forward, up to this many tokens per batch (default "
+                   "512; padding-free, so results do not depend on it)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write per-example predictions as JSON lines here")
     p.set_defaults(func=run)
@@ -105,9 +108,9 @@ def check_words(tok, words: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.tasks import render
     from ..runtime.engine import load, load_tokenizer
-    from ..runtime.scoring import score_label_words
+    from ..runtime.scoring import BATCH_TOKENS, iter_label_word_scores, score_label_words
 
-    for flag in ("limit", "max_length"):
+    for flag in ("limit", "max_length", "batch_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise BitDistillError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     threads = None if args.threads is None else check_threads(args.threads)
@@ -133,14 +136,18 @@ def run(args: argparse.Namespace) -> int:
     if not examples:
         raise BitDistillError(f"no examples in split {args.split!r}")
     rows, correct, labelled = [], 0, 0
+    batch = args.batch_tokens or BATCH_TOKENS
+    scored = iter_label_word_scores(
+        engine, tok, [ex.prompt for ex in examples], words, args.max_length, batch
+    )
     try:
         from tqdm import tqdm
 
-        it = tqdm(examples, desc="classify", unit="ex", file=sys.stderr, disable=not sys.stderr.isatty())
+        scored = tqdm(scored, total=len(examples), desc="classify", unit="ex", file=sys.stderr,
+                      disable=not sys.stderr.isatty())  # fmt: skip
     except ImportError:
-        it = examples
-    for ex in it:
-        scores = score_label_words(engine, tok, ex.prompt, words, args.max_length)
+        pass
+    for ex, scores in zip(examples, scored, strict=True):
         pred = int(scores.argmax())
         rows.append({"label": ex.label, "pred": pred, "scores": [round(float(s), 6) for s in scores]})
         if ex.label is not None:

@@ -204,6 +204,42 @@ class Engine:
                 outs.append(out)
         return np.concatenate(outs) if all_logits else outs[-1][0]
 
+    def forward_seqs(
+        self, tokens: np.ndarray, pos: np.ndarray, seq0: np.ndarray, out_rows: np.ndarray
+    ) -> np.ndarray:
+        """Tokens of several sequences in one native call (padding-free batching): token i sits at position
+        pos[i] of the sequence whose KV rows start at cache slot seq0[i], writes its keys/values to slot
+        seq0[i] + pos[i] and attends only to slots seq0[i] .. seq0[i] + pos[i]. Returns the logits of the
+        tokens listed in out_rows ([len(out_rows), vocab]). The cache must hold every slot (see reset):
+        sequences laid side by side in the cache never see each other."""
+        if self._state is None:
+            raise BitDistillError("forward_seqs: call reset(max_seq, max_batch) first to size the cache")
+        arrays = [np.ascontiguousarray(a, dtype=np.int32).reshape(-1) for a in (tokens, pos, seq0, out_rows)]
+        tokens, pos, seq0, out_rows = arrays
+        n = tokens.size
+        if n == 0 or out_rows.size == 0:
+            raise BitDistillError("forward_seqs: no tokens given, or no rows to return logits for")
+        if pos.size != n or seq0.size != n:
+            raise BitDistillError(f"forward_seqs: {n} tokens but {pos.size} positions and {seq0.size} seq0")
+        v = self.arch["vocab"]
+        if tokens.min() < 0 or tokens.max() >= v:
+            raise BitDistillError(f"token id out of range [0, {v}): the tokenizer does not match the model")
+        if n > self._state_t or pos.min() < 0 or seq0.min() < 0 or int((seq0 + pos).max()) >= self._state_seq:
+            raise BitDistillError(
+                f"forward_seqs: {n} tokens up to cache slot {int((seq0 + pos).max())} do not fit the state "
+                f"({self._state_t} tokens per call, {self._state_seq} slots); call reset() larger"
+            )
+        if out_rows.min() < 0 or out_rows.max() >= n:
+            raise BitDistillError(f"forward_seqs: out_rows must index the {n} tokens")
+        out = np.empty((out_rows.size, v), np.float32)
+        rc = lib().bd_forward_seqs(
+            C.byref(self._model), self._state, ptr(tokens), n, ptr(pos), ptr(seq0), ptr(out_rows),
+            out_rows.size, ptr(out), self.threads,
+        )  # fmt: skip
+        if rc != 0:
+            raise BitDistillError(f"native forward rejected its arguments (code {rc})")
+        return out
+
     # -- generation ----------------------------------------------------------------------------------------
 
     def stream(

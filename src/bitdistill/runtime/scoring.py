@@ -8,7 +8,7 @@ The prompt is run once; each multi-token word continues from the cached prompt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -43,10 +43,8 @@ def _left_cut(ids: list[int], budget: int, bos: int | None) -> list[int]:
     return ids[len(ids) - budget :]
 
 
-def score_label_words(
-    engine: Engine, tokenizer, prompt: str, label_words: Sequence[str], max_length: int = 1024
-) -> np.ndarray:
-    """Summed log-likelihood of each label word after `prompt` (float64 [len(label_words)])."""
+def _prepare(engine: Engine, tokenizer, prompt: str, label_words: Sequence[str], max_length: int):
+    """(prompt ids cut from the left to fit, target ids of each label word) for one prompt."""
     ctx = int(engine.arch.get("max_position_embeddings") or 0)
     if ctx:  # prompts are cut from the left to fit: never past the positions the model was trained on
         max_length = min(max_length, ctx)
@@ -60,6 +58,23 @@ def score_label_words(
     p_ids = _left_cut(p_ids, max_length - longest, bos if isinstance(bos, int) else None)
     if not p_ids:
         raise BitDistillError("the prompt encodes to no tokens; scoring needs a prompt")
+    return p_ids, targets
+
+
+def _checked(scores: np.ndarray) -> np.ndarray:
+    if not np.isfinite(scores).all():
+        from .sampling import NONFINITE
+
+        raise BitDistillError(NONFINITE)
+    return scores
+
+
+def score_label_words(
+    engine: Engine, tokenizer, prompt: str, label_words: Sequence[str], max_length: int = 1024
+) -> np.ndarray:
+    """Summed log-likelihood of each label word after `prompt` (float64 [len(label_words)])."""
+    p_ids, targets = _prepare(engine, tokenizer, prompt, label_words, max_length)
+    longest = max(len(t) for t in targets)
     engine.reset(len(p_ids) + longest)
     first = _log_softmax(engine.forward(p_ids))
     scores = np.zeros(len(targets))
@@ -70,8 +85,81 @@ def score_label_words(
             lp = _log_softmax(engine.forward(t[:-1], all_logits=True))
             s += sum(lp[j, t[j + 1]] for j in range(len(t) - 1))
         scores[i] = s
-    if not np.isfinite(scores).all():
-        from .sampling import NONFINITE
+    return _checked(scores)
 
-        raise BitDistillError(NONFINITE)
-    return scores
+
+BATCH_TOKENS = 512
+
+
+def _batches(prepared: list, budget: int) -> Iterator[list[int]]:
+    """Consecutive prompt indices whose cache slots (prompt + longest label word but its last token) fit
+    `budget`; a prompt longer than the budget gets a batch of its own."""
+    batch, used = [], 0
+    for i, (p_ids, targets) in enumerate(prepared):
+        need = len(p_ids) + max(len(t) for t in targets) - 1
+        if batch and used + need > budget:
+            yield batch
+            batch, used = [], 0
+        batch.append(i)
+        used += need
+    if batch:
+        yield batch
+
+
+def iter_label_word_scores(
+    engine: Engine,
+    tokenizer,
+    prompts: Sequence[str],
+    label_words: Sequence[str],
+    max_length: int = 1024,
+    batch_tokens: int = BATCH_TOKENS,
+) -> Iterator[np.ndarray]:
+    """score_label_words for many prompts, yielded in order, with many prompts per native forward.
+
+    Padding-free: a batch's prompts lie side by side in the KV cache, each at its own positions 0..n-1 and
+    attending only to itself, so every prompt is computed as it would be alone. One forward prefills the
+    whole batch and returns each prompt's last logits (every label word's first token); each label word
+    with more tokens then runs one more forward for the whole batch, its tokens continuing every prompt's
+    cached rows (slots reserved after each prompt), as the per-prompt scorer does.
+    """
+    if batch_tokens < 1:
+        raise BitDistillError(f"batch_tokens={batch_tokens}: must be at least 1")
+    prepared = [_prepare(engine, tokenizer, p, label_words, max_length) for p in prompts]
+    for idx in _batches(prepared, batch_tokens):
+        items = [prepared[i] for i in idx]
+        lens = np.array([len(p) for p, _ in items])
+        slots = lens + np.array([max(len(t) for t in ts) for _, ts in items]) - 1
+        base = np.concatenate([[0], np.cumsum(slots)[:-1]])
+        engine.reset(max(int(slots.sum()), batch_tokens), max_batch=max(int(lens.sum()), batch_tokens))
+        tokens = np.concatenate([p for p, _ in items])
+        pos = np.concatenate([np.arange(n) for n in lens])
+        first = _log_softmax(engine.forward_seqs(tokens, pos, np.repeat(base, lens), np.cumsum(lens) - 1))
+        scores = np.array([[first[s, t[0]] for t in ts] for s, (_, ts) in enumerate(items)])
+        for w in range(len(label_words)):
+            conts = [(s, ts[w]) for s, (_, ts) in enumerate(items) if len(ts[w]) > 1]
+            if not conts:
+                continue
+            n = np.array([len(t) - 1 for _, t in conts])
+            who = np.array([s for s, _ in conts])
+            tokens = np.concatenate([t[:-1] for _, t in conts])
+            pos = np.concatenate([lens[s] + np.arange(k) for s, k in zip(who, n, strict=True)])
+            lp = _log_softmax(engine.forward_seqs(tokens, pos, np.repeat(base[who], n), np.arange(n.sum())))
+            row = 0
+            for s, t in conts:
+                scores[s, w] += sum(lp[row + j, t[j + 1]] for j in range(len(t) - 1))
+                row += len(t) - 1
+        for s in range(len(items)):
+            yield _checked(scores[s])
+
+
+def score_label_words_batch(
+    engine: Engine,
+    tokenizer,
+    prompts: Sequence[str],
+    label_words: Sequence[str],
+    max_length: int = 1024,
+    batch_tokens: int = BATCH_TOKENS,
+) -> list[np.ndarray]:
+    """Summed log-likelihood of each label word after each prompt ([len(label_words)] float64 per prompt),
+    equal to score_label_words prompt by prompt but with many prompts per forward (iter_label_word_scores)."""
+    return list(iter_label_word_scores(engine, tokenizer, prompts, label_words, max_length, batch_tokens))

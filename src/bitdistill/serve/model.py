@@ -21,7 +21,7 @@ from ..data.tasks import Task, get_task, render
 from ..errors import BitDistillError
 from ..runtime.engine import Engine, load, load_tokenizer
 from ..runtime.sampling import SamplingParams
-from ..runtime.scoring import encode, score_label_words
+from ..runtime.scoring import encode, iter_label_word_scores
 from .chat import load_chat_template
 from .errors import APIError
 from .text import Detokenizer, StopScanner
@@ -181,10 +181,13 @@ class ServedModel:
                 for i, t in enumerate(texts)]  # fmt: skip
 
     def classify(self, job: Job, prompts: list[str], words: list[str]) -> list[np.ndarray] | None:
-        """Label-word scores per prompt (the runtime's scorer, one prompt after another); None if cancelled."""
+        """Label-word scores per prompt (the runtime's batched scorer, many prompts per forward); None if
+        cancelled (checked between prompts, so at the latest after the batch in flight)."""
+        if job.cancelled:
+            return None
         out = []
-        for p in prompts:
+        for scores in iter_label_word_scores(self.engine, self.tok, prompts, words):
             if job.cancelled:
                 return None
-            out.append(score_label_words(self.engine, self.tok, p, words))
+            out.append(scores)
         return out

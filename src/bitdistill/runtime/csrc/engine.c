@@ -1,6 +1,6 @@
 /* The decode engine: one call runs a whole forward step (all layers, attention with the KV cache, the LM
- * head) for T tokens at positions pos0..pos0+T-1, inside a single OpenMP parallel region. Work is split by
- * hand (static ranges per thread) with explicit barriers, so a decode step costs one fork/join.
+ * head) for T tokens of one or several sequences (bd_forward_seqs), inside a single OpenMP parallel region.
+ * Work is split by hand (static ranges per thread) with explicit barriers, so a step costs one fork/join.
  *
  * Numerics follow the Hugging Face eager forward in fp32 and BitLinear's eval path exactly (int8 per-token
  * activations, integer sums, acc * (delta / s)); the only differences are float summation orders. */
@@ -97,6 +97,7 @@ typedef struct {
     void *kc, *vc; /* [layer][kv head][max_seq][head_dim], float or (kv16) IEEE half */
     int kv16;
     float *q, *k, *v, *att, *g, *u, *tmp; /* shared: rows written by their owner thread */
+    int32_t *pos, *seq0, *rows;           /* bd_forward's single-sequence arguments to bd_forward_seqs */
     bd_tls *tls;
     bd_barrier barrier;
 } bd_state;
@@ -114,7 +115,7 @@ void bd_state_free(bd_state *st) {
         }
     free(st->tls);
     free(st->kc); free(st->vc); free(st->q); free(st->k); free(st->v); free(st->att); free(st->g); free(st->u);
-    free(st->tmp); free(st);
+    free(st->tmp); free(st->pos); free(st->seq0); free(st->rows); free(st);
 }
 
 bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, int kv16) {
@@ -138,8 +139,12 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
     st->g = malloc(T * m->inter * F);
     st->u = malloc(T * m->inter * F);
     st->tmp = malloc(T * m->hidden * F);
+    st->pos = malloc(T * sizeof(int32_t));
+    st->seq0 = malloc(T * sizeof(int32_t));
+    st->rows = malloc(T * sizeof(int32_t));
     st->tls = calloc(nthreads, sizeof(bd_tls));
-    int ok = st->kc && st->vc && st->q && st->k && st->v && st->att && st->g && st->u && st->tmp && st->tls;
+    int ok = st->kc && st->vc && st->q && st->k && st->v && st->att && st->g && st->u && st->tmp && st->tls && st->pos &&
+             st->seq0 && st->rows;
     for (int i = 0; ok && i < nthreads; i++) {
         bd_tls *t = &st->tls[i];
         t->x = malloc(T * m->hidden * F);
@@ -271,8 +276,10 @@ static void residual(float *x, const float *src, const float *norm, int T, int H
     }
 }
 
-static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, int pos0, bd_state *st, int tid,
-                          int nth) {
+/* Token t sits at position pos[t] of a sequence whose first token's KV row is cache slot seq0[t]; its own row
+ * is slot seq0[t] + pos[t] and it attends to the slots of its sequence only (padding-free batching). */
+static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, const int32_t *pos,
+                          const int32_t *seq0, bd_state *st, int tid, int nth) {
     const int H = m->hidden, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv;
     const int qd = nh * hd, kvd = nkv * hd, I = m->inter, rep = nh / nkv;
     bd_tls *tl = &st->tls[tid];
@@ -291,7 +298,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     part(nkv, tid, nth, &a, &b);
     float *cs = tl->rope; /* [T][head_dim]: cos | sin per token */
     if (b > a)
-        for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos0 + t, cs + (size_t)t * hd);
+        for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
     for (int kh = a; kh < b; kh++) {
         const int half = st->kv16;
         const size_t es = half ? 2 : sizeof(float), base = ((size_t)li * nkv + kh) * st->max_seq * hd;
@@ -300,7 +307,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
             float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd, *vv = st->v + (size_t)t * kvd + (size_t)kh * hd;
             if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
             rope(kv, cs + (size_t)t * hd, hd);
-            size_t at = (size_t)(pos0 + t) * hd;
+            size_t at = (size_t)(seq0[t] + pos[t]) * hd;
             if (half) {
                 bd_to_f16(kv, (uint16_t *)kb + at, hd);
                 bd_to_f16(vv, (uint16_t *)vb + at, hd);
@@ -312,26 +319,27 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
         float *sc = tl->scores;
         for (int hh = kh * rep; hh < (kh + 1) * rep; hh++)
             for (int t = 0; t < T; t++) {
-                int pos = pos0 + t;
-                int lo = (L->window > 0 && pos - L->window + 1 > 0) ? pos - L->window + 1 : 0;
+                /* slots [lo, hi] of this token's sequence: keys with position > pos - window */
+                int p = pos[t], hi = seq0[t] + p;
+                int lo = seq0[t] + ((L->window > 0 && p - L->window + 1 > 0) ? p - L->window + 1 : 0);
                 float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
                 if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
                 rope(qh, cs + (size_t)t * hd, hd);
                 float mx = -INFINITY;
-                bd_scores(qh, kb + (size_t)lo * hd * es, half, pos - lo + 1, hd, m->attn_scale, sc + lo);
-                for (int j = lo; j <= pos; j++) {
+                bd_scores(qh, kb + (size_t)lo * hd * es, half, hi - lo + 1, hd, m->attn_scale, sc + lo);
+                for (int j = lo; j <= hi; j++) {
                     float s = sc[j];
                     if (m->attn_softcap > 0.0f) sc[j] = s = tanhf(s / m->attn_softcap) * m->attn_softcap;
                     if (s > mx) mx = s;
                 }
                 float sum = 0.0f;
-                for (int j = lo; j <= pos; j++) {
+                for (int j = lo; j <= hi; j++) {
                     sc[j] = expf(sc[j] - mx);
                     sum += sc[j];
                 }
-                for (int j = lo; j <= pos; j++) sc[j] = sc[j] / sum;
+                for (int j = lo; j <= hi; j++) sc[j] = sc[j] / sum;
                 bd_wsum(st->att + (size_t)t * qd + (size_t)hh * hd, sc + lo, vb + (size_t)lo * hd * es, half,
-                        pos - lo + 1, hd);
+                        hi - lo + 1, hd);
             }
     }
     PROF(P_ATTN);
@@ -363,15 +371,21 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, i
     PROF(P_RESID);
 }
 
-/* Returns 0 on success, a negative code when the arguments do not fit the state (checked before any work). */
-int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, int pos0, float *logits,
-               int all_logits, int nthreads) {
-    if (!m || !st || T < 1 || T > st->max_t || pos0 < 0 || pos0 + T > st->max_seq) return -1;
+/* Tokens of several sequences in one call (padding-free batching): token t is at position pos[t] of the
+ * sequence whose KV rows start at cache slot seq0[t] (see layer_forward). Logits are computed for the nout
+ * tokens listed in out_rows, into logits[nout][vocab]. Returns 0 on success, a negative code when the
+ * arguments do not fit the state (checked before any work). */
+int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int T, const int32_t *pos,
+                    const int32_t *seq0, const int32_t *out_rows, int nout, float *logits, int nthreads) {
+    if (!m || !st || T < 1 || T > st->max_t || nout < 1 || nout > T) return -1;
     if (nthreads < 1 || nthreads > st->nthreads) return -2;
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < T; t++) {
         if (tokens[t] < 0 || tokens[t] >= m->vocab) return -3;
+        if (pos[t] < 0 || seq0[t] < 0 || (long)seq0[t] + pos[t] >= st->max_seq) return -1;
+    }
+    for (int i = 0; i < nout; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= T) return -4;
     const int H = m->hidden, V = m->vocab;
-    const int t0 = all_logits ? 0 : T - 1, nout = T - t0;
     if (g_prof_on < 0) {
         const char *e = getenv("BITDISTILL_PROFILE");
         g_prof_on = e && *e && strcmp(e, "0") != 0;
@@ -397,11 +411,11 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
                 for (int i = 0; i < H; i++) x[i] *= m->embed_scale;
         }
         PROF(P_EMB);
-        for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos0, st, tid, nth);
+        for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos, seq0, st, tid, nth);
         /* final norm (+ symmetric int8 quantization for an int8 head) of the rows that need logits */
         for (int t = 0; t < nout; t++) {
             float *h = tl->h + (size_t)t * H;
-            rmsnorm(tl->x + (size_t)(t0 + t) * H, m->final_norm, H, m->eps, h);
+            rmsnorm(tl->x + (size_t)out_rows[t] * H, m->final_norm, H, m->eps, h);
             if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, tl->xq + (size_t)t * H, &tl->xs[t]);
             if (m->head_dtype == BD_Q4) {
                 int ng = (H + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
@@ -426,6 +440,20 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
                 }
     }
     return 0;
+}
+
+/* One sequence: T tokens at positions pos0..pos0+T-1 (cache slots the same); logits of every token
+ * (all_logits) or of the last one. */
+int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, int pos0, float *logits,
+               int all_logits, int nthreads) {
+    if (!m || !st || T < 1 || T > st->max_t || pos0 < 0 || pos0 + T > st->max_seq) return -1;
+    for (int t = 0; t < T; t++) {
+        st->pos[t] = pos0 + t;
+        st->seq0[t] = 0;
+        st->rows[t] = t;
+    }
+    return bd_forward_seqs(m, st, tokens, T, st->pos, st->seq0, all_logits ? st->rows : st->rows + T - 1,
+                           all_logits ? T : 1, logits, nthreads);
 }
 
 /* ---- entry points for tests and micro-benchmarks of single kernels ---- */
