@@ -30,7 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill", type=int, default=128)
     p.add_argument("--decode", type=int, default=128)
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument(
+        "--runs", type=int, default=None, help="timed runs per engine (default 5; 1 with --classify)"
+    )
     p.add_argument(
         "--engines", default=None,
         help=f"comma-separated subset of {', '.join(ENGINES)} (default: all; llama.cpp when installed); "
@@ -41,11 +43,25 @@ def register(subparsers) -> None:
                    help="head/embedding dtype of the runtime-2 / runtime-1.58 engines (default int8)")  # fmt: skip
     p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
+    c = p.add_argument_group("classification workload (--classify)")
+    c.add_argument("--classify", action="store_true",
+                   help="measure label-word classification sentences/s on --data's dev split instead: the "
+                   "packed 2-bit model (batched, padding-free) vs PyTorch fp32 eager (batched) and the torch "
+                   "BitNet model, whose predictions the runtime's are compared with")  # fmt: skip
+    c.add_argument("--task", default="sst2", help="classification task (default sst2)")
+    c.add_argument("--data", default=None, help="the task's data directory (with dev.tsv), e.g. data/sst2")
+    c.add_argument("--limit", type=int, default=None, help="first N dev sentences only")
+    c.add_argument("--batch-tokens", type=int, default=512, help="runtime: tokens per batched forward")
+    c.add_argument("--batch-size", type=int, default=32, help="PyTorch: sequences per batch")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
+
+    if args.classify:
+        return run_classify(args)
+    args.runs = 5 if args.runs is None else args.runs
     from ..runtime.bench import format_table, llamacpp_engines, run_bench, write_json
 
     if args.engines is None:
@@ -68,6 +84,31 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     table = format_table(res)
     print(table)
+    write_json(res, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from .._threads import check_threads
+    from ..errors import BitDistillError
+    from ..runtime.bench import write_json
+    from ..runtime.classify_bench import format_classify_table, run_classify_bench
+
+    args.runs = 1 if args.runs is None else args.runs
+    for flag in ("runs", "limit", "batch_tokens", "batch_size"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise BitDistillError(f"--{flag.replace('_', '-')} {v}: must be at least 1")
+    if args.data is None or not Path(args.data).is_dir():
+        raise BitDistillError(f"--classify needs --data, the task's data directory (got {args.data!r})")
+    threads = check_threads(args.threads)
+    out = Path(args.out or Path("runs") / "bench" / f"{args.model.replace('/', '_')}-classify.json")
+    res = run_classify_bench(
+        args.model, Path(args.data), threads, args.runs, args.limit, Path(args.work) if args.work else None,
+        args.head_dtype, args.batch_tokens, args.batch_size, args.task, out=out,
+    )  # fmt: skip
+    print(format_classify_table(res))
     write_json(res, out)
     print(f"\nwrote {out}")
     return 0

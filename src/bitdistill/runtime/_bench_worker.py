@@ -4,6 +4,8 @@
 that pull torch in are bypassed with namespace stubs; the worker asserts torch never loaded).
 `torch SPEC ... --dtype fp32|bf16`: transformers eager forward with a KV cache.
 Prints one JSON line: per-run decode and prefill tokens/s, and the process's peak RSS.
+`classify-runtime PACKED_DIR --data DIR` / `classify-torch SPEC --data DIR [--bitnet]`: label-word
+classification of a task's dev split (batched; per-run sentences/s and every prediction).
 """
 
 from __future__ import annotations
@@ -114,17 +116,86 @@ def _torch(args) -> dict:
     return {"decode": dec[1:], "prefill": pre[1:], "peak_rss_mib": _peak_rss_mib(), "torch_loaded": True}
 
 
+def _examples(args):
+    from bitdistill.data.tasks import get_task
+
+    task = get_task(args.task)
+    return task, task.load("dev", args.data, limit=args.limit)
+
+
+def _timed_runs(args, score) -> dict:
+    """sentences/s of `runs` full passes of score(examples) after a warm-up on the first few."""
+    task, examples = _examples(args)
+    score(examples[:8], task.label_words)
+    speeds, preds = [], None
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        preds = score(examples, task.label_words)
+        speeds.append(len(examples) / (time.perf_counter() - t))
+    return {"sentences_s": speeds, "preds": preds, "labels": [ex.label for ex in examples]}
+
+
+def _classify_runtime(args) -> dict:
+    _stub_packages("quant", "data")
+    from bitdistill.runtime.engine import load, load_tokenizer
+    from bitdistill.runtime.native import SIMD_NAMES, simd_level
+    from bitdistill.runtime.scoring import iter_label_word_scores
+
+    engine, tok = load(args.target, threads=args.threads), load_tokenizer(args.target)
+
+    def score(examples, words):
+        prompts = [ex.prompt for ex in examples]
+        it = iter_label_word_scores(engine, tok, prompts, words, args.max_length, args.batch_tokens)
+        return [int(s.argmax()) for s in it]
+
+    res = _timed_runs(args, score)
+    assert "torch" not in sys.modules, "the runtime worker imported torch"
+    return {**res, "peak_rss_mib": _peak_rss_mib(), "simd": SIMD_NAMES[simd_level()]}
+
+
+def _classify_torch(args) -> dict:
+    import torch
+
+    from bitdistill.data.scoring import score_label_words
+    from bitdistill.runtime.bench import build_fp_model
+
+    torch.set_num_threads(args.threads)
+    model, tok = build_fp_model(args.target)
+    if args.bitnet:  # the model the runtime packs (bench.prepare): its predictions are the reference
+        from bitdistill.model.convert import is_bitnet, to_bitnet
+
+        if not is_bitnet(model):
+            to_bitnet(model, subln=False)
+    model.eval()
+
+    def score(examples, words):
+        scores = score_label_words(model, tok, examples, words, args.batch_size, args.max_length)
+        return scores.argmax(-1).tolist()
+
+    res = _timed_runs(args, score)  # score_label_words runs under no_grad
+    return {**res, "peak_rss_mib": _peak_rss_mib(), "torch_loaded": True}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["runtime", "torch", "llamacpp"])
+    p.add_argument("kind", choices=["runtime", "torch", "llamacpp", "classify-runtime", "classify-torch"])
     p.add_argument("target")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill", type=int, default=128)
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--data", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--bitnet", action="store_true")
     args = p.parse_args()
-    res = {"runtime": _runtime, "torch": _torch, "llamacpp": _llamacpp}[args.kind](args)
+    kinds = {"runtime": _runtime, "torch": _torch, "llamacpp": _llamacpp,
+             "classify-runtime": _classify_runtime, "classify-torch": _classify_torch}  # fmt: skip
+    res = kinds[args.kind](args)
     print(json.dumps(res))
 
 
