@@ -13,7 +13,9 @@ from bitdistill.runtime import kernels
 from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, lib, ptr, set_simd, simd_level
 from bitdistill.runtime.packed import dequantize_dense, quantize_rows_q4
 
-SHAPES = [(1, 1, 1), (5, 7, 3), (13, 129, 2), (64, 256, 5), (33, 300, 1), (100, 640, 4)]  # (n, k, T)
+# (n, k, T); k=1500 spans the prefill GEMM's 1024-column int16 chunks, T=9 its 2-token tiles plus a tail,
+# T=300 several of its 128-token blocks
+SHAPES = [(1, 1, 1), (5, 7, 3), (13, 129, 2), (64, 256, 5), (33, 300, 1), (100, 640, 4), (21, 1500, 9), (9, 100, 300)]
 
 
 LEVELS = {"vnni": SIMD_VNNI, "avx2": SIMD_AVX2, "scalar": SIMD_SCALAR}
@@ -68,10 +70,10 @@ def test_extreme_activations_do_not_saturate(simd) -> None:
     n, k = 8, 128 * 40
     q = np.ones((n, k), np.int8)
     q[1::2] = -1
-    xq = np.full((1, k), -128, np.int8)
+    xq = np.full((3, k), -128, np.int8)  # 3 tokens: the prefill GEMM's 2-token tile and its 1-token tail
     for gemm in (False, True):
         acc = kernels.ternary_acc(pack_2bit(q), n, xq, gemm=gemm)
-        np.testing.assert_array_equal(acc[0], np.where(np.arange(n) % 2 == 0, -128 * k, 128 * k))
+        np.testing.assert_array_equal(acc, np.tile(np.where(np.arange(n) % 2 == 0, -128 * k, 128 * k), (3, 1)))
 
 
 def _bitlinear(n: int, k: int, granularity: str, bias: bool, seed: int, group_size: int = 128) -> BitLinear:
@@ -226,3 +228,22 @@ def test_attention_helpers(simd, kv16: bool, n: int, hd: int) -> None:
     p /= p.sum()
     np.testing.assert_allclose(sc, p, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(o, p @ vc.astype(np.float64), rtol=1e-5, atol=1e-6)
+
+
+def test_silu_gate_twins_agree_and_match_torch(simd) -> None:
+    """silu(g) * u: the SIMD path equals the scalar one bit for bit (same operations lane by lane), and both
+    are within a few ulp of torch's, also at the clamped extremes of exp."""
+    rng = np.random.default_rng(0)
+    g = np.concatenate([rng.normal(size=1000) * 4, [0.0, -0.0, 1e-30, -1e-30, 87.0, -87.0, 88.5, -88.5, 100.0,
+                                                   -100.0, 1e4, -1e4, 0.5, -0.5, 20.0, -20.0]]).astype(np.float32)
+    u = rng.normal(size=g.size).astype(np.float32)
+    got = kernels.silu_mul(g, u)
+    set_simd(SIMD_SCALAR)
+    try:
+        scalar = kernels.silu_mul(g, u)
+    finally:
+        set_simd(LEVELS[simd])
+    np.testing.assert_array_equal(got, scalar)
+    ref = (torch.nn.functional.silu(torch.from_numpy(g).double()) * torch.from_numpy(u).double()).numpy()
+    np.testing.assert_allclose(got, ref, rtol=4e-7, atol=1e-37)
+    assert got[np.argmax(g == -100.0)] == 0.0  # exp overflows to inf, as in float32 torch

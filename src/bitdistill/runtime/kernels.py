@@ -102,3 +102,12 @@ def dense_forward(
     if lib().bd_dense_forward(ptr(w), code, ptr(rs), n, k, ptr(x), x.shape[0], ptr(y), threads):
         raise MemoryError("bd_dense_forward: out of memory")
     return y
+
+
+def silu_mul(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The FFN gate in native code: silu(g) * u for float32 vectors."""
+    out = np.array(g, dtype=np.float32, order="C")
+    u = np.ascontiguousarray(u, dtype=np.float32)
+    assert out.shape == u.shape and out.ndim == 1
+    lib().bd_silu_mul(ptr(out), ptr(u), out.size)
+    return out

@@ -103,6 +103,7 @@ def lib() -> C.CDLL:
     L.bd_forward_seqs.argtypes = [C.POINTER(Model), vp, vp, i32, vp, vp, vp, i32, vp, i32]
     L.bd_forward_seqs.restype = i32
     L.bd_to_f16.argtypes = [vp, vp, i32]
+    L.bd_silu_mul.argtypes = [vp, vp, i32]
     L.bd_attend_test.argtypes = [vp, vp, vp, i32, i32, C.c_float, i32, vp, vp]
     _LIB = L
     return L

@@ -68,12 +68,14 @@ void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_
 void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s);
 double bd_sumsq(const float *x, int n);
 void bd_to_f16(const float *x, uint16_t *h, int n); /* round to nearest even */
+void bd_silu_mul(float *g, const float *u, int n);  /* g = silu(g) * u */
 /* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
 void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out); /* q.k[j]*scale */
 void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd); /* o[hd] = sum_j p[j] v[j] */
 void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
 void bd_unpack4(const uint8_t *w, int nb, uint8_t *u);
 void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);
+void bd_ugemm4(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out); /* out [nt][4] */
 void bd_idot4(const int8_t *w, int k, const int8_t *x, int32_t out[4]);
 void bd_fdot4(const void *w, int dtype, int k, const float *x, float out[4]);
 void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k, float *out);

@@ -236,8 +236,8 @@ static void group_linear(const bd_linear *const *Ls, int nl, int j, int T, int H
     linear(Ls[j], T, y, tl, tid, nth, r0, r1);
 }
 
+/* the GELU variants (SiLU, the common case, is vectorized: bd_silu_mul) */
 static inline float act(int kind, float x) {
-    if (kind == BD_ACT_SILU) return x / (1.0f + expf(-x));
     if (kind == BD_ACT_GELU_TANH) return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
     return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
 }
@@ -358,7 +358,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     group_linear(gu, 2, 1, T, H, m->eps, st->u, tl, tid, nth, NULL, NULL);
     for (int t = 0; t < T; t++) {
         float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
-        for (int i = r0; i < r1; i++) g[i] = act(m->act, g[i]) * u[i];
+        if (m->act == BD_ACT_SILU)
+            bd_silu_mul(g + r0, u + r0, r1 - r0);
+        else
+            for (int i = r0; i < r1; i++) g[i] = act(m->act, g[i]) * u[i];
     }
     PROF(P_FFN);
     BARRIER
@@ -473,25 +476,30 @@ void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int
     for (int t = 0; t < T; t++) bd_quantize_row(x + (size_t)t * k, k, kp, xq + (size_t)t * kp, &s[t], &sum[t]);
 }
 
-/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill (unpack + reuse) path. */
+/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill path (unpack + bd_ugemm4 over all T). */
 void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, int32_t *acc, int gemm) {
     const int nb = kp / BD_BLOCK, ng = (n + 3) / 4;
     uint8_t *u = gemm ? malloc((size_t)4 * kp) : NULL;
+    int32_t *ua = gemm ? malloc((size_t)4 * T * sizeof(int32_t)) : NULL;
     for (int g = 0; g < ng; g++) {
         const uint8_t *wg = w + (size_t)g * kp;
-        if (u) bd_unpack4(wg, nb, u);
+        if (u) {
+            bd_unpack4(wg, nb, u);
+            bd_ugemm4(u, kp, xq, T, ua);
+        }
         for (int t = 0; t < T; t++) {
             const int8_t *xt = xq + (size_t)t * kp;
             int32_t a[4], xsum = 0;
             for (int i = 0; i < kp; i++) xsum += xt[i];
             if (u)
-                bd_udot4(u, kp, xt, a);
+                memcpy(a, ua + 4 * t, sizeof a);
             else
                 bd_tdot4(wg, xt, nb, a);
             for (int r = 0; r < 4 && g * 4 + r < n; r++) acc[(size_t)t * n + g * 4 + r] = a[r] - xsum;
         }
     }
     free(u);
+    free(ua);
 }
 
 /* A BitLinear forward (quantize + ternary matmul + scale + bias) for x[T][k] -> y[T][n]. */

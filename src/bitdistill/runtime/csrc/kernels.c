@@ -100,6 +100,14 @@ BD_AVX2 static inline float hsum_f32(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+
+/* the lane sums of 8 int32 vectors as one vector [sum(s[0]), ..., sum(s[7])] */
+BD_AVX2 static inline __m256i group_sums8(const __m256i s[8]) {
+    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    __m256i c = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    /* a = [g0 g1 g2 g3 | g0 g1 g2 g3] (halves of each group's lanes), c likewise for g4..g7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20), _mm256_permute2x128_si256(a, c, 0x31));
+}
 #endif
 
 /* ---- activation quantization: exactly bitdistill.quant.numerics.quantize_activation ---- */
@@ -340,6 +348,73 @@ void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd) {
         for (int d = 0; d < hd; d++) o[d] += p[j] * kv_at(v, half, (size_t)j * hd + d);
 }
 
+/* ---- SiLU gate: g[i] = silu(g[i]) * u[i] ---- */
+
+/* expf as Cephes computes it (range reduction by ln 2 in two parts, degree-5 polynomial, 2^n by exponent
+ * bits; ~1 ulp). Written with separate multiplies and adds (-std=c11 does not contract them into FMAs), so
+ * the AVX2 twin below, doing the same operations lane by lane, gives bit-identical results. */
+#define EXP_HI 88.3762626647949f
+#define EXP_LO -87.3365478515625f /* exp of it is the smallest normal float: the 2^n bits stay valid */
+static const float EXP_P[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f,
+                               4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f};
+
+static float exp_scalar(float x) {
+    if (x > EXP_HI) return INFINITY; /* as expf: silu's x / (1 + inf) is then -0, not a tiny number */
+    x = x < EXP_LO ? EXP_LO : x;
+    float fx = floorf(x * 1.44269504088896341f + 0.5f);
+    x = x - fx * 0.693359375f;
+    x = x - fx * -2.12194440e-4f;
+    float z = x * x, y = EXP_P[0];
+    for (int i = 1; i < 6; i++) y = y * x + EXP_P[i];
+    y = y * z + x;
+    y = y + 1.0f;
+    int32_t bits = ((int32_t)fx + 127) << 23;
+    float p2;
+    memcpy(&p2, &bits, 4);
+    return y * p2;
+}
+
+static void silu_mul_scalar(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + exp_scalar(-g[i])) * u[i];
+}
+
+#if BD_X86
+BD_AVX2 static __m256 exp_avx2(__m256 x) {
+    const __m256 over = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_HI), _CMP_GT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+    __m256 fx = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                              _mm256_set1_ps(0.5f)));
+    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(0.693359375f)));
+    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 z = _mm256_mul_ps(x, x), y = _mm256_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 6; i++) y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(EXP_P[i]));
+    y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, z), x), _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_blendv_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), _mm256_set1_ps(INFINITY), over);
+}
+
+BD_AVX2 static void silu_mul_avx2(float *g, const float *u, int n) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp_avx2(_mm256_xor_ps(x, sign));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    silu_mul_scalar(g + i, u + i, n - i);
+}
+#endif
+
+void bd_silu_mul(float *g, const float *u, int n) {
+#if BD_X86
+    if (simd_on()) {
+        silu_mul_avx2(g, u, n);
+        return;
+    }
+#endif
+    silu_mul_scalar(g, u, n);
+}
+
 /* ---- ternary: 4 interleaved rows x nb blocks, raw code sums (caller subtracts sum(x)) ---- */
 
 static void tdot4_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
@@ -439,7 +514,7 @@ void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
 }
 
 /* Expand one row group to plain codes u[4][nb*128] (column order), reused across prefill tokens. */
-void bd_unpack4(const uint8_t *w, int nb, uint8_t *u) {
+static void unpack4_scalar(const uint8_t *w, int nb, uint8_t *u) {
     int kp = nb * BD_BLOCK;
     for (int b = 0; b < nb; b++)
         for (int r = 0; r < 4; r++) {
@@ -453,6 +528,31 @@ void bd_unpack4(const uint8_t *w, int nb, uint8_t *u) {
                 ub[j + 96] = v >> 6;
             }
         }
+}
+
+#if BD_X86
+BD_AVX2 static void unpack4_avx2(const uint8_t *w, int nb, uint8_t *u) {
+    const int kp = nb * BD_BLOCK;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < 4; r++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * BD_BLOCK + r * 32));
+            uint8_t *ub = u + (size_t)r * kp + (size_t)b * BD_BLOCK;
+            for (int i = 0; i < 4; i++) /* epi16 shifts: the mask drops the bits shifted in from the next byte */
+                _mm256_storeu_si256((__m256i *)(ub + 32 * i),
+                                    _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), m3));
+        }
+}
+#endif
+
+void bd_unpack4(const uint8_t *w, int nb, uint8_t *u) {
+#if BD_X86
+    if (simd_on()) {
+        unpack4_avx2(w, nb, u);
+        return;
+    }
+#endif
+    unpack4_scalar(w, nb, u);
 }
 
 static void udot4_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
@@ -513,6 +613,49 @@ void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
     }
 #endif
     udot4_scalar(u, kp, x, out);
+}
+
+
+/* ---- prefill GEMM: 4 unpacked rows x several tokens ---- */
+
+#if BD_X86
+/* 4 rows x 2 tokens held in registers: each 32-byte load of codes feeds two tokens' maddubs, and the int16
+ * partial sums are widened to int32 only once per 1024 columns (a lane gains at most 2 * 2 * 128 = 512 per
+ * 32-column step, so 32 steps stay within 2^14), not after every step as udot4_avx2 does: vpmaddwd competes
+ * with vpmaddubsw for the multiply ports. */
+BD_AVX2 static void ugemm4x2_avx2(const uint8_t *u, int kp, const int8_t *xa, const int8_t *xb, int32_t o[8]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i w[8];
+    for (int j = 0; j < 8; j++) w[j] = _mm256_setzero_si256();
+    for (int c = 0; c < kp; c += 1024) {
+        const int end = c + 1024 < kp ? c + 1024 : kp;
+        __m256i a[8];
+        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_si256();
+        for (int i = c; i < end; i += 32) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xa + i));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + i));
+            for (int r = 0; r < 4; r++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(u + (size_t)r * kp + i));
+                a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(v, x0));
+                a[4 + r] = _mm256_add_epi16(a[4 + r], _mm256_maddubs_epi16(v, x1));
+            }
+        }
+        for (int j = 0; j < 8; j++) w[j] = _mm256_add_epi32(w[j], _mm256_madd_epi16(a[j], ones));
+    }
+    _mm256_storeu_si256((__m256i *)o, group_sums8(w)); /* the 8 lane sums in one hadd tree */
+}
+#endif
+
+/* out[t][r] = sum_i u[r][i] * x[t][i] for nt tokens (rows of x kp apart): the prefill's inner kernel, one
+ * unpacked row group against a block of tokens. */
+void bd_ugemm4(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out) {
+    int t = 0;
+#if BD_X86
+    if (simd_on() == 1)
+        for (; t + 2 <= nt; t += 2)
+            ugemm4x2_avx2(u, kp, x + (size_t)t * kp, x + (size_t)(t + 1) * kp, out + 4 * t);
+#endif
+    for (; t < nt; t++) bd_udot4(u, kp, x + (size_t)t * kp, out + 4 * t);
 }
 
 /* ---- int8 x int8 (LM head): 4 consecutive rows of a row-major [n][k] matrix ---- */
@@ -583,12 +726,6 @@ static float q4dot_scalar(const uint8_t *w, const float *d, int ng, const int8_t
 /* Eight groups at a time: each group's products land in 8 int32 lanes; a hadd tree turns the 8 vectors into
  * one vector of 8 exact group sums, from which 8 sum(x) are subtracted and which meets the 8 contiguous
  * scales in one convert + FMA (per-group broadcasts and FMAs made the kernel compute bound at ~17 GB/s). */
-BD_AVX2 static inline __m256i group_sums8(const __m256i s[8]) {
-    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-    __m256i c = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
-    /* a = [g0 g1 g2 g3 | g0 g1 g2 g3] (halves of each group's lanes), c likewise for g4..g7 */
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20), _mm256_permute2x128_si256(a, c, 0x31));
-}
 
 BD_AVX2 static float q4dot_avx2(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
@@ -778,19 +915,37 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
         }
         return;
     }
-    for (int g = g0; g < g1; g++) {
-        const uint8_t *wg = L->w + (size_t)g * kp;
-        if (T > 1 && ubuf) bd_unpack4(wg, nb, ubuf);
-        for (int t = 0; t < T; t++) {
-            const int8_t *xt = xq + (size_t)t * kp;
-            if (T > 1 && ubuf)
-                bd_udot4(ubuf, kp, xt, a);
-            else
-                bd_tdot4(wg, xt, nb, a);
-            for (int r = 0; r < 4; r++) {
-                int row = g * 4 + r;
-                if (row >= n) break;
-                y[(size_t)t * n + row] = finish(L, row, a[r] - xsum[t], xs[t]);
+    if (T == 1 || !ubuf) { /* decode: stream the packed rows once (GEMV) */
+        for (int g = g0; g < g1; g++)
+            for (int t = 0; t < T; t++) {
+                bd_tdot4(L->w + (size_t)g * kp, xq + (size_t)t * kp, nb, a);
+                for (int r = 0; r < 4 && g * 4 + r < n; r++)
+                    y[(size_t)t * n + g * 4 + r] = finish(L, g * 4 + r, a[r] - xsum[t], xs[t]);
+            }
+        return;
+    }
+    /* prefill as GEMM: blocks of tokens whose activations stay in L2 (~192 KiB), and inside a block each row
+     * group is unpacked once and multiplied with every token of the block (bd_ugemm4's register tiles) */
+    enum { TB_MAX = 128 };
+    int tb = 196608 / kp;
+    tb = tb < 8 ? 8 : tb > TB_MAX ? TB_MAX : tb;
+    int32_t acc[TB_MAX * 4];
+    float f[TB_MAX]; /* per-tensor scale: finish's delta / s once per token, not per output */
+    for (int t0 = 0; t0 < T; t0 += tb) {
+        const int nt = T - t0 < tb ? T - t0 : tb;
+        if (L->scale_kind == BD_SCALE_TENSOR)
+            for (int t = 0; t < nt; t++) f[t] = L->scale[0] / xs[t0 + t];
+        for (int g = g0; g < g1; g++) {
+            bd_unpack4(L->w + (size_t)g * kp, nb, ubuf);
+            bd_ugemm4(ubuf, kp, xq + (size_t)t0 * kp, nt, acc);
+            const int rows = n - g * 4 < 4 ? n - g * 4 : 4;
+            for (int t = 0; t < nt; t++) {
+                float *yt = y + (size_t)(t0 + t) * n + g * 4;
+                const int32_t *at = acc + 4 * t, sx = xsum[t0 + t];
+                if (L->scale_kind == BD_SCALE_TENSOR && !L->bias) /* = finish(), with the division hoisted */
+                    for (int r = 0; r < rows; r++) yt[r] = (float)(at[r] - sx) * f[t];
+                else
+                    for (int r = 0; r < rows; r++) yt[r] = finish(L, g * 4 + r, at[r] - sx, xs[t0 + t]);
             }
         }
     }
