@@ -18,14 +18,30 @@
 #include <omp.h>
 #endif
 
-/* A sense-reversing barrier that spins briefly and then yields the CPU. OpenMP's own barrier spins for a
- * long time before sleeping, which is fast on an idle machine but collapses when the cores are shared
- * with other processes (a waiting thread burns the time slice its partner needs). Spin-then-yield keeps
- * the quick hand-off when the partner is running and gives the core away when it is not. */
+/* A sense-reversing barrier that spins briefly and then sleeps in the kernel (a futex on Linux). OpenMP's
+ * own barrier spins for a long time before sleeping, which is fast on an idle machine but collapses when
+ * the cores are shared with other processes (a waiting thread burns the time slice its partner needs); a
+ * sched_yield loop still competes for the core. Spin-then-sleep keeps the quick hand-off when the partner
+ * is running and gives the core away when it is not; the last thread in wakes sleepers only if there are
+ * any. Together with the work dispenser (grab) a late thread costs little. */
 typedef struct {
     atomic_int count;
     atomic_int sense;
+    atomic_int sleepers;
 } bd_barrier;
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void futex_wait(atomic_int *addr, int val) {
+    syscall(SYS_futex, (int *)addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+static void futex_wake_all(atomic_int *addr) { syscall(SYS_futex, (int *)addr, FUTEX_WAKE_PRIVATE, 1 << 30, NULL, NULL, 0); }
+#else
+static void futex_wait(atomic_int *addr, int val) { (void)addr; (void)val; sched_yield(); }
+static void futex_wake_all(atomic_int *addr) { (void)addr; }
+#endif
 
 static void barrier_wait(bd_barrier *b, int n, int *local_sense) {
     if (n == 1) return;
@@ -33,18 +49,22 @@ static void barrier_wait(bd_barrier *b, int n, int *local_sense) {
     *local_sense = s;
     if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == n - 1) {
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
-        atomic_store_explicit(&b->sense, s, memory_order_release);
-    } else {
-        int spins = 0;
-        while (atomic_load_explicit(&b->sense, memory_order_acquire) != s) {
-            if (++spins < 1000) {
+        atomic_store_explicit(&b->sense, s, memory_order_seq_cst);
+        if (atomic_load_explicit(&b->sleepers, memory_order_seq_cst) > 0) futex_wake_all(&b->sense);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&b->sense, memory_order_acquire) != s;) {
+        if (++spins < 2000) {
 #if defined(__x86_64__) || defined(__i386__)
-                __builtin_ia32_pause();
+            __builtin_ia32_pause();
 #endif
-            } else {
-                sched_yield();
-            }
+            continue;
         }
+        /* announce the sleep before re-checking, so the waker (which flips sense, then reads sleepers)
+         * either sees us or we see its flip: FUTEX_WAIT returns at once if sense already changed */
+        atomic_fetch_add_explicit(&b->sleepers, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&b->sense, memory_order_seq_cst) != s) futex_wait(&b->sense, !s);
+        atomic_fetch_sub_explicit(&b->sleepers, 1, memory_order_seq_cst);
     }
 }
 
@@ -84,12 +104,14 @@ void bd_profile_dump(void) {
  * synchronisation points are the five places where a thread needs rows another thread produced. */
 typedef struct {
     float *x, *h, *o, *xs, *scores, *rope;
+    float *act;         /* one row of the FFN gate output, silu(g) * u (width floats) */
     int8_t *xq;
     int32_t *xsum, *xg; /* xg: q4 head group sums [T][ceil(hidden/64)] */
     uint8_t *ubuf;
     int sense;
+    long base, pending; /* work tickets: this call's first ticket, one grabbed for a later call (-1: none) */
     unsigned long long tick; /* profiling: time of the last phase boundary */
-    char pad[52]; /* keep each thread's hot fields on its own cache line */
+    char pad[64]; /* keep each thread's hot fields off its neighbours' cache lines */
 } bd_tls;
 
 typedef struct {
@@ -100,6 +122,9 @@ typedef struct {
     int32_t *pos, *seq0, *rows;           /* bd_forward's single-sequence arguments to bd_forward_seqs */
     bd_tls *tls;
     bd_barrier barrier;
+    char pad[64];
+    atomic_long next_ticket; /* the work dispenser (see grab), on its own cache line */
+    char pad2[56];
 } bd_state;
 
 static int ceil_to(int n, int m) { return (n + m - 1) / m * m; }
@@ -111,7 +136,7 @@ void bd_state_free(bd_state *st) {
         for (int i = 0; i < st->nthreads; i++) {
             bd_tls *t = &st->tls[i];
             free(t->x); free(t->h); free(t->o); free(t->xs); free(t->scores); free(t->xq); free(t->xsum);
-            free(t->ubuf); free(t->rope); free(t->xg);
+            free(t->ubuf); free(t->rope); free(t->xg); free(t->act);
         }
     free(st->tls);
     free(st->kc); free(st->vc); free(st->q); free(st->k); free(st->v); free(st->att); free(st->g); free(st->u);
@@ -157,7 +182,8 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
         t->ubuf = malloc((size_t)4 * st->kp_max);
         t->rope = malloc(T * m->head_dim * F);
         t->xg = malloc(T * ((m->hidden + BD_Q4_GROUP - 1) / BD_Q4_GROUP) * sizeof(int32_t));
-        ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf && t->rope && t->xg;
+        t->act = malloc((size_t)st->width * F);
+        ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf && t->rope && t->xg && t->act;
     }
     if (!ok) {
         bd_state_free(st);
@@ -174,6 +200,28 @@ static inline void part(int n, int tid, int nth, int *a, int *b) {
     int q = n / nth, r = n % nth;
     *a = tid * q + (tid < r ? tid : r);
     *b = *a + q + (tid < r);
+}
+
+/* Work is handed out in chunks by one shared ticket counter instead of fixed per-thread ranges, so a thread
+ * that lost its core to another process does less of the work rather than making every other thread wait
+ * for its share at the next barrier. Every thread walks the same sequence of parallel loops (same n each),
+ * so each knows the loop's first ticket (tl->base) without synchronising; a ticket taken past the end of a
+ * loop belongs to a later loop and is kept for it (tl->pending), so no ticket is lost or run twice. Which
+ * thread computes a chunk never changes its values: results are identical for any thread count. */
+static int grab(bd_state *st, bd_tls *tl, int n) {
+    long t = tl->pending >= 0 ? tl->pending : atomic_fetch_add_explicit(&st->next_ticket, 1, memory_order_relaxed);
+    tl->pending = -1;
+    if (t < tl->base + n) return (int)(t - tl->base);
+    tl->pending = t;
+    tl->base += n;
+    return -1;
+}
+
+/* chunks of a loop over n items: about 4 per thread (late threads leave little behind), at least `min` items */
+static inline int n_chunks(int n, int nth, int min) {
+    int c = nth == 1 ? 1 : 4 * nth;
+    if (c > (n + min - 1) / min) c = (n + min - 1) / min;
+    return c < 1 ? 1 : c;
 }
 
 static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) {
@@ -199,14 +247,13 @@ static void norm_rows(const float *src, const float *norm, int T, int n, float e
     for (int t = 0; t < T; t++) rmsnorm(src + (size_t)t * n, norm, n, eps, dst + (size_t)t * n);
 }
 
-/* this thread's share of a linear's row groups; returns the first/last output row it wrote */
-static void linear(const bd_linear *L, int T, float *y, bd_tls *tl, int tid, int nth, int *r0, int *r1) {
-    int a, b;
-    part(L->np / BD_ROWS, tid, nth, &a, &b);
-    bd_linear_rows(L, a, b, tl->xq, tl->xs, tl->xsum, T, y, tl->ubuf);
-    if (r0) {
-        *r0 = a * BD_ROWS;
-        *r1 = b * BD_ROWS < L->n ? b * BD_ROWS : L->n;
+/* the row groups of a linear, in chunks taken from the dispenser (at least 8 groups = 32 rows each) */
+static void linear(const bd_linear *L, int T, float *y, bd_state *st, bd_tls *tl, int nth) {
+    const int ng = L->np / BD_ROWS, nc = n_chunks(ng, nth, 8);
+    for (int c; (c = grab(st, tl, nc)) >= 0;) {
+        int a, b;
+        part(ng, c, nc, &a, &b);
+        bd_linear_rows(L, a, b, tl->xq, tl->xs, tl->xsum, T, y, tl->ubuf);
     }
 }
 
@@ -230,10 +277,10 @@ static void prep_group(const bd_linear *const *Ls, int nl, const float *x, const
 }
 
 /* run linear j of a group prepared by prep_group (quantizing its own normed input first under allnorm) */
-static void group_linear(const bd_linear *const *Ls, int nl, int j, int T, int H, float eps, float *y, bd_tls *tl,
-                         int tid, int nth, int *r0, int *r1) {
+static void group_linear(const bd_linear *const *Ls, int nl, int j, int T, int H, float eps, float *y, bd_state *st,
+                         bd_tls *tl, int nth) {
     if (own_norms(Ls, nl)) prep_input(tl->o, Ls[j]->sub_norm, T, H, Ls[j]->kp, eps, tl);
-    linear(Ls[j], T, y, tl, tid, nth, r0, r1);
+    linear(Ls[j], T, y, st, tl, nth);
 }
 
 /* the GELU variants (SiLU, the common case, is vectorized: bd_silu_mul) */
@@ -283,7 +330,6 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     const int H = m->hidden, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv;
     const int qd = nh * hd, kvd = nkv * hd, I = m->inter, rep = nh / nkv;
     bd_tls *tl = &st->tls[tid];
-    int a, b, r0, r1;
     unsigned long long *pt = &tl->tick;
 
     /* attention block: q/k/v rows by row group */
@@ -291,15 +337,14 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     float *qkv_out[3] = {st->q, st->k, st->v};
     prep_group(qkv, 3, tl->x, L->in_norm, T, H, m->eps, tl);
     PROF(P_PREP);
-    for (int j = 0; j < 3; j++) group_linear(qkv, 3, j, T, H, m->eps, qkv_out[j], tl, tid, nth, NULL, NULL);
+    for (int j = 0; j < 3; j++) group_linear(qkv, 3, j, T, H, m->eps, qkv_out[j], st, tl, nth);
     PROF(P_QKV);
     BARRIER
     /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention */
-    part(nkv, tid, nth, &a, &b);
-    float *cs = tl->rope; /* [T][head_dim]: cos | sin per token */
-    if (b > a)
-        for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
-    for (int kh = a; kh < b; kh++) {
+    float *cs = tl->rope; /* [T][head_dim]: cos | sin per token, computed with this thread's first kv head */
+    for (int kh, first = 1; (kh = grab(st, tl, nkv)) >= 0; first = 0) {
+        if (first)
+            for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
         const int half = st->kv16;
         const size_t es = half ? 2 : sizeof(float), base = ((size_t)li * nkv + kh) * st->max_seq * hd;
         char *kb = (char *)st->kc + base * es, *vb = (char *)st->vc + base * es;
@@ -346,7 +391,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     BARRIER
     prep_input(st->att, L->o.sub_norm, T, qd, L->o.kp, m->eps, tl);
     PROF(P_PREP);
-    linear(&L->o, T, st->tmp, tl, tid, nth, NULL, NULL);
+    linear(&L->o, T, st->tmp, st, tl, nth);
     PROF(P_O);
     BARRIER
     residual(tl->x, st->tmp, L->post_attn_norm, T, H, m->eps, tl);
@@ -354,20 +399,29 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     /* feed-forward block: gate/up rows by row group, activation on the rows this thread owns */
     prep_group(gu, 2, tl->x, L->pre_ffn_norm, T, H, m->eps, tl);
     PROF(P_PREP);
-    group_linear(gu, 2, 0, T, H, m->eps, st->g, tl, tid, nth, &r0, &r1);
-    group_linear(gu, 2, 1, T, H, m->eps, st->u, tl, tid, nth, NULL, NULL);
-    for (int t = 0; t < T; t++) {
-        float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
-        if (m->act == BD_ACT_SILU)
-            bd_silu_mul(g + r0, u + r0, r1 - r0);
-        else
-            for (int i = r0; i < r1; i++) g[i] = act(m->act, g[i]) * u[i];
-    }
+    group_linear(gu, 2, 0, T, H, m->eps, st->g, st, tl, nth);
+    group_linear(gu, 2, 1, T, H, m->eps, st->u, st, tl, nth);
     PROF(P_FFN);
     BARRIER
-    prep_input(st->g, L->down.sub_norm, T, I, L->down.kp, m->eps, tl);
+    /* each thread forms act(gate) * up itself, row by row, as it quantizes down's input: the gate and up rows
+     * of a token come from whichever threads took them, and this needs no extra barrier */
+    for (int t = 0; t < T; t++) {
+        const float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
+        if (m->act == BD_ACT_SILU) {
+            memcpy(tl->act, g, (size_t)I * sizeof(float));
+            bd_silu_mul(tl->act, u, I);
+        } else {
+            for (int i = 0; i < I; i++) tl->act[i] = act(m->act, g[i]) * u[i];
+        }
+        const float *row = tl->act;
+        if (L->down.sub_norm) {
+            rmsnorm(row, L->down.sub_norm, I, m->eps, tl->h);
+            row = tl->h;
+        }
+        bd_quantize_row(row, I, L->down.kp, tl->xq + (size_t)t * L->down.kp, &tl->xs[t], &tl->xsum[t]);
+    }
     PROF(P_PREP);
-    linear(&L->down, T, st->tmp, tl, tid, nth, NULL, NULL);
+    linear(&L->down, T, st->tmp, st, tl, nth);
     PROF(P_DOWN);
     BARRIER
     residual(tl->x, st->tmp, L->post_ffn_norm, T, H, m->eps, tl);
@@ -389,6 +443,7 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
     for (int i = 0; i < nout; i++)
         if (out_rows[i] < 0 || out_rows[i] >= T) return -4;
     const int H = m->hidden, V = m->vocab;
+    atomic_store(&st->next_ticket, 0);
     if (g_prof_on < 0) {
         const char *e = getenv("BITDISTILL_PROFILE");
         g_prof_on = e && *e && strcmp(e, "0") != 0;
@@ -407,6 +462,8 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
         *pt = TICK();
         /* the global sense cannot flip before every thread reached the first barrier, so this read is safe */
         tl->sense = atomic_load(&st->barrier.sense);
+        tl->base = 0; /* the counter was reset before the region: every thread starts at ticket 0 */
+        tl->pending = -1;
         for (int t = 0; t < T; t++) {
             float *x = tl->x + (size_t)t * H;
             bd_row_to_f32(m->embed, m->embed_dtype, m->embed_rscale, tokens[t], H, x);
@@ -429,18 +486,21 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
             }
         }
         PROF(P_HEADPREP);
-        int a, b;
-        part((V + 3) / 4, tid, nth, &a, &b);
-        int r1 = b * 4 < V ? b * 4 : V;
-        bd_dense_rows(m->head, m->head_dtype, m->head_rscale, V, H, a * 4, r1, tl->h, tl->xq, tl->xs, tl->xg, nout,
-                      logits);
+        const int nq = (V + 3) / 4, nc = n_chunks(nq, nth, 64);
+        for (int c; (c = grab(st, tl, nc)) >= 0;) {
+            int a, b;
+            part(nq, c, nc, &a, &b);
+            int r1 = b * 4 < V ? b * 4 : V;
+            bd_dense_rows(m->head, m->head_dtype, m->head_rscale, V, H, a * 4, r1, tl->h, tl->xq, tl->xs, tl->xg,
+                          nout, logits);
+            if (m->final_softcap > 0.0f)
+                for (int t = 0; t < nout; t++)
+                    for (int i = a * 4; i < r1; i++) {
+                        float *l = logits + (size_t)t * V + i;
+                        *l = tanhf(*l / m->final_softcap) * m->final_softcap;
+                    }
+        }
         PROF(P_HEAD);
-        if (m->final_softcap > 0.0f)
-            for (int t = 0; t < nout; t++)
-                for (int i = a * 4; i < r1; i++) {
-                    float *l = logits + (size_t)t * V + i;
-                    *l = tanhf(*l / m->final_softcap) * m->final_softcap;
-                }
     }
     return 0;
 }
