@@ -36,6 +36,7 @@ from .native import (
     fptr,
     lib,
     ptr,
+    usable_cores,
 )
 from .packed import PackedModel, _linear_dims, load_packed
 from .sampling import SamplingParams, sample
@@ -80,7 +81,10 @@ class Engine:
         self.kv16 = int(kv_dtype == "fp16")
         self.packed = packed
         self.arch = a = packed.arch
-        self.threads = default_threads() if threads is None else check_threads(threads, "threads")
+        # validated (1 to 4 per core), then clamped to the cores this process may use: a thread without a core
+        # of its own only makes the others wait for it at every barrier
+        self.requested_threads = default_threads() if threads is None else check_threads(threads, "threads")
+        self.threads = min(self.requested_threads, usable_cores())
         t = packed.tensors
         self._arrays = t  # every pointer below points into these arrays: keep them alive with the engine
         self._layers = (Layer * a["n_layers"])()

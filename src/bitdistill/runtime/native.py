@@ -141,10 +141,18 @@ def simd_level() -> int:
     return lib().bd_simd_level()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset or a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads() -> int:
     from .._threads import env_threads
 
     env = env_threads()
     if env is not None:
         return env
-    return max(1, min(lib().bd_max_threads(), os.cpu_count() or 1))
+    return max(1, min(lib().bd_max_threads(), usable_cores()))
