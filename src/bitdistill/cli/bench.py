@@ -43,6 +43,12 @@ def register(subparsers) -> None:
                    help="head/embedding dtype of the runtime-2 / runtime-1.58 engines (default int8)")  # fmt: skip
     p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
+    p.add_argument("--roofline", action="store_true",
+                   help="measure the machine's read bandwidth in the same run and print each runtime engine's "
+                   "decode speed as a fraction of bandwidth / bytes read per token")  # fmt: skip
+    p.add_argument("--scaling", action="store_true",
+                   help="instead of the engine table: the runtime (2-bit, --head-dtype head) at 1 and --threads "
+                   "threads, alternating, on the machine as it is and with a busy-loop process holding one core")  # fmt: skip
     c = p.add_argument_group("classification workload (--classify)")
     c.add_argument("--classify", action="store_true",
                    help="measure label-word classification sentences/s on --data's dev split instead: the "
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.classify:
         return run_classify(args)
+    if args.scaling:
+        return run_scaling(args)
     args.runs = 5 if args.runs is None else args.runs
     from ..runtime.bench import format_table, llamacpp_engines, run_bench, write_json
 
@@ -80,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / "bench" / f"{args.model.replace('/', '_')}.json")
     res = run_bench(
         args.model, args.threads, args.prefill, args.decode, args.runs, engines,
-        Path(args.work) if args.work else None, args.head_dtype, out=out,
+        Path(args.work) if args.work else None, args.head_dtype, out=out, roofline=args.roofline,
     )  # fmt: skip
     table = format_table(res)
     print(table)
@@ -109,6 +117,26 @@ def run_classify(args: argparse.Namespace) -> int:
         args.head_dtype, args.batch_tokens, args.batch_size, args.task, out=out,
     )  # fmt: skip
     print(format_classify_table(res))
+    write_json(res, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    from .._threads import check_threads
+    from ..errors import BitDistillError
+    from ..runtime.bench import prepare, write_json
+    from ..runtime.scaling_bench import format_scaling_table, run_scaling_bench
+
+    args.runs = 5 if args.runs is None else args.runs
+    if min(args.prefill, args.decode, args.runs) < 1:
+        raise BitDistillError("--prefill, --decode and --runs must be at least 1")
+    threads = check_threads(args.threads)
+    work = Path(args.work or Path("runs") / "bench" / args.model.replace("/", "_"))
+    packed = prepare(args.model, work, args.head_dtype)["2"]
+    out = Path(args.out or Path("runs") / "bench" / f"{args.model.replace('/', '_')}-scaling.json")
+    res = run_scaling_bench(packed, threads, args.prefill, args.decode, args.runs)
+    print(format_scaling_table(res))
     write_json(res, out)
     print(f"\nwrote {out}")
     return 0

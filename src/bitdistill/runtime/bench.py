@@ -118,8 +118,11 @@ def run_bench(
     head_dtype: str = "int8",
     log=print,
     out: Path | None = None,
+    roofline: bool = False,
 ) -> dict:
-    """Run every engine in its own subprocess; return the results dict (also what the JSON holds)."""
+    """Run every engine in its own subprocess; return the results dict (also what the JSON holds).
+    roofline: measure the machine's read bandwidth first and give each runtime engine's decode speed as a
+    fraction of bandwidth / bytes read per token (see roofline.py)."""
     work = Path(work or Path("runs") / "bench" / spec.replace("/", "_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -140,6 +143,12 @@ def run_bench(
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "engines": {},
     }
+    if roofline:
+        from .roofline import read_bandwidth
+
+        bw = {n: read_bandwidth(n) for n in sorted({1, threads})}
+        results["machine"]["read_bandwidth_gb_s"] = {str(n): b / 1e9 for n, b in bw.items()}
+        log("read bandwidth: " + ", ".join(f"{b / 1e9:.1f} GB/s with {n} thread(s)" for n, b in bw.items()))
     common = [
         "--threads",
         str(threads),
@@ -168,10 +177,17 @@ def run_bench(
         else:
             dtype = eng.split("-", 1)[1]
             r = _run_worker(["torch", spec, *common, "--dtype", dtype], timeout=3600)
+        if roofline and eng.startswith("runtime-"):
+            from .roofline import decode_bytes_per_token
+
+            r["decode_bytes_per_token"] = decode_bytes_per_token(packed[head][bits])
+            r["roofline_tok_s"] = bw[threads] / r["decode_bytes_per_token"]
         r["loadavg_before"] = load_before
         r["loadavg_after"] = os.getloadavg()
         r["decode_tok_s"] = _summ(r.pop("decode"))
         r["prefill_tok_s"] = _summ(r.pop("prefill"))
+        if "roofline_tok_s" in r:
+            r["roofline_fraction"] = r["decode_tok_s"]["median"] / r["roofline_tok_s"]
         results["engines"][eng] = r
         if out is not None:  # partial results survive an interrupted run
             write_json(results, out)
@@ -194,11 +210,15 @@ def format_table(res: dict) -> str:
         f"{res['decode_tokens']} tokens, median of {res['runs']} runs [min-max]; "
         f"load avg {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f}"
     )
+    bw = res["machine"].get("read_bandwidth_gb_s")
+    if bw:
+        head += "; read bandwidth " + ", ".join(f"{b:.1f} GB/s ({n} thr)" for n, b in bw.items())
+    roof = " decode MB/token | of roofline |" if bw else ""
     lines = [
         head,
         "",
-        "| engine | decode tok/s | prefill tok/s | vs fp32 decode | peak RSS MiB | linear weights |",
-        "|---|---|---|---|---|---|",
+        f"| engine | decode tok/s | prefill tok/s | vs fp32 decode | peak RSS MiB | linear weights |{roof}",
+        "|---|---|---|---|---|---|" + ("---|---|" if bw else ""),
     ]
     for name, r in res["engines"].items():
         d, p = r["decode_tok_s"], r["prefill_tok_s"]
@@ -211,10 +231,18 @@ def format_table(res: dict) -> str:
         )
         sp = f"{r['decode_speedup_vs_torch_fp32']:.1f}x" if "decode_speedup_vs_torch_fp32" in r else "-"
         label = f"{name} ({r['head_dtype']} head)" if "head_dtype" in r else name
-        lines.append(
+        row = (
             f"| {label} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {p['median']:.1f} "
             f"[{p['min']:.1f}-{p['max']:.1f}] | {sp} | {r['peak_rss_mib']:.0f} | {size} |"
         )
+        if bw:
+            row += (
+                f" {r['decode_bytes_per_token'] / 1e6:.1f} | {100 * r['roofline_fraction']:.0f} % of "
+                f"{r['roofline_tok_s']:.0f} tok/s |"
+                if "roofline_fraction" in r
+                else " - | - |"
+            )
+        lines.append(row)
     return "\n".join(lines)
 
 

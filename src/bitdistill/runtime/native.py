@@ -104,6 +104,8 @@ def lib() -> C.CDLL:
     L.bd_forward_seqs.restype = i32
     L.bd_to_f16.argtypes = [vp, vp, i32]
     L.bd_silu_mul.argtypes = [vp, vp, i32]
+    L.bd_read_xor.argtypes = [vp, C.c_size_t, i32]
+    L.bd_read_xor.restype = C.c_uint64
     L.bd_attend_test.argtypes = [vp, vp, vp, i32, i32, C.c_float, i32, vp, vp]
     _LIB = L
     return L

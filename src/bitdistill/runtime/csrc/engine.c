@@ -624,3 +624,32 @@ int bd_dense_forward(const void *w, int dtype, const float *rscale, int n, int k
     free(xq); free(xs); free(xg);
     return 0;
 }
+
+/* The machine's read bandwidth, for the roofline (bench --roofline): XOR of a buffer's 64-bit words read by
+ * nthreads threads, each its contiguous share, as a decode step streams its weights. The XOR is returned so
+ * the reads cannot be optimized away. */
+uint64_t bd_read_xor(const uint64_t *buf, size_t n, int nthreads) {
+    uint64_t all = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) reduction(^ : all)
+#endif
+    {
+#ifdef _OPENMP
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+        int tid = 0, nth = 1;
+#endif
+        size_t a = n / nth * tid, b = tid == nth - 1 ? n : n / nth * (tid + 1);
+        uint64_t x0 = 0, x1 = 0, x2 = 0, x3 = 0;
+        size_t i = a;
+        for (; i + 4 <= b; i += 4) {
+            x0 ^= buf[i];
+            x1 ^= buf[i + 1];
+            x2 ^= buf[i + 2];
+            x3 ^= buf[i + 3];
+        }
+        for (; i < b; i++) x0 ^= buf[i];
+        all ^= x0 ^ x1 ^ x2 ^ x3;
+    }
+    return all;
+}

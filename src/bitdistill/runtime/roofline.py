@@ -1,0 +1,43 @@
+"""The memory roofline of decoding: the machine's read bandwidth, measured, and the bytes a decode step reads.
+
+A decode step streams every weight it uses once (ternary linears, norms, the LM head) and reads one
+embedding row; at batch 1 it cannot run faster than bandwidth / bytes_per_token. `bitdistill bench
+--roofline` measures the bandwidth in the same run as the engines and reports each one's fraction of it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .native import lib, ptr
+
+BUFFER_MIB = 512  # far beyond any last-level cache, so the reads come from DRAM
+
+
+def read_bandwidth(threads: int, mib: int = BUFFER_MIB, reps: int = 5) -> float:
+    """Best-of-`reps` read bandwidth in bytes/s with `threads` threads over a `mib` MiB buffer."""
+    buf = np.ones(mib * 2**20 // 8, np.uint64)  # written once, so every page is resident before timing
+    best = float("inf")
+    for _ in range(reps + 1):  # the first pass warms the threads and TLB
+        t = time.perf_counter()
+        lib().bd_read_xor(ptr(buf), buf.size, threads)
+        best = min(best, time.perf_counter() - t)
+    return buf.nbytes / best
+
+
+def decode_bytes_per_token(packed_dir: str | Path) -> int:
+    """Bytes one decode step reads: every tensor of the packed model except the input embedding, of which it
+    reads one row (when the head is tied to the embedding, the embedding is read whole as the head)."""
+    from .packed import load_packed
+
+    pm = load_packed(packed_dir)
+    total = 0
+    for name, arr in pm.tensors.items():
+        if name.startswith("embed") and not pm.arch["tied"]:
+            total += arr.nbytes // max(arr.shape[0], 1)  # one row (or one row's scale)
+        elif not name.startswith("rope."):
+            total += arr.nbytes
+    return total
