@@ -38,7 +38,7 @@ def run_classify_bench(
     work = Path(work or Path("runs") / "bench" / spec.replace("/", "_"))
     work.mkdir(parents=True, exist_ok=True)
     packed = prepare(spec, work, head_dtype)["2"]
-    common = ["--threads", str(threads), "--runs", str(runs), "--task", task, "--data", str(data)]
+    common = ["--threads", str(threads), "--runs", "1", "--task", task, "--data", str(data)]
     if limit:
         common += ["--limit", str(limit)]
     res: dict = {
@@ -51,20 +51,33 @@ def run_classify_bench(
         "torch-fp32": ["classify-torch", spec, "--batch-size", str(batch_size)],
         REFERENCE: ["classify-torch", spec, "--batch-size", str(batch_size), "--bitnet"],
     }
-    for eng, argv in workers.items():
+    # the timed engines alternate run by run (each run a fresh process), so a change in the machine's load
+    # hits both; the reference runs once at the end, for its predictions
+    order = [e for _ in range(runs) for e in ENGINES if e != REFERENCE] + [REFERENCE]
+    for eng in order:
         log(f"running {eng} ...")
         t0, load_before = time.time(), os.getloadavg()
-        r = _run_worker([*argv, *common], timeout=4 * 3600)
-        r["sentences_s"] = _summ(r["sentences_s"])
-        r["loadavg_before"], r["loadavg_after"], r["wall_s"] = load_before, os.getloadavg(), time.time() - t0
-        labels = r.pop("labels")
-        res["labels"] = labels
-        scored = [(p, y) for p, y in zip(r["preds"], labels, strict=True) if y is not None]
-        r["accuracy"] = sum(p == y for p, y in scored) / len(scored) if scored else None
-        res["engines"][eng] = r
+        r = _run_worker([*workers[eng], *common], timeout=4 * 3600)
+        r["loadavg"] = [load_before, os.getloadavg()]
+        r["wall_s"] = time.time() - t0
+        res["labels"] = r.pop("labels")
+        if eng in res["engines"]:
+            prev = res["engines"][eng]
+            if prev["preds"] != r["preds"]:
+                raise RuntimeError(f"{eng} predicted differently from one run to the next")
+            prev["sentences_s"] += r["sentences_s"]
+            prev["loadavg"] += r["loadavg"]
+            prev["peak_rss_mib"] = max(prev["peak_rss_mib"], r["peak_rss_mib"])
+        else:
+            res["engines"][eng] = r
         if out is not None:
             write_json(res, out)
-        log(f"  {r['sentences_s']['median']:.2f} sentences/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+        log(f"  {r['sentences_s'][-1]:.2f} sentences/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+    labels = res["labels"]
+    for r in res["engines"].values():
+        r["sentences_s"] = _summ(r["sentences_s"])
+        scored = [(p, y) for p, y in zip(r["preds"], labels, strict=True) if y is not None]
+        r["accuracy"] = sum(p == y for p, y in scored) / len(scored) if scored else None
     res["machine"]["loadavg_end"] = os.getloadavg()
     base = res["engines"]["torch-fp32"]["sentences_s"]["median"]
     ref = res["engines"][REFERENCE]["preds"]
@@ -81,7 +94,7 @@ def format_classify_table(res: dict) -> str:
     n = len(res["labels"])
     lines = [
         f"model {res['model']}, task {res['task']} dev ({n} sentences), {res['threads']} threads, median of "
-        f"{res['runs']} runs [min-max], runtime SIMD {simd}, runtime batches of {res['batch_tokens']} tokens, "
+        f"{res['runs']} alternating runs [min-max] (the reference: 1), runtime SIMD {simd}, runtime batches of {res['batch_tokens']} tokens, "
         f"torch batches of {res['torch_batch_size']}; load avg {res['machine']['loadavg_start'][0]:.1f} -> "
         f"{res['machine']['loadavg_end'][0]:.1f}",
         "",
