@@ -39,8 +39,9 @@ def register(subparsers) -> None:
         "runtime-BITS uses --head-dtype, runtime-BITS-HEAD names its head dtype (HEAD in "
         f"{', '.join(HEADS)})",
     )  # fmt: skip
-    p.add_argument("--head-dtype", default="int8", choices=HEADS,
-                   help="head/embedding dtype of the runtime-2 / runtime-1.58 engines (default int8)")  # fmt: skip
+    p.add_argument("--head-dtype", default=None, choices=HEADS,
+                   help="head/embedding dtype of the runtime-2 / runtime-1.58 engines (default int8; fp32 with "
+                   "--classify, the head of the torch model whose predictions are the reference)")  # fmt: skip
     p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
     p.add_argument("--roofline", action="store_true",
@@ -66,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
 
     if args.classify:
+        args.head_dtype = args.head_dtype or "fp32"
         return run_classify(args)
+    args.head_dtype = args.head_dtype or "int8"
     if args.scaling:
         return run_scaling(args)
     args.runs = 5 if args.runs is None else args.runs
