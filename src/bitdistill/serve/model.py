@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.classify import check_words, label_continuations, unescape
+from ..cli.classify import check_words
 from ..cli.generate import eos_ids
+from ..data.task_flags import label_continuations, parse_labels, task_from_flags, unescape
 from ..data.tasks import Task, get_task, render
 from ..errors import BitDistillError
 from ..runtime.engine import Engine, load, load_tokenizer
@@ -46,21 +47,18 @@ class ClassifyDefaults:
 
 
 def defaults_from_task(
-    task: str | None, labels: str | None = None, template: str | None = None
+    task: str | None, labels: str | None = None, template: str | None = None, recorded: Task | None = None
 ) -> ClassifyDefaults:
-    """Server-wide classify settings from the CLI's flags, validated by the task registry as `classify` does."""
-    words = label_continuations([x.strip() for x in labels.split(",")]) if labels else None
-    tmpl = unescape(template) if template else None
-    if task:
-        t = get_task(
-            task, **({"label_words": words} if words else {}), **({"template": tmpl} if tmpl else {})
-        )
-        if t.kind != "classification":
-            raise BitDistillError(f"task {t.name!r} is {t.kind}: /v1/classify scores label words")
+    """Server-wide classify settings from the CLI's flags and the model's recorded task, read as `classify`
+    reads them. A model recording a summarization task serves generation: it gives no classify defaults."""
+    if recorded is not None and recorded.kind != "classification":
+        recorded = None
+    words, tmpl = parse_labels(labels), unescape(template) if template else None
+    if task or recorded is not None or (words and tmpl):
+        t = task_from_flags(task, labels, template, recorded=recorded)
         return ClassifyDefaults(list(t.label_words), t.template, bool(t.text_pair_columns))
-    if words or tmpl:
-        return ClassifyDefaults(words, tmpl, bool(tmpl and "{text_pair}" in tmpl))
-    return ClassifyDefaults()
+    # One of the two alone: a request supplies the other.
+    return ClassifyDefaults(words, tmpl, bool(tmpl and "{text_pair}" in tmpl))
 
 
 class ServedModel:
@@ -154,7 +152,8 @@ class ServedModel:
         words = label_continuations(labels) if labels is not None else d.labels
         tmpl = template if template is not None else d.template
         if not words:
-            raise APIError(400, "no label words: send \"labels\" (or start the server with --task or --labels)",
+            raise APIError(400, "no label words: send \"labels\" (or start the server with --task or --labels, "
+                           "or serve a model that records its task)",
                            param="labels", code="missing_required_parameter")  # fmt: skip
         if tmpl is None:
             tmpl = "{text}"  # labels without a template: the text itself is the prompt
