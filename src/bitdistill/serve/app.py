@@ -54,10 +54,11 @@ class Limits:
                 raise BitDistillError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
 
 
-def run_job(worker: Worker, metrics: Metrics, fn) -> Job:
-    """Enqueue `fn` and return its job; 503 with Retry-After when the queue is full."""
+def run_job(worker: Worker, metrics: Metrics, fn, **grouping) -> Job:
+    """Enqueue `fn` (with Worker.submit's `group`/`size`/`payload`) and return its job; 503 with Retry-After
+    when the queue is full."""
     try:
-        return worker.submit(fn)
+        return worker.submit(fn, **grouping)
     except QueueFull as full:
         metrics.rejected.inc()
         raise APIError(503, f"the server is busy ({worker.waiting} requests queued); retry after "
@@ -92,7 +93,7 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
     model = ServedModel(packed_dir, threads=threads, name=name, classify=classify)
     # each refers to the other: the metrics read the queue, the worker counts cancellations
     metrics = Metrics(lambda: worker.waiting, lambda: int(worker.busy))
-    worker = Worker(limits.queue_size, on_cancelled=metrics.cancelled.inc)
+    worker = Worker(limits.queue_size, on_cancelled=metrics.cancelled.inc, max_group=limits.max_classify_inputs)
     worker.start()  # now, not in the lifespan: a server run without lifespan events must still work
 
     @asynccontextmanager
@@ -191,7 +192,14 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         task = model.classify_task(body.labels, body.template)
         prompts = model.prompts(task, texts, pairs)
         words = list(task.label_words)
-        job = run_job(worker, metrics, lambda j: model.classify(j, prompts, words))
+
+        def score_run(jobs: list[Job]):
+            metrics.classify_batch.observe(sum(j.size for j in jobs))
+            return model.classify_jobs(jobs, words)
+
+        # grouped by label words: consecutive classify requests behind this one are scored in the same call
+        job = run_job(worker, metrics, score_run, group=("classify", tuple(words)), size=len(prompts),
+                      payload=prompts)  # fmt: skip
         scores = await wait(job, request)
         metrics.classified.inc(len(prompts))
         labels = [w.strip() for w in words]

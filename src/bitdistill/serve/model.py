@@ -187,3 +187,27 @@ class ServedModel:
                 return None
             out.append(score_label_words(self.engine, self.tok, p, words))
         return out
+
+    def classify_jobs(self, jobs: list[Job], words: list[str]) -> list[list[np.ndarray] | None]:
+        """One scoring call for the prompts (`payload`) of a run of classify jobs sharing `words`; each job gets
+        its own slice. The call stops early only when every client of the run has left."""
+        prompts = [p for j in jobs for p in j.payload]
+        scores = self.classify(_Run(jobs), prompts, words)
+        if scores is None:
+            return [None] * len(jobs)
+        out, i = [], 0
+        for j in jobs:
+            out.append(scores[i : i + len(j.payload)])
+            i += len(j.payload)
+        return out
+
+
+class _Run:
+    """A run of jobs scored together, seen as one job: cancelled once all of them are."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+
+    @property
+    def cancelled(self) -> bool:
+        return all(j.cancelled for j in self.jobs)
