@@ -149,6 +149,30 @@ def test_streaming_completion_and_chat(client, ref) -> None:
     assert chunks[-1].choices[0].finish_reason == finish
 
 
+def test_a_list_of_prompts_answers_each_as_if_sent_alone(client, ref) -> None:
+    """OpenAI's list forms of `prompt` (strings, token ids, lists of token ids): choice i is what prompt i
+    alone gives with the same settings and seed; usage sums them; a stream tags each piece with its index."""
+    _, tok = ref
+    prompts = [PROMPT, "w9 w8", "w50 w51 w52"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    params = SamplingParams(0.9, 0, 1.0, 5)
+    want = [reference(ref, i, 12, params) for i in ids]
+    kw = {"model": "packed", "max_tokens": 12, "temperature": 0.9, "seed": 5}
+    for form in (prompts, ids):
+        r = client.completions.create(prompt=form, **kw)
+        assert [(c.index, c.text, c.finish_reason) for c in r.choices] == [(i, t, f) for i, (t, _, f) in
+                                                                            enumerate(want)]  # fmt: skip
+        assert r.usage.prompt_tokens == sum(map(len, ids)) and r.usage.completion_tokens == sum(n for _, n, _ in want)
+    one = client.completions.create(prompt=ids[1], **kw)  # a flat list of ids is one prompt
+    assert [c.text for c in one.choices] == [want[1][0]]
+    chunks = list(client.completions.create(prompt=prompts, stream=True, stream_options={"include_usage": True},
+                                            **kw))  # fmt: skip
+    for i, (text, _, finish) in enumerate(want):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert "".join(c.text for c in mine) == text and mine[-1].finish_reason == finish
+    assert chunks[-1].usage.completion_tokens == sum(n for _, n, _ in want)
+
+
 def test_raw_stream_is_openai_sse_ending_with_done(server) -> None:
     with httpx.stream("POST", server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
                       json={"prompt": PROMPT, "max_tokens": 5, "temperature": 0, "stream": True}) as r:  # fmt: skip

@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request sets none")
     p.add_argument("--max-classify-inputs", type=int, default=256, help="most texts in one /v1/classify call")
+    p.add_argument("--max-prompts", type=int, default=16, help="most prompts in one /v1/completions call")
     p.add_argument("--task", default=None, help="/v1/classify defaults: this task's label words and template "
                    "(default: the task the packed model records)")  # fmt: skip
     p.add_argument("--labels", default=None, help="/v1/classify default label words, comma-separated")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise BitDistillError(f"--port {args.port}: must be from 0 to 65535")
     threads = None if args.threads is None else check_threads(args.threads)
     limits = Limits(args.queue_size, args.max_body_bytes, args.max_tokens, args.default_max_tokens,
-                    args.max_classify_inputs)  # fmt: skip
+                    args.max_classify_inputs, args.max_prompts)  # fmt: skip
     limits.check()
     recorded = recorded_task(read_packed_config(args.packed), args.packed)
     classify = defaults_from_task(args.task, args.labels, args.template, recorded)

@@ -80,6 +80,26 @@ class ServedModel:
     def completion_ids(self, prompt: str) -> list[int]:
         return self._nonempty(encode(self.tok, prompt))
 
+    def completion_prompts(self, prompt: str | list, max_prompts: int) -> list[list[int]]:
+        """Token ids of each prompt of a completions request: OpenAI's `prompt` is a string, a list of strings,
+        a list of token ids, or a list of such lists."""
+        if isinstance(prompt, str):
+            return [self.completion_ids(prompt)]
+        if prompt and all(isinstance(p, int) for p in prompt):
+            prompt = [prompt]
+        if not 1 <= len(prompt) <= max_prompts:
+            raise APIError(400, f"\"prompt\" holds {len(prompt)} prompts; send 1 to {max_prompts} (this server's "
+                           "--max-prompts)", param="prompt", code="invalid_value")  # fmt: skip
+        return [self.completion_ids(p) if isinstance(p, str) else self._token_ids(p) for p in prompt]
+
+    def _token_ids(self, ids: list[int]) -> list[int]:
+        vocab = int(self.engine.arch["vocab"])
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} in \"prompt\" is outside this model's vocabulary (0 to {vocab - 1})",
+                           param="prompt", code="invalid_value")  # fmt: skip
+        return self._nonempty(list(ids))
+
     def chat_ids(self, messages: list[dict]) -> list[int]:
         if self.chat is None:
             raise APIError(400, f"model {self.name!r} has no chat template (its tokenizer files define none); "
