@@ -18,6 +18,13 @@
 #include <omp.h>
 #endif
 
+/* this thread's index and the team size inside a parallel region (0 and 1 without OpenMP) */
+#ifdef _OPENMP
+#define THREAD_IDS(tid, nth) int tid = omp_get_thread_num(), nth = omp_get_num_threads()
+#else
+#define THREAD_IDS(tid, nth) int tid = 0, nth = 1
+#endif
+
 /* A sense-reversing barrier that spins briefly and then sleeps in the kernel (a futex on Linux). OpenMP's
  * own barrier spins for a long time before sleeping, which is fast on an idle machine but collapses when
  * the cores are shared with other processes (a waiting thread burns the time slice its partner needs); a
@@ -452,11 +459,7 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        THREAD_IDS(tid, nth);
         bd_tls *tl = &st->tls[tid];
         unsigned long long *pt = &tl->tick;
         *pt = TICK();
@@ -578,11 +581,7 @@ int bd_linear_forward(const bd_linear *L, const float *x, int T, float *y, int n
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        THREAD_IDS(tid, nth);
         int a, b;
         part(ng, tid, nth, &a, &b);
         bd_linear_rows(L, a, b, xq, xs, xsum, T, y, ub ? ub + (size_t)tid * 4 * L->kp : NULL);
@@ -611,11 +610,7 @@ int bd_dense_forward(const void *w, int dtype, const float *rscale, int n, int k
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        THREAD_IDS(tid, nth);
         int a, b;
         part((n + 3) / 4, tid, nth, &a, &b);
         int r1 = b * 4 < n ? b * 4 : n;
@@ -634,11 +629,7 @@ uint64_t bd_read_xor(const uint64_t *buf, size_t n, int nthreads) {
 #pragma omp parallel num_threads(nthreads) reduction(^ : all)
 #endif
     {
-#ifdef _OPENMP
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        int tid = 0, nth = 1;
-#endif
+        THREAD_IDS(tid, nth);
         size_t a = n / nth * tid, b = tid == nth - 1 ? n : n / nth * (tid + 1);
         uint64_t x0 = 0, x1 = 0, x2 = 0, x3 = 0;
         size_t i = a;
