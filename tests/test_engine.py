@@ -376,3 +376,25 @@ def test_fp16_kv_cache(tmp_path) -> None:
     assert engine.kv16 == 1 and load(tmp_path / "p").kv16 == 0
     with pytest.raises(BitDistillError, match="kv_dtype"):
         load(tmp_path / "p", kv_dtype="int4")
+
+
+def test_thread_picker_uses_the_faster_count_and_keeps_probing() -> None:
+    """Calls 0 and 1 of every PROBE time one thread and all; between probes the faster count (by the averaged
+    seconds per token recorded so far) runs, per kind of call; one thread never picks more."""
+    from bitdistill.runtime.engine import ThreadPicker
+
+    pick = ThreadPicker(2)
+    assert [pick.threads("decode") for _ in range(2)] == [1, 2]
+    assert pick.threads("decode") == 2  # nothing recorded yet: all threads
+    pick.record("decode", 1, 0.010)
+    pick.record("decode", 2, 0.020)  # another process holds a core: two threads are slower
+    assert pick.threads("decode") == 1 and pick.threads("prefill") == 1  # prefill: its own probe, call 0
+    assert pick.threads("prefill") == 2
+    pick.record("decode", 2, 0.001)  # averaged: 0.7 * 0.020 + 0.3 * 0.001 = 0.0143, still slower
+    assert pick.threads("decode") == 1
+    for _ in range(3):
+        pick.record("decode", 2, 0.001)  # the machine went idle: the average falls below one thread's
+    assert pick.threads("decode") == 2
+    calls = [pick.threads("decode") for _ in range(ThreadPicker.PROBE)]
+    assert calls.count(1) == 1  # the next probe still times one thread
+    assert ThreadPicker(1).threads("decode") == 1

@@ -72,6 +72,38 @@ class GenerationStats:
         return steps / self.decode_s if self.decode_s > 0 else 0.0
 
 
+class ThreadPicker:
+    """How many of the engine's threads a forward call uses: all of them, unless one thread has recently
+    been faster for that kind of call. On a machine where another process holds a core, every barrier of a
+    step waits for the thread that shares that core (a scheduling round trip each, ~150 per decode token),
+    and one thread beats two; on idle cores two win. Every `PROBE`-th call of a kind times one thread and
+    the next times all, an exponential average of seconds per token keeps each count's record, and the
+    faster count runs the calls in between. Results never depend on the count (rows are computed whole by
+    one thread), so switching is free of numerical effects."""
+
+    PROBE = 32
+
+    def __init__(self, threads: int) -> None:
+        self.max = threads
+        self.calls: dict[str, int] = {}
+        self.sec_per_token: dict[tuple[str, int], float] = {}
+
+    def threads(self, kind: str) -> int:
+        if self.max == 1:
+            return 1
+        i = self.calls[kind] = self.calls.get(kind, -1) + 1
+        if i % self.PROBE in (0, 1):
+            return 1 if i % self.PROBE == 0 else self.max
+        one, full = self.sec_per_token.get((kind, 1)), self.sec_per_token.get((kind, self.max))
+        return 1 if one is not None and full is not None and one < full else self.max
+
+    def record(self, kind: str, threads: int, sec_per_token: float) -> None:
+        prev = self.sec_per_token.get((kind, threads))
+        self.sec_per_token[(kind, threads)] = (
+            sec_per_token if prev is None else 0.7 * prev + 0.3 * sec_per_token
+        )
+
+
 class Engine:
     """A packed model ready to run. `forward` appends tokens to the KV cache and returns their logits."""
 
@@ -130,6 +162,7 @@ class Engine:
             head=ptr(t[head_key]), head_rscale=fptr(_dense_scale(t, head_key)),
             final_norm=fptr(t["norm"]), layers=self._layers,
         )  # fmt: skip
+        self._pick = ThreadPicker(self.threads)
         self._state: int | None = None
         self._state_seq = 0
         self._state_t = 0
@@ -180,6 +213,9 @@ class Engine:
             )
         ids32 = ids.astype(np.int32)
         outs = []
+        kind = "decode" if ids32.size == 1 else "prefill"
+        nth = self._pick.threads(kind)
+        t0 = time.perf_counter()
         for start in range(0, ids32.size, self._state_t):
             chunk = np.ascontiguousarray(ids32[start : start + self._state_t])
             last = start + chunk.size == ids32.size
@@ -188,7 +224,7 @@ class Engine:
             if all_logits or last:
                 rc = lib().bd_forward(
                     C.byref(self._model), self._state, ptr(chunk), chunk.size, self.pos, ptr(out),
-                    int(all_logits), self.threads,
+                    int(all_logits), nth,
                 )  # fmt: skip
             else:  # an inner prefill chunk: its logits are not needed, compute only the last row's
                 rc = lib().bd_forward(
@@ -199,13 +235,14 @@ class Engine:
                     self.pos,
                     ptr(out),
                     0,
-                    self.threads,
+                    nth,
                 )
             if rc != 0:
                 raise BitDistillError(f"native forward rejected its arguments (code {rc})")
             self.pos += chunk.size
             if all_logits or last:
                 outs.append(out)
+        self._pick.record(kind, nth, (time.perf_counter() - t0) / ids32.size)
         return np.concatenate(outs) if all_logits else outs[-1][0]
 
     def forward_seqs(
@@ -236,12 +273,14 @@ class Engine:
         if out_rows.min() < 0 or out_rows.max() >= n:
             raise BitDistillError(f"forward_seqs: out_rows must index the {n} tokens")
         out = np.empty((out_rows.size, v), np.float32)
+        nth, t0 = self._pick.threads("prefill"), time.perf_counter()
         rc = lib().bd_forward_seqs(
             C.byref(self._model), self._state, ptr(tokens), n, ptr(pos), ptr(seq0), ptr(out_rows),
-            out_rows.size, ptr(out), self.threads,
+            out_rows.size, ptr(out), nth,
         )  # fmt: skip
         if rc != 0:
             raise BitDistillError(f"native forward rejected its arguments (code {rc})")
+        self._pick.record("prefill", nth, (time.perf_counter() - t0) / n)
         return out
 
     # -- generation ----------------------------------------------------------------------------------------
