@@ -636,8 +636,15 @@ BD_AVX2 static void ugemm4x2_avx2(const uint8_t *u, int kp, const int8_t *xa, co
             const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + i));
             for (int r = 0; r < 4; r++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(u + (size_t)r * kp + i));
-                a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(v, x0));
-                a[4 + r] = _mm256_add_epi16(a[4 + r], _mm256_maddubs_epi16(v, x1));
+                __m256i t;
+                /* a[r] += maddubs(v, x0); a[4+r] += maddubs(v, x1), as one asm block: written as intrinsics,
+                 * GCC kept one of the eight accumulators in memory (a store-to-load chain every step) */
+                __asm__("vpmaddubsw %[x0], %[v], %[t]\n\t"
+                        "vpaddw %[t], %[a0], %[a0]\n\t"
+                        "vpmaddubsw %[x1], %[v], %[t]\n\t"
+                        "vpaddw %[t], %[a1], %[a1]"
+                        : [a0] "+x"(a[r]), [a1] "+x"(a[4 + r]), [t] "=&x"(t)
+                        : [v] "x"(v), [x0] "x"(x0), [x1] "x"(x1));
             }
         }
         for (int j = 0; j < 8; j++) w[j] = _mm256_add_epi32(w[j], _mm256_madd_epi16(a[j], ones));
