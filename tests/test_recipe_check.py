@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bitdistill.cli import main
-from bitdistill.recipe.modelinfo import model_shape
+from bitdistill.pipeline.modelinfo import model_shape
 from tiny_models import FAMILIES, save_tiny_hf_dir
 from tiny_pipeline import build_world
 

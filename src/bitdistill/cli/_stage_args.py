@@ -42,7 +42,7 @@ def _dump(value: Any) -> str:
 
 def build_recipe(args: argparse.Namespace, stage: str, extra: dict[str, Any] | None = None):
     """A recipe with only `stage` enabled and its directory at --out."""
-    from ..recipe.schema import STAGES, load_recipe, parse_recipe
+    from ..config.recipe import STAGES, load_recipe, parse_recipe
 
     sets: dict[str, Any] = {"seed": args.seed, "model": args.model, f"stage_dirs.{stage}": args.out}
     for key, attr in (("name", "task"), ("path", "data"), ("max_length", "max_length"),
@@ -68,7 +68,7 @@ def build_recipe(args: argparse.Namespace, stage: str, extra: dict[str, Any] | N
 
 
 def run_one(recipe, stage: str) -> int:
-    from ..recipe.run import evaluate_stage, locked, run_stage
+    from ..pipeline.run import evaluate_stage, locked, run_stage
 
     with locked(recipe.stage_dir(stage)):  # two commands writing one --out would corrupt its checkpoints
         record = run_stage(recipe, stage, force=False)

@@ -1,6 +1,6 @@
 """`bitdistill demo`: the BitDistill pipeline on the embedded SmolLM2-135M and SST-2, within 15 minutes.
 
-It runs the packaged demo recipe (`bitdistill/recipe/demo.yaml`: teacher, BitNet-SFT, a short continued
+It runs the packaged demo recipe (`bitdistill/pipeline/demo.yaml`: teacher, BitNet-SFT, a short continued
 pre-training, BitDistill, evaluation on the first 500 SST-2 dev sentences) with budgets sized for a 2-core CPU,
 prints the comparison table and writes `report.md` with plots. The budgets are a demonstration, not the
 quality benchmark (configs/smollm2-sst2-full.yaml, docs/results.md).
@@ -52,16 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def demo_recipe_path() -> Path:
-    return Path(str(resources.files("bitdistill.recipe") / "demo.yaml"))
+    return Path(str(resources.files("bitdistill.pipeline") / "demo.yaml"))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.convert_only:
         return convert_only(args)
+    from ..config import load_recipe
     from ..data.tasks import get_task
     from ..errors import BitDistillError
-    from ..recipe import load_recipe, run_recipe
-    from ..recipe.run import parse_restart
+    from ..pipeline.run import parse_restart
+    from ..report import run_recipe
     from ..train import eta
 
     data = args.data

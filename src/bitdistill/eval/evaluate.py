@@ -12,27 +12,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data.tasks import Example, Task, get_task
 from ..errors import BitDistillError
+from ..model.io import is_packed_dir
 from .metrics import classification_metrics, summarization_metrics
-
-
-def is_packed_dir(path: str | os.PathLike) -> bool:
-    """True for a directory written by the runtime's packer (config.json carries a "packed" key)."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    import json
-
-    try:
-        return "packed" in json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
 
 
 def evaluate_packed(

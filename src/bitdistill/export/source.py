@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import BitDistillError
 from ..model.adapters import FamilyAdapter, adapter_for
 from ..model.convert import BitNetSettings, is_bitnet, settings_of
+from ..model.io import is_packed_dir
 from ..quant import BitLinear
 from .blocks import TernaryMatrix
 
@@ -175,14 +176,6 @@ def from_packed(packed_dir: str | Path) -> ExportSource:
         blocks=blocks,
         tokenizer_dir=Path(packed_dir),
     )
-
-
-def is_packed_dir(path: str | Path) -> bool:
-    cfg = Path(path) / "config.json"
-    try:
-        return cfg.is_file() and "packed" in json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
 
 
 def from_directory(model_dir: str | Path) -> ExportSource:

@@ -10,26 +10,13 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from ..config.choices import GRANULARITIES, subln_mode
 from ..errors import BitDistillError
-from ..quant import GRANULARITIES, BitLinear
+from ..quant import BitLinear
 from .adapters import adapter_for
 from .subln import SubLNBitLinear
 
 FORMAT_VERSION = 1
-# Where the extra RMSNorms go: the paper's SubLN ("o_down"), the authors' code's "allnorm" ("all": one
-# before every BitLinear, microsoft/BitNet PR #382 `standard_bitnet=False`), or none.
-SUBLN_MODES = ("o_down", "all", "none")
-
-
-def subln_mode(value: bool | str | None, where: str = "subln") -> str:
-    """The SubLN mode of a setting: a mode name, or the older booleans (True = o_down, False = none)."""
-    if value is True or value is None:
-        return "o_down"
-    if value is False:
-        return "none"
-    if isinstance(value, str) and value in SUBLN_MODES:
-        return value
-    raise BitDistillError(f"{where}: {value!r} is not one of {', '.join(SUBLN_MODES)} (or true/false)")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,16 @@ def read_config(model_dir: str | os.PathLike) -> dict:
         raise BitDistillError(f"{path}: not valid JSON ({err}); re-create the directory") from None
 
 
+def is_packed_dir(path: str | os.PathLike) -> bool:
+    """True for a directory the runtime's packer wrote (its config.json carries a "packed" key).
+
+    A config.json that is not valid JSON raises (naming the file) rather than passing for "not packed".
+    """
+    if not (Path(path) / CONFIG_NAME).is_file():
+        return False
+    return "packed" in read_config(path)
+
+
 def load(
     model_dir: str | os.PathLike, dtype: torch.dtype | None = None, device: str | None = None
 ) -> nn.Module:

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BitDistillError, require_finite
+from ..config.train import TrainConfig
+from ..env import read_env
+from ..errors import BitDistillError
 from . import eta
 from .checkpoint import (
     atomic_write_text,
@@ -40,68 +42,8 @@ from .checkpoint import (
     set_rng_state,
 )
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SCHEDULES = ("cosine", "linear", "constant")
-
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation knobs of one stage (every field is settable from a recipe's `train:` section)."""
-
-    steps: int = 100  # optimizer steps; a streamed corpus may end the stage earlier
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # used when warmup_steps is 0
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
-    batch_size: int = 8  # per process, per micro-step
-    group_by_length: bool = True  # batch task examples of similar length together (less padding)
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    precision: str = "auto"  # auto = bf16 where the hardware computes it natively (see resolve_precision)
-    log_every: int = 10
-    eval_every: int = 0  # 0 = evaluate only at the end
-    save_every: int = 50  # resumable checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 1
-    seed: int = 42
-    select: str = "last"  # the stage's output weights: last | best (by the eval metric)
-    progress: bool = True
-
-    def validate(self, where: str = "train") -> None:
-        def bad(name: str, why: str) -> BitDistillError:
-            return BitDistillError(f"{where}.{name}: {why}")
-
-        if self.steps < 1:
-            raise bad("steps", f"must be >= 1, got {self.steps}")
-        require_finite(self.lr, f"{where}.lr", strict=True)
-        for name in ("weight_decay", "max_grad_norm", "warmup_ratio"):
-            require_finite(getattr(self, name), f"{where}.{name}")
-        for name in ("keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
-            raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.grad_accum < 1:
-            raise bad("grad_accum", f"must be >= 1, got {self.grad_accum}")
-        if self.schedule not in SCHEDULES:
-            raise bad("schedule", f"{self.schedule!r} is not one of {SCHEDULES}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"{self.precision!r} is not one of {PRECISIONS}")
-        if self.select not in ("last", "best"):
-            raise bad("select", f"{self.select!r} is not 'last' or 'best'")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise bad("betas", f"must be two numbers in [0, 1), got {self.betas}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        if self.save_every < 1:
-            raise bad("save_every", f"must be >= 1, got {self.save_every}")
 
 
 @dataclass
@@ -251,20 +193,23 @@ class _Logger:
             self.tb.close()
 
 
-FAULT_ENV = "BITDISTILL_FAULT"
+FaultHook = Callable[[str], None]
 
 
-def _fault(point: str) -> None:
-    """Kill this process with SIGKILL at `point` when BITDISTILL_FAULT lists it (crash tests only).
+def kill_at(points: frozenset[str]) -> FaultHook:
+    """A fault hook that SIGKILLs this process at any of `points` (crash tests; BITDISTILL_FAULT).
 
     Points: "<desc>:step:<n>" right after optimizer step n, "<desc>:save:<n>" inside the write of
     checkpoint n, after its files are written and before it is published.
     """
-    wanted = os.environ.get(FAULT_ENV)
-    if wanted and point in wanted.split(","):
-        import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    def hook(point: str) -> None:
+        if point in points:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 def train(
@@ -278,14 +223,17 @@ def train(
     greater_is_better: bool = True,
     desc: str = "train",
     accelerator: Any = None,
+    fault: FaultHook | None = None,
 ) -> TrainResult:
     """Train `model` in place for `cfg.steps` optimizer steps, resuming from `train_dir` when possible.
 
     `batches.iterate(start_micro_step)` yields micro-batches (dicts of tensors); the loop moves them to
     the device. Returns the statistics of the whole stage (resumed parts included); on return `model`
-    holds the selected weights (`cfg.select`).
+    holds the selected weights (`cfg.select`). `fault(point)` is called at each step and checkpoint write
+    (crash tests); by default it kills at the points BITDISTILL_FAULT lists, read once here.
     """
     cfg.validate()
+    fault = fault or kill_at(read_env().fault_points)
     train_dir = Path(train_dir)
     accelerator = accelerator or make_accelerator(cfg.precision)
     main = accelerator.is_main_process
@@ -339,7 +287,7 @@ def train(
         if main:
             path = save_checkpoint(
                 train_dir, at, raw_model, optimizer, scheduler, state, is_main=True,
-                before_publish=lambda: _fault(f"{desc}:save:{at}"), **kwargs,
+                before_publish=lambda: fault(f"{desc}:save:{at}"), **kwargs,
             )  # fmt: skip
         accelerator.wait_for_everyone()
         if not main:
@@ -413,7 +361,7 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            _fault(f"{desc}:step:{step}")
+            fault(f"{desc}:step:{step}")
             dt = time.perf_counter() - t0
             tokens = step_tokens * accelerator.num_processes
             state["tokens"] += tokens

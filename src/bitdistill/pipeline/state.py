@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.recipe import Recipe
 from ..errors import BitDistillError
-from ..stages.common import STAGE_FILE
 from ..train.checkpoint import latest_checkpoint
 from .fingerprint import FINGERPRINT_FILE, differences, read_fingerprint, stage_fingerprint, write_fingerprint
 from .lock import pid_alive
-from .schema import Recipe
+from .markers import STAGE_FILE
 
 # What a stage writes in its directory (stage_dirs may point into a directory that holds other things:
 # only these are ever moved or deleted). stage.json goes first, so a killed restart is never "done".

@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._fs import atomic_write_text
 from ..errors import BitDistillError
-from ._io import atomic_write_text
-from .memory import format_bytes, model_memory
+from ..eval.memory import format_bytes, model_memory
+from .plots import write_run_plots
+from .run_dir import read_results, read_sweep, resolve_model_dir
 
 STAGE_LABELS = {"teacher": "FP16-SFT", "bitnet_sft": "BitNet-SFT", "distill": "BitDistill"}
 PERCENT_METRICS = ("accuracy", "macro_f1", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu")
@@ -33,86 +35,6 @@ MEMORY_NAMES = {"linear_fp16": "Linear FP16", "linear_2bit": "Linear 2-bit", "li
                 "model_fp16": "Model FP16", "model_2bit": "Model 2-bit", "model_1.58bit": "Model 1.58-bit"}  # fmt: skip
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
-SWEEP_FILE = "layer_sweep.json"
-
-
-PIPELINE_STAGES = ("teacher", "bitnet_sft", "continue_pretrain", "distill")
-
-
-def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """results.json of a run, completed from the stage directories (see `merge_stage_dirs`)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "results.json"
-    results: dict[str, Any] = {"stages": {}}
-    if path.is_file():
-        try:
-            results = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BitDistillError(
-                f"{path}: not valid JSON ({err}); re-run `bitdistill run --only eval`"
-            ) from None
-        if not isinstance(results, dict) or not isinstance(results.get("stages"), dict):
-            raise BitDistillError(f"{path}: no 'stages' mapping; it was not written by `bitdistill run`")
-        for stage, rec in results["stages"].items():
-            if not isinstance(rec, dict) or not isinstance(rec.get("eval", {}), dict | None):
-                raise BitDistillError(
-                    f"{path}: stages.{stage} is not a stage record (with an 'eval' mapping); it was not written "
-                    "by `bitdistill run` — re-run `bitdistill run --only eval`"
-                )
-    merge_stage_dirs(run_dir, results)
-    if not results["stages"]:
-        raise BitDistillError(f"{path}: missing, and no finished stage under {run_dir}; run the recipe first "
-                              "(bitdistill run CONFIG.yaml)")  # fmt: skip
-    return results
-
-
-def merge_stage_dirs(run_dir: Path, results: dict[str, Any]) -> None:
-    """Fill in stages that finished under `run_dir/<stage>/` but are missing from results.json.
-
-    `bitdistill run --only ...` invocations each write results.json with their own stages; the stage
-    directories (stage.json, and eval.json once evaluated) hold everything, so the report reads them too.
-    Values already in results.json win.
-    """
-    for stage in PIPELINE_STAGES:
-        marker = run_dir / stage / "stage.json"
-        if not marker.is_file():
-            continue
-        try:
-            rec = json.loads(marker.read_text())
-            ev_file = run_dir / stage / "eval.json"
-            ev = json.loads(ev_file.read_text()).get("metrics") if ev_file.is_file() else None
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            continue  # a corrupt marker is the pipeline's to report; the report uses what it can read
-        train = rec.get("train") or {}
-        found = {
-            "model_dir": rec.get("model_dir"), "wall_seconds": rec.get("wall_seconds"), "steps": train.get("steps"),
-            "train_tokens": train.get("tokens"), "tokens_per_second": train.get("tokens_per_second"),
-            "first_loss": train.get("first_loss"), "last_loss": train.get("last_loss"),
-            "reused": rec.get("reused", False),
-            **({"distill": rec["distill"]} if "distill" in rec else {}), **({"eval": ev} if ev else {}),
-        }  # fmt: skip
-        have = results["stages"].setdefault(stage, {})
-        for key, value in found.items():
-            if have.get(key) is None and value is not None:
-                have[key] = value
-    # keep the pipeline's stage order
-    order = [s for s in PIPELINE_STAGES if s in results["stages"]]
-    results["stages"] = {
-        s: results["stages"][s] for s in order + [s for s in results["stages"] if s not in order]
-    }
-
-
-def resolve_model_dir(run_dir: Path, stage: str, recorded: str | None) -> Path | None:
-    """Where a stage's model lives now: as recorded (absolute or relative to the working directory, as
-    the runner wrote it), relative to the run directory, or the run's own `<stage>/model`."""
-    candidates = []
-    if recorded:
-        candidates += [Path(recorded), run_dir / recorded]
-    candidates.append(run_dir / stage / "model")
-    for c in candidates:
-        if (c / "config.json").is_file():
-            return c
-    return None
 
 
 def describe_variant(results: dict[str, Any], stage: str = "distill") -> str:
@@ -339,13 +261,10 @@ def build_report(
     add_gaps(rows)
     metric = primary_metric(rows)
     closed = gap_closed(rows, metric)
-    sweep_path = run_dir / SWEEP_FILE
-    sweep = json.loads(sweep_path.read_text()) if sweep_path.is_file() else None
+    sweep = read_sweep(run_dir)
     made: dict[str, str] = {}
     plot_notes: dict[str, str] = {}
     if plots:
-        from .plots import write_run_plots
-
         made, plot_notes = write_run_plots(run_dir, results, sweep, histogram_layer)
 
     md = [f"# {results.get('recipe', run_dir.name)}: {results.get('task', '?')}", ""]

@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config.recipe import Recipe
 from ..errors import BitDistillError
-from .schema import Recipe
 
 FORMAT_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
@@ -224,7 +224,7 @@ def read_fingerprint(stage_dir: Path) -> dict[str, Any] | None:
 
 
 def write_fingerprint(stage_dir: Path, keys: dict[str, Any]) -> None:
-    from ..train.checkpoint import atomic_write_text
+    from .._fs import atomic_write_text
 
     atomic_write_text(stage_dir / FINGERPRINT_FILE, json.dumps({"digest": digest(keys), "keys": keys}, indent=1) + "\n")
 

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.choices import STAGES
+from ..config.recipe import Recipe
 from ..errors import BitDistillError, require_finite
 from .modelinfo import ModelShape, model_shape
-from .schema import STAGES, Recipe
 
 # fp32 weights, gradients and AdamW's two moments per trainable parameter; a frozen teacher is weights only
 TRAIN_BYTES, FROZEN_BYTES = 16, 4
@@ -155,7 +156,7 @@ def _teacher_spec(recipe: Recipe) -> str:
         return d.teacher
     if recipe.teacher.enabled:
         return stage_model(recipe, "teacher")
-    from ..stages.common import read_stage
+    from .markers import read_stage
 
     record = read_stage(recipe.stage_dir("teacher"))
     if record is None:

@@ -16,24 +16,28 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._fs import atomic_write_text
+from ..config.choices import STAGES
+from ..config.recipe import Recipe
 from ..data.tasks import get_task
 from ..errors import BitDistillError
-from ..recipe.schema import STAGES, Recipe
-from ..stages.common import read_stage, stage_dir, write_stage
-from ..train.checkpoint import atomic_write_text, latest_checkpoint
+from ..train.checkpoint import latest_checkpoint
 from .ablations import variants
+from .dev_eval import evaluate_model_dir
 from .fingerprint import FINGERPRINT_FILE, digest, path_identity, read_fingerprint
+from .markers import EVAL_FILE, RESULTS_FILE, read_stage, stage_dir, write_stage
 from .state import clear_outputs, prepare_stage
 
 RESTARTABLE = (*STAGES, "ablations")
 
-EVAL_FILE = "eval.json"
+# Renders a finished run directory; returns what it wrote (see run_recipe).
+Reporter = Callable[[Path], Any]
 
 
 def _log(msg: str) -> None:
@@ -50,7 +54,7 @@ def run_stage(
     recipe's is refused (one line naming the differing keys, ending with `hint`; default: delete the
     directory or use --restart). `force` retrains a finished stage with the same fingerprint.
     """
-    from ..stages import RUNNERS
+    from .stages import RUNNERS
 
     out = stage_dir(recipe, stage)
     hint = hint or f"delete {out} (bitdistill run: --restart {stage}) to retrain it"
@@ -86,8 +90,6 @@ def run_stage(
 
 def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
     """Dev metrics of a finished stage's model, cached in <stage>/eval.json (keyed by the eval settings)."""
-    from ..stages.sft import evaluate_dir
-
     out = stage_dir(recipe, stage)
     record = read_stage(out)
     if record is None:
@@ -100,7 +102,7 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
             return cached["metrics"]
     _log(f"eval: {stage} ({record['model_dir']}) on {recipe.task.name} {recipe.task.eval_split}")
     t0 = time.perf_counter()
-    metrics = evaluate_dir(recipe, record["model_dir"], data)
+    metrics = evaluate_model_dir(recipe, record["model_dir"], data)
     metrics["eval_seconds"] = time.perf_counter() - t0
     atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
@@ -161,16 +163,40 @@ def plan_recipe(
 
 
 def run_recipe(
-    recipe: Recipe, only: list[str] | None = None, restart: tuple[str, ...] = (), check_only: bool = False
+    recipe: Recipe,
+    only: list[str] | None = None,
+    restart: tuple[str, ...] = (),
+    check_only: bool = False,
+    report: Reporter | None = None,
 ) -> dict[str, Any]:
     """Check the recipe, print the plan, then (unless `check_only`) hold the run directory's lock, apply
-    `restart` and execute the enabled stages in order, then evaluation; write and return results.json."""
+    `restart` and execute the enabled stages in order, then evaluation; write and return results.json.
+
+    `report(run_dir)` renders the finished run (bitdistill.report.write_report; the report layer sits above
+    this one, so it is passed in). Its failure is recorded in results.json and raised.
+    """
     plan, ablations = plan_recipe(recipe, only, restart)
     if check_only:
         return {"plan": plan}
     _log("\n".join(plan))
     with locked(recipe.out):
-        return _restart_and_execute(recipe, only, restart, ablations)
+        results = _restart_and_execute(recipe, only, restart, ablations)
+        evaluated = any(r.get("eval") for r in results.get("stages", {}).values())
+        if report is not None and recipe.eval.enabled and evaluated:
+            _report(recipe.out, results, report)
+    return results
+
+
+def _report(out: Path, results: dict[str, Any], report: Reporter) -> None:
+    try:
+        _log(f"report: {report(out)}")
+    except BitDistillError as err:
+        results["report_error"] = str(err)
+        _write_results(out, results)
+        raise BitDistillError(
+            f"{out}: the stages finished and results.json is written, but the report failed: {err}; fix that "
+            f"and run `bitdistill report {out}`"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -252,7 +278,7 @@ def _execute(
     if ablations:
         results["ablations"] = run_ablations(ablations)
     if recipe.eval.enabled and (not only or "eval" in only):
-        from ..stages.common import load_task_data
+        from .task_data import load_task_data
 
         data = None
         for stage in recipe.eval.stages:
@@ -262,18 +288,14 @@ def _execute(
                 metrics = evaluate_stage(recipe, stage, data)
                 results["stages"].setdefault(stage, {})["eval"] = metrics
     results["wall_seconds_this_invocation"] = time.perf_counter() - t_all
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    _write_results(out, results)
     _log(f"results: {out / 'results.json'}")
     _print_summary(results)
-    if recipe.eval.enabled and any(r.get("eval") for r in results["stages"].values()):
-        from ..eval.report import write_report
-
-        try:
-            write_report(out)
-            _log(f"report: {out / 'report.md'}")
-        except BitDistillError as err:
-            _log(f"report: skipped ({err})")
     return results
+
+
+def _write_results(out: Path, results: dict[str, Any]) -> None:
+    atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=1) + "\n")
 
 
 def run_ablations(ablations: dict[str, Recipe]) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import copy
 import re
 
+from ..config.recipe import Recipe, parse_recipe, set_dotted
 from ..errors import BitDistillError
 from .fingerprint import stage_fingerprint
-from .schema import Recipe, parse_recipe, set_dotted
 
 ABLATIONS_DIR = "ablations"
 

@@ -8,27 +8,28 @@ fast-forwards to the block it stopped at.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .. import model as bd_model
-from ..data.corpus import PackedCorpus
-from ..data.tasks import get_task
-from ..recipe.schema import Recipe
-from ..train import StreamBatches, make_accelerator, train
-from ..train.checkpoint import atomic_write_text
-from ..train.loop import result_dict
-from .common import Timer, convert, load_model_dir_or_spec, stage_dir, write_stage
+from ..._fs import atomic_write_text
+from ...config.recipe import Recipe
+from ...data.corpus import PackedCorpus
+from ...data.tasks import get_task
+from ...distill.losses import causal_lm_loss
+from ...model.io import save
+from ...train.batches import StreamBatches
+from ...train.loop import make_accelerator, result_dict, train
+from ..markers import stage_dir, write_stage
+from ..models import convert, load_model_dir_or_spec
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy over every position of a packed block (labels are the block itself)."""
     logits = model(input_ids=batch["input_ids"]).logits
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch["labels"][:, 1:].reshape(-1)
-    )
+    loss = causal_lm_loss(logits, batch["labels"])
     return loss, {"lm": float(loss.detach())}
 
 
@@ -55,7 +56,7 @@ def materialize_sources(recipe: Recipe, out: Path) -> list[str]:
 
 
 def run_continue_pretrain(recipe: Recipe) -> dict[str, Any]:
-    timer = Timer()
+    t0 = time.perf_counter()
     spec = recipe.continue_pretrain
     out = stage_dir(recipe, "continue_pretrain")
     model, tok = load_model_dir_or_spec(recipe.model)
@@ -82,18 +83,18 @@ def run_continue_pretrain(recipe: Recipe) -> dict[str, Any]:
     )
     model_dir = out / "model"
     if accelerator.is_main_process:
-        bd_model.save(accelerator.unwrap_model(model), model_dir, tokenizer=tok)
+        save(accelerator.unwrap_model(model), model_dir, tokenizer=tok)
         write_stage(
             out,
             {
                 "stage": "continue_pretrain",
                 "model_dir": str(model_dir),
                 "train": result_dict(result),
-                "wall_seconds": timer.seconds,
+                "wall_seconds": time.perf_counter() - t0,
                 "corpus": {"sources": spec.corpus.sources, "block_size": spec.corpus.block_size,
                            "token_budget": spec.corpus.tokens},
                 "precision": cfg.precision,
             },
         )  # fmt: skip
     accelerator.wait_for_everyone()
-    return {"model_dir": str(model_dir), "train": result_dict(result), "wall_seconds": timer.seconds}
+    return {"model_dir": str(model_dir), "train": result_dict(result), "wall_seconds": time.perf_counter() - t0}

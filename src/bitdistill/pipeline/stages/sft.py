@@ -7,28 +7,29 @@ user-supplied fine-tuned directory), BitNet-SFT first applies the stage-1 conver
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from .. import model as bd_model
-from ..data.task_record import record_task
-from ..recipe.schema import Recipe
-from ..train import make_accelerator, train
-from ..train.loop import LossFn, result_dict
-from .common import (
-    TaskData,
-    Timer,
-    ce_loss,
-    convert,
-    eval_metric,
-    evaluate_model,
-    load_model_dir_or_spec,
-    load_task_data,
-    read_stage,
-    stage_dir,
-    task_batches,
-    write_stage,
-)
+import torch
+from torch import nn
+
+from ...config.recipe import Recipe
+from ...data.task_record import record_task
+from ...distill.losses import causal_lm_loss
+from ...model.io import save
+from ...train.loop import LossFn, make_accelerator, result_dict, train
+from ..dev_eval import dev_metrics, eval_metric
+from ..markers import read_stage, stage_dir, write_stage
+from ..models import convert, load_model_dir_or_spec
+from ..task_data import TaskData, load_task_data, task_batches
+
+
+def ce_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The task loss of teacher and BitNet-SFT: cross-entropy on the target tokens."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    loss = causal_lm_loss(out.logits, batch["labels"])
+    return loss, {"ce": float(loss.detach())}
 
 
 def train_task_model(
@@ -41,7 +42,7 @@ def train_task_model(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` on the task with `loss_fn` through the shared loop; save it; write stage.json."""
-    timer = Timer()
+    t0 = time.perf_counter()
     out = stage_dir(recipe, stage)
     cfg = recipe.train_config(stage)
     accelerator = make_accelerator(cfg.precision)
@@ -51,7 +52,7 @@ def train_task_model(
     eval_fn = None
     if cfg.eval_every or cfg.select == "best":
         # Checkpoint selection reads eval_loss/accuracy only: no generation during training.
-        eval_fn = lambda m: evaluate_model(m, tokenizer, data, recipe, generate=False)  # noqa: E731
+        eval_fn = lambda m: dev_metrics(m, tokenizer, data, recipe, generate=False)  # noqa: E731
     result = train(
         model, batches, loss_fn, cfg, out / "train", eval_fn=eval_fn, metric=metric,
         greater_is_better=greater, desc=stage, accelerator=accelerator,
@@ -60,12 +61,12 @@ def train_task_model(
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(model)
         record_task(trained.config, data.task)  # classify/serve/pack read the task from the model itself
-        bd_model.save(trained, model_dir, tokenizer=tokenizer)
+        save(trained, model_dir, tokenizer=tokenizer)
         record = {
             "stage": stage,
             "model_dir": str(model_dir),
             "train": result_dict(result),
-            "wall_seconds": timer.seconds,
+            "wall_seconds": time.perf_counter() - t0,
             "precision": cfg.precision,
             **(extra or {}),
         }
@@ -80,10 +81,10 @@ def run_teacher(recipe: Recipe) -> dict[str, Any]:
     out = stage_dir(recipe, "teacher")
     if spec.path:
         # A ready teacher: nothing to train; record where it is so distill and eval use it.
-        timer = Timer()
+        t0 = time.perf_counter()
         load_model_dir_or_spec(spec.path)  # fail now, with a clear message, if it does not load
         record = {"stage": "teacher", "model_dir": str(Path(spec.path)), "reused": True}
-        record["wall_seconds"] = timer.seconds
+        record["wall_seconds"] = time.perf_counter() - t0
         write_stage(out, record)
         return record
     model, tok = load_model_dir_or_spec(spec.model or recipe.model)
@@ -100,9 +101,3 @@ def run_bitnet_sft(recipe: Recipe) -> dict[str, Any]:
     data = load_task_data(recipe)
     return train_task_model(recipe, "bitnet_sft", model, tok, data, ce_loss, {"base_model": recipe.model})
 
-
-def evaluate_dir(recipe: Recipe, model_dir: str | Path, data: TaskData | None = None) -> dict[str, Any]:
-    """Dev-set metrics of a model directory (FP or BitNet)."""
-    model, tok = load_model_dir_or_spec(model_dir)
-    data = data or load_task_data(recipe, need_train=False)
-    return evaluate_model(model.eval(), tok, data, recipe, progress=True)

@@ -23,8 +23,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .._fs import atomic_write_bytes  # noqa: E402
 from ..errors import BitDistillError  # noqa: E402
-from ._io import atomic_write_bytes  # noqa: E402
+from .run_dir import read_log, resolve_model_dir, stage_log_path  # noqa: E402
 
 SKIP_KEYS = {"step", "loss", "lr", "tokens", "tokens_per_s"}
 NEAR = 0.1  # |(|W/Δ| − 0.5)| < NEAR counts as "near a ternary threshold"
@@ -38,29 +39,6 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 # -- training curves -------------------------------------------------------------------------------------
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a jsonl training log; a line cut by a kill is skipped."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            out.append(rec)
-    return out
-
-
-def stage_log_path(run_dir: Path, stage: str, record: dict[str, Any]) -> Path | None:
-    """The stage's training log: beside its model directory, or under `<run>/<stage>/train/`."""
-    candidates = []
-    if record.get("model_dir"):
-        md = Path(record["model_dir"])
-        candidates += [md.parent / "train" / "log.jsonl", run_dir / md.parent / "train" / "log.jsonl"]
-    candidates.append(run_dir / stage / "train" / "log.jsonl")
-    return next((c for c in candidates if c.is_file()), None)
 
 
 def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out: str | os.PathLike) -> Path:
@@ -245,8 +223,6 @@ def _histogram_for_run(run_dir: Path, results: dict[str, Any], layer: int | None
     rec = results["stages"].get("continue_pretrain")
     if not rec:
         return None, "No continued pre-training in this run, so no before/after weight histogram."
-    from .report import resolve_model_dir
-
     after_dir = resolve_model_dir(run_dir, "continue_pretrain", rec.get("model_dir"))
     if after_dir is None:
         return None, "The continued pre-training model directory is gone; no weight histogram."

@@ -40,7 +40,10 @@ def _peak_rss_mib() -> float:
 
 
 def _recipe(spec: dict):
-    from bitdistill.recipe.schema import BitNetSpec, DistillStage, parse_recipe
+    try:
+        from bitdistill.config.recipe import BitNetSpec, DistillStage, parse_recipe
+    except ImportError:  # checkouts before the config package
+        from bitdistill.recipe.schema import BitNetSpec, DistillStage, parse_recipe
 
     distill = {"student_layer": -1, "teacher_layer": -1}
     # Options added after d59aa69 are set only where this checkout knows them.
@@ -68,10 +71,11 @@ def main(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import bitdistill
+    from bitdistill import errors  # any module: its path names the checkout being timed
     from bitdistill.model import load_pretrained
-    from bitdistill.stages import common
     from bitdistill.train import TrainConfig, loop, make_accelerator
+
+    ce_loss, convert, task_batches, make_distill_loss = _stage_code()
 
     recipe = _recipe(spec)
     examples = spec.get("examples")
@@ -84,12 +88,10 @@ def main(spec: dict) -> dict:
 
         examples = [Example(**e) for e in examples]
     model, tok = load_pretrained(spec["model"])
-    loss_fn = common.ce_loss
+    loss_fn = ce_loss
     if spec["variant"] in ("bitnet", "distill"):
-        common.convert(model, recipe)
+        convert(model, recipe)
     if spec["variant"] == "distill":
-        from bitdistill.stages.distill import make_distill_loss
-
         teacher, _ = load_pretrained(spec["model"])
         teacher.eval().requires_grad_(False)
         loss_fn, _settings = make_distill_loss(recipe, model, teacher, "classification")
@@ -98,7 +100,7 @@ def main(spec: dict) -> dict:
         save_every=10**9, progress=False, precision=spec["precision"], seed=spec["seed"],
     )  # fmt: skip
     accelerator = make_accelerator(cfg.precision)
-    batches = common.task_batches(tok, examples, recipe, cfg, accelerator)
+    batches = task_batches(tok, examples, recipe, cfg, accelerator)
     widths = [int(batches.batch(i)["input_ids"].shape[1]) for i in range(cfg.steps)]
     # The final checkpoint (model + AdamW state) is written after the last timed step; skip that disk I/O.
     loop.save_checkpoint = lambda *a, **k: None
@@ -122,7 +124,7 @@ def main(spec: dict) -> dict:
             seconds.append(n / r["tokens_per_s"])
     return {
         "variant": spec["variant"],
-        "code": os.path.dirname(os.path.dirname(bitdistill.__file__)),
+        "code": os.path.dirname(os.path.dirname(errors.__file__)),
         "seconds": seconds,
         "cpu_seconds": [b - a for a, b in zip(timed.cpu, timed.cpu[1:])],
         "tokens": tokens,
@@ -133,6 +135,19 @@ def main(spec: dict) -> dict:
         "threads": torch.get_num_threads(),
         "subln": spec["subln_used"],
     }
+
+
+def _stage_code():
+    """(ce_loss, convert, task_batches, make_distill_loss) from this checkout's pipeline, in either layout."""
+    try:
+        from bitdistill.pipeline.models import convert
+        from bitdistill.pipeline.stages.distill import make_distill_loss
+        from bitdistill.pipeline.stages.sft import ce_loss
+        from bitdistill.pipeline.task_data import task_batches
+    except ImportError:  # checkouts before the pipeline package
+        from bitdistill.stages.common import ce_loss, convert, task_batches
+        from bitdistill.stages.distill import make_distill_loss
+    return ce_loss, convert, task_batches, make_distill_loss
 
 
 class _CpuTimed:

@@ -20,13 +20,9 @@ from typing import Any
 
 import yaml
 
-from ..distill.capture import QKV_SOURCES
-from ..distill.losses import KD_POSITIONS, RELATIONS
 from ..errors import BitDistillError
-from ..model.convert import subln_mode
-from ..train.loop import TrainConfig
-
-STAGES = ("teacher", "bitnet_sft", "continue_pretrain", "distill")
+from .choices import GRANULARITIES, KD_POSITIONS, QKV_SOURCES, RELATIONS, STAGES, subln_mode
+from .train import TrainConfig
 
 # Paper defaults (BitNet Distillation, arXiv 2510.13998) per task kind: (lambda, gamma).
 PAPER_WEIGHTS = {"classification": (10.0, 1e5), "summarization": (1.0, 1e3)}
@@ -164,7 +160,7 @@ class Recipe:
         src = self.source
         if self.task.max_length < 8:
             raise BitDistillError(f"{src}: task.max_length: must be >= 8, got {self.task.max_length}")
-        if self.bitnet.granularity not in ("tensor", "channel", "group"):
+        if self.bitnet.granularity not in GRANULARITIES:
             raise BitDistillError(
                 f"{src}: bitnet.granularity: {self.bitnet.granularity!r} is not tensor, channel or group"
             )

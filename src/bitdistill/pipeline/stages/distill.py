@@ -13,11 +13,14 @@ from typing import Any
 
 import torch
 
-from ..distill.capture import QKVCapture, layer_relation_heads
-from ..distill.losses import distill_loss
-from ..errors import BitDistillError
-from ..recipe.schema import Recipe
-from .common import convert, finished_model, load_model_dir_or_spec, load_task_data
+from ...config.recipe import Recipe
+from ...distill.capture import QKVCapture, layer_relation_heads
+from ...distill.layer_choice import CRITERION, choose_layer
+from ...distill.losses import distill_loss
+from ...errors import BitDistillError
+from ..markers import finished_model
+from ..models import convert, load_model_dir_or_spec
+from ..task_data import criterion_batches, load_task_data
 from .sft import train_task_model
 
 AUTO_LAYER_EXAMPLES = 64  # training examples the `student_layer: auto` criterion reads (one forward each)
@@ -100,8 +103,6 @@ def resolve_auto_layer(recipe: Recipe, student, teacher, tokenizer) -> tuple[Rec
     """`distill.student_layer: auto`: the recipe with the criterion's layers filled in, and what it saw."""
     if recipe.distill.student_layer != "auto" or not recipe.distill.attention:
         return recipe, {}
-    from ..eval.layers import CRITERION, choose_layer, criterion_batches
-
     batches = criterion_batches(recipe, tokenizer, AUTO_LAYER_EXAMPLES, recipe.task.eval_batch_size)
     s_layer, t_layer, scores = choose_layer(teacher, student, batches, recipe.distill.relation_heads)
     chosen = copy.deepcopy(recipe)
@@ -119,7 +120,7 @@ def run_distill(recipe: Recipe) -> dict[str, Any]:
     if auto:
         settings["layer_choice"] = auto
     # The teacher must sit where the student's batches go; train_task_model moves the student.
-    from ..train import make_accelerator
+    from ...train.loop import make_accelerator
 
     teacher.to(make_accelerator(recipe.train_config("distill").precision).device)
     return train_task_model(recipe, "distill", student, tok, data, loss_fn, {"distill": settings})

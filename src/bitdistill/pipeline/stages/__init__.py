@@ -2,7 +2,7 @@
 
 from .distill import run_distill
 from .pretrain import run_continue_pretrain
-from .sft import evaluate_dir, run_bitnet_sft, run_teacher
+from .sft import run_bitnet_sft, run_teacher
 
 RUNNERS = {
     "teacher": run_teacher,
@@ -11,4 +11,4 @@ RUNNERS = {
     "distill": run_distill,
 }
 
-__all__ = ["RUNNERS", "evaluate_dir", "run_bitnet_sft", "run_continue_pretrain", "run_distill", "run_teacher"]
+__all__ = ["RUNNERS", "run_bitnet_sft", "run_continue_pretrain", "run_distill", "run_teacher"]
