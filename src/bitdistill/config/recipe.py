@@ -99,7 +99,7 @@ class DistillStage:
     lambda_logits: float | None = None  # None = paper default for the task kind (10 / 1)
     gamma_attention: float | None = None  # None = paper default for the task kind (1e5 / 1e3)
     # negative counts from the end; "auto" = the layer-selection criterion picks student and teacher layer
-    # before training (eval/layers.py: the largest relation divergence at initialisation)
+    # before training (distill/layer_choice.py: the largest relation divergence at initialisation)
     student_layer: int | str = -1
     teacher_layer: int = -1
     relation_heads: int | None = None  # A_r; None = the largest divisor of every q/k/v width <= 32 (authors)
@@ -136,7 +136,7 @@ class Recipe:
     distill: DistillStage = field(default_factory=DistillStage)
     eval: EvalSpec = field(default_factory=EvalSpec)
     stage_dirs: dict[str, str] = field(default_factory=dict)  # put a stage's directory elsewhere
-    # Ablation rows: label -> {dotted.key: value} overrides of this recipe (see recipe/ablations.py).
+    # Ablation rows: label -> {dotted.key: value} overrides of this recipe (see pipeline/ablations.py).
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<recipe>"  # where it was read from (not a YAML key)
     data: dict[str, Any] = field(default_factory=dict, repr=False)  # the parsed mapping (not a YAML key)

@@ -9,7 +9,7 @@ A recipe's `ablations:` maps a row label to dotted overrides of the recipe itsel
       "AD only": {distill.logits: false}
 
 Each variant runs under `<out>/ablations/<slug>/`. It reuses the main run's teacher and continued
-pre-training output when its overrides leave that stage's fingerprint unchanged (recipe/fingerprint.py:
+pre-training output when its overrides leave that stage's fingerprint unchanged (pipeline/fingerprint.py:
 the same model, data, conversion and training settings), and runs its own otherwise (a `bitnet.subln` row
 needs its own stage 2; a `seed` row its own teacher too). It trains and evaluates its distill stage;
 `run_recipe` records it in results.json under "ablations", and the report adds it as a row beside FP16-SFT,

@@ -3,7 +3,7 @@
 Run by `--check` alone and at the start of every `bitdistill run`. It reads configs, never weights, so it
 takes well under a second: a bad distill layer, relation-head count, group size, batch size, number or
 path is one line naming the field, instead of an error hours later after the earlier stages trained. It
-also compares every stage directory with the recipe's fingerprint (recipe/state.py) and returns the plan:
+also compares every stage directory with the recipe's fingerprint (pipeline/state.py) and returns the plan:
 one line per stage with its model, steps × batch, learning rate, estimated memory and output directory.
 """
 

@@ -2,7 +2,7 @@
 
 A stage records its fingerprint (`<stage>/fingerprint.json`) before it trains. A later `bitdistill run`
 skips the finished stage, or resumes its checkpoint, only when the recipe still gives the same
-fingerprint; otherwise it stops and names the keys that differ (recipe/state.py). Without this, re-running
+fingerprint; otherwise it stops and names the keys that differ (pipeline/state.py). Without this, re-running
 a finished run with `--set model=OTHER` reported weights trained from the first model under the second
 model's name, and a resume after changing the learning rate mixed two configurations.
 

@@ -1,8 +1,8 @@
 """Run a recipe: teacher -> bitnet_sft -> continue_pretrain -> distill -> eval, as the YAML declares.
 
-Before anything trains, the whole recipe is checked (recipe/check.py: paths, layers, sizes, numbers, and
+Before anything trains, the whole recipe is checked (pipeline/check.py: paths, layers, sizes, numbers, and
 each stage directory against the recipe's fingerprint for it) and the plan printed; then the run takes the
-run directory's lock (recipe/lock.py), applies `--restart`, and runs the stages. A stage whose `stage.json`
+run directory's lock (pipeline/lock.py), applies `--restart`, and runs the stages. A stage whose `stage.json`
 exists and whose fingerprint matches is skipped (its record is reused); a stage that was interrupted
 resumes from its last checkpoint under the same condition. The run ends with `results.json` in the output
 directory: per stage the dev metrics, wall time, training tokens and tokens/s.

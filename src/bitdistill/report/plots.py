@@ -17,15 +17,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure  # no pyplot: no process-wide backend is chosen; PNGs render via Agg
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .._fs import atomic_write_bytes  # noqa: E402
-from ..errors import BitDistillError  # noqa: E402
-from .run_dir import read_log, resolve_model_dir, stage_log_path  # noqa: E402
+from .._fs import atomic_write_bytes
+from ..errors import BitDistillError
+from .run_dir import read_log, resolve_model_dir, stage_log_path
 
 SKIP_KEYS = {"step", "loss", "lr", "tokens", "tokens_per_s"}
 NEAR = 0.1  # |(|W/Δ| − 0.5)| < NEAR counts as "near a ternary threshold"
@@ -34,7 +31,6 @@ NEAR = 0.1  # |(|W/Δ| − 0.5)| < NEAR counts as "near a ternary threshold"
 def _save(fig, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -46,7 +42,8 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out: str | os.Pa
     logs = {k: v for k, v in logs.items() if any("loss" in r for r in v)}
     if not logs:
         raise BitDistillError("no training log with a loss to plot")
-    fig, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(logs), 3.4))
+    axes = fig.subplots(1, len(logs), squeeze=False)
     for ax, (stage, recs) in zip(axes[0], logs.items(), strict=True):
         train = [r for r in recs if "loss" in r]
         steps = [r["step"] for r in train]
@@ -153,7 +150,8 @@ def plot_weight_histograms(
     names = [n for n in before if n in after]
     if not names:
         raise BitDistillError("no common weights to compare before and after continued pre-training")
-    fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 4.6), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(names), 4.6))
+    axes = fig.subplots(2, len(names), squeeze=False)
     stats: dict[str, dict[str, dict[str, float]]] = {}
     for col, name in enumerate(names):
         stats[name] = {}
@@ -188,7 +186,8 @@ def plot_layer_sweep(sweep: dict[str, Any], out: str | os.PathLike) -> Path:
     scored = [e for e in sweep.get("layers", []) if e.get("criterion") is not None]
     if not entries and not scored:
         raise BitDistillError("the layer sweep holds no measured layer")
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(sweep.get("layers", [])) + 2), 3.4))
+    fig = Figure(figsize=(max(4.0, 0.45 * len(sweep.get("layers", [])) + 2), 3.4))
+    ax = fig.subplots()
     best = sweep.get("best_layer")
     pick = (sweep.get("criterion") or {}).get("pick")
     if entries:
