@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BitLinear": ".quant",
+    "BitNetConfig": ".config",
     "BitNetSettings": ".model",
     "FamilyAdapter": ".model",
     "adapter_for": ".model",

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..errors import BitDistillError
+from .bitnet import BitNetConfig
 from .choices import GRANULARITIES, KD_POSITIONS, QKV_SOURCES, RELATIONS, STAGES, subln_mode
 from .train import TrainConfig
 
@@ -44,16 +45,12 @@ class TaskSpec:
     num_beams: int = 1
 
 
-@dataclass
-class BitNetSpec:
-    """Stage-1 conversion settings (see bitdistill.model.convert.to_bitnet)."""
+@dataclass(frozen=True)
+class BitNetSpec(BitNetConfig):
+    """A recipe's stage-1 conversion: a BitNetConfig whose SubLN default is the authors' code's ("all": an
+    RMSNorm before every BitLinear) rather than the paper's o_down."""
 
-    # o_down (the paper's SubLN) | all (the authors' code: an RMSNorm before every BitLinear) | none;
-    # true/false still mean o_down/none
     subln: bool | str = "all"
-    granularity: str = "tensor"
-    group_size: int = 128
-    quantize_activations: bool = True
 
 
 @dataclass

@@ -107,7 +107,7 @@ def load(
         raise invalid_model(model_dir / CONFIG_NAME, err) from None
     if settings is not None:
         config.bitdistill = None
-        to_bitnet(model, **_convert_kwargs(BitNetSettings.from_dict(settings)))
+        to_bitnet(model, BitNetSettings.from_dict(settings))
     # no_init_weights also skips tying; tie before loading so the one stored copy fills both names.
     model.tie_weights()
     if device is not None:
@@ -126,15 +126,6 @@ def load(
             "the weights and config come from different models"
         )
     return model.eval()
-
-
-def _convert_kwargs(settings: BitNetSettings) -> dict:
-    return dict(
-        subln=settings.subln,
-        granularity=settings.granularity,
-        group_size=settings.group_size,
-        quantize_activations=settings.quantize_activations,
-    )
 
 
 def load_tokenizer(model_dir: str | os.PathLike):

@@ -13,11 +13,7 @@ from ..model.hub import load_any
 
 
 def convert(model: nn.Module, recipe: Recipe) -> nn.Module:
-    b = recipe.bitnet
-    return to_bitnet(
-        model, subln=b.subln, granularity=b.granularity, group_size=b.group_size,
-        quantize_activations=b.quantize_activations,
-    )  # fmt: skip
+    return to_bitnet(model, recipe.bitnet)
 
 
 def load_model_dir_or_spec(spec: str | Path):
