@@ -112,16 +112,18 @@ def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 16) -> 
     """exp(mean next-token loss) over the sentences' tokens (padding excluded)."""
     import torch
 
+    from ..data.encode import IGNORE_INDEX
+    from ..distill.losses import causal_lm_loss
+
     total, count = 0.0, 0
     for i in range(0, len(sentences), batch_size):
         batch = tokenizer(sentences[i : i + batch_size], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        with torch.no_grad():
-            logits = model(**batch).logits[:, :-1].float()
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="sum")
-        total += loss.item()
-        count += int((target != -100).sum())
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        if n:  # the mean over a batch's tokens, weighted by their count: the sum over all tokens
+            with torch.no_grad():
+                total += float(causal_lm_loss(model(**batch).logits, labels)) * n
+            count += n
     return math.exp(total / max(count, 1))
 
 
