@@ -82,3 +82,27 @@ def test_a_corrupt_config_is_an_error_not_an_unpacked_model(world, tmp_path, cap
     assert "config.json: not valid JSON" in capsys.readouterr().err
     (model / "config.json").write_text('{"packed": {"version": 1}}')
     assert is_packed_dir(model) and not is_packed_dir(tmp_path)
+
+
+def test_a_corrupt_parquet_file_is_one_error_for_tasks_and_corpora(tmp_path):
+    """pyarrow's own exception types are the ones turned into a user error (the readers catch only those)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bitdistill.data import iter_text
+    from bitdistill.data.tasks import get_task
+
+    bad = tmp_path / "dev.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(BitDistillError, match=f"{bad}: not a readable Parquet file"):
+        get_task("sst2").load("dev", path=tmp_path)
+    with pytest.raises(BitDistillError, match=f"{bad}: not a readable Parquet file"):
+        list(iter_text([str(bad)]))
+    pq.write_table(pa.table({"text": ["one document", "another"]}), tmp_path / "good.parquet")
+    assert list(iter_text([str(tmp_path / "good.parquet")])) == ["one document", "another"]
+
+
+def test_a_hub_id_the_cache_refuses_is_left_to_the_loader():
+    from bitdistill.pipeline.modelinfo import hub_config
+
+    assert hub_config("not a valid id") is None

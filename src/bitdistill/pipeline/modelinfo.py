@@ -181,7 +181,7 @@ def hub_config(spec: str) -> dict[str, Any] | None:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(spec, "config.json")
-    except Exception:  # an id the cache layer refuses (bad characters): the loader will say why
+    except ValueError:  # an id the cache layer refuses (HFValidationError): the loader will say why
         return None
     return json.loads(Path(found).read_text()) if isinstance(found, str) else None
 
