@@ -27,6 +27,7 @@ from ..errors import BitDistillError
 from ..recipe.schema import STAGES, Recipe
 from ..stages.common import read_stage, stage_dir, write_stage
 from ..train.checkpoint import atomic_write_text, latest_checkpoint
+from ..train.distributed import barrier, is_main
 from .ablations import variants
 from .fingerprint import FINGERPRINT_FILE, digest, path_identity, read_fingerprint
 from .state import clear_outputs, prepare_stage
@@ -37,6 +38,8 @@ EVAL_FILE = "eval.json"
 
 
 def _log(msg: str) -> None:
+    if not is_main():  # `accelerate launch`: every process runs this code; one of them reports
+        return
     print(f"[bitdistill] {msg}", file=sys.stderr, flush=True)
 
 
@@ -60,6 +63,7 @@ def run_stage(
         check_recipe(recipe, [stage], hint=hint)
     existed = out.exists()
     state = prepare_stage(recipe, stage, hint)
+    barrier()  # the other processes start once rank 0 has prepared the directory
     done = read_stage(out)
     if done is not None and not force:
         _log(f"{stage}: done already ({out / 'stage.json'}), skipping")
@@ -102,7 +106,8 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     metrics = evaluate_dir(recipe, record["model_dir"], data)
     metrics["eval_seconds"] = time.perf_counter() - t0
-    atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+    if is_main():
+        atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
 
 
@@ -202,6 +207,8 @@ def prune_empty(path: Path) -> None:
 def _restart_and_execute(
     recipe: Recipe, only: list[str] | None, restart: tuple[str, ...], ablations: dict[str, Recipe]
 ) -> dict[str, Any]:
+    if not is_main():  # rank 0 clears; the others must not move away what it writes next
+        restart = ()
     for name in restart:
         if name in STAGES and clear_outputs(recipe.stage_dir(name)):
             _log(f"{name}: --restart: removed the old outputs in {recipe.stage_dir(name)}")
@@ -210,6 +217,7 @@ def _restart_and_execute(
             for name in STAGES:  # only the variant's own stages, never the main run's it reuses
                 if variant.stage_dir(name).is_relative_to(variant.out) and clear_outputs(variant.stage_dir(name)):
                     _log(f"ablation {label!r}: {name}: --restart: removed the old outputs")
+    barrier()
     return _execute(recipe, only, ablations)
 
 
@@ -262,6 +270,8 @@ def _execute(
                 metrics = evaluate_stage(recipe, stage, data)
                 results["stages"].setdefault(stage, {})["eval"] = metrics
     results["wall_seconds_this_invocation"] = time.perf_counter() - t_all
+    if not is_main():
+        return results  # the other processes trained and evaluated their share; rank 0 writes and reports
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     _log(f"results: {out / 'results.json'}")
     _print_summary(results)
