@@ -7,7 +7,7 @@ all of this; the batch is per process):
     grads        one float32 gradient per trainable parameter
     optimizer    AdamW's two float32 moments per trainable parameter
     activations  what autograd keeps for the backward pass at the configured batch x length (see below)
-    teacher      the frozen distill teacher's weights (float32 as loaded; no gradients, no optimizer)
+    teacher      the frozen distill teacher's weights (distill.teacher_dtype; no gradients, no optimizer)
 
 Activations, counted in float32 elements per token (4 bytes each whatever the precision: under bf16
 autocast the norms, rotary and losses stay float32 and the measured saving is only 20-40%, so for bf16 the
@@ -120,6 +120,7 @@ def stage_memory(
     subln: str = "none",
     teacher: ModelShape | None = None,
     relation_heads: int = 0,
+    teacher_bytes: int = FP32,
 ) -> MemoryEstimate:
     """The per-device estimate of a stage training `shape` (and, for distill, holding `teacher`)."""
     params = shape.parameters()
@@ -137,7 +138,7 @@ def stage_memory(
             distill=teacher is not None,
             relation_heads=relation_heads,
         ),  # fmt: skip
-        teacher=teacher.parameters() * FP32 if teacher is not None else 0,
+        teacher=teacher.parameters() * teacher_bytes if teacher is not None else 0,
     )
 
 
@@ -161,7 +162,7 @@ def stage_estimate(
     return stage_memory(
         shape, cfg.batch_size, length, cfg.precision, bitnet=stage != "teacher",
         subln=subln_mode(recipe.bitnet.subln, "bitnet.subln"), teacher=teacher if stage == "distill" else None,
-        relation_heads=heads,
+        relation_heads=heads, teacher_bytes=2 if d.teacher_dtype == "bfloat16" else FP32,
     )  # fmt: skip
 
 
