@@ -104,7 +104,7 @@ def test_weights_grads_and_adamw_state_match_the_real_tensors():
     moments = sum(
         s[k].numel() * s[k].element_size() for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq")
     )
-    est = stage_memory(shape, 1, 8, "fp32", bitnet=False, teacher=shape)
+    est = stage_memory(shape, activation_bytes(shape, 1, 8, "fp32", bitnet=False), teacher=shape)
     assert (est.weights, est.grads, est.optimizer) == (weights, grads, moments)
     assert est.teacher == weights  # a frozen float32 copy of the same shape
     assert est.total == est.weights + est.grads + est.optimizer + est.activations + est.teacher
@@ -128,3 +128,19 @@ def test_check_prints_memory_for_every_paper_config_offline(config):
         line for line in out.splitlines() if line.strip().startswith("memory per device (distill)")
     )
     assert "devices: no CUDA device visible" in out
+
+
+def test_stages_over_the_smallest_visible_device_are_warned_about():
+    from bitdistill.recipe.memory import Device, device_lines
+
+    gib = 2**30
+    devices = [Device("cuda:0 big", 141 * gib), Device("cuda:1 small", 80 * gib)]
+    lines = device_lines({"teacher": 72 * gib, "distill": 103 * gib}, devices)
+    assert lines[0] == "  devices: 2 visible, smallest cuda:1 small with 80.00 GiB"
+    (warning,) = lines[1:]
+    assert warning.startswith(
+        "  warning: distill needs ~103.00 GiB per device, more than the 80.00 GiB of cuda:1 small"
+    )
+    assert device_lines({"teacher": 72 * gib}, devices[:1]) == [
+        "  devices: 1 visible, smallest cuda:0 big with 141.00 GiB"
+    ]

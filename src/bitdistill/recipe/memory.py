@@ -112,32 +112,16 @@ def activation_bytes(
 
 
 def stage_memory(
-    shape: ModelShape,
-    batch: int,
-    length: int,
-    precision: str,
-    bitnet: bool,
-    subln: str = "none",
-    teacher: ModelShape | None = None,
-    relation_heads: int = 0,
-    teacher_bytes: int = FP32,
+    shape: ModelShape, activations: int, teacher: ModelShape | None = None, teacher_bytes: int = FP32
 ) -> MemoryEstimate:
-    """The per-device estimate of a stage training `shape` (and, for distill, holding `teacher`)."""
+    """The per-device estimate of a stage training `shape` with `activations` bytes (`activation_bytes`)
+    and, for distill, holding `teacher` at `teacher_bytes` per parameter."""
     params = shape.parameters()
     return MemoryEstimate(
         weights=params * FP32,
         grads=params * FP32,
         optimizer=params * FP32 * ADAM_MOMENTS,
-        activations=activation_bytes(
-            shape,
-            batch,
-            length,
-            precision,
-            bitnet,
-            subln,
-            distill=teacher is not None,
-            relation_heads=relation_heads,
-        ),  # fmt: skip
+        activations=activations,
         teacher=teacher.parameters() * teacher_bytes if teacher is not None else 0,
     )
 
@@ -159,11 +143,13 @@ def stage_estimate(
     d = recipe.distill
     if stage == "distill" and d.attention and (d.gamma_attention is None or d.gamma_attention > 0):
         heads = d.relation_heads or default_relation_heads([*shape.qkv_widths, *teacher.qkv_widths])
-    return stage_memory(
+    distill = stage == "distill"
+    activations = activation_bytes(
         shape, cfg.batch_size, length, cfg.precision, bitnet=stage != "teacher",
-        subln=subln_mode(recipe.bitnet.subln, "bitnet.subln"), teacher=teacher if stage == "distill" else None,
-        relation_heads=heads, teacher_bytes=2 if d.teacher_dtype == "bfloat16" else FP32,
+        subln=subln_mode(recipe.bitnet.subln, "bitnet.subln"), distill=distill, relation_heads=heads,
     )  # fmt: skip
+    teacher_bytes = 2 if d.teacher_dtype == "bfloat16" else FP32
+    return stage_memory(shape, activations, teacher if distill else None, teacher_bytes)
 
 
 @dataclass(frozen=True)
