@@ -373,7 +373,7 @@ def test_bom_header_is_accepted(m, tmp_path, capsys) -> None:
 
 
 def test_classify_custom_columns_and_escaped_template(m, tmp_path, capsys) -> None:
-    from bitdistill.cli.classify import unescape
+    from bitdistill.data.task_flags import unescape
 
     assert unescape(r"Review: {text}\nSentiment:\t\\n") == "Review: {text}\nSentiment:\t\\n"
     out = tmp_path / "preds.jsonl"

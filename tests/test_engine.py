@@ -278,6 +278,43 @@ def test_cli_pack_generate_classify(bitnet_dir, tmp_path, capsys) -> None:
     assert main(["generate", str(tmp_path / "missing"), "--prompt", "x"]) == 2
 
 
+def test_packed_model_records_its_task_for_classify(bitnet_dir, tmp_path, capsys) -> None:
+    """`pack --task` records the task in the packed config; classify then needs no task flags and predicts
+    exactly what the same task given by flags predicts; a model recording no task asks for the flags."""
+    from bitdistill.cli import main
+    from bitdistill.data.task_record import CONFIG_KEY, task_record
+    from bitdistill.data.tasks import get_task
+
+    _, _, src = bitnet_dir
+    template = r"Review: {text}\nMood:"
+    packed = tmp_path / "packed"
+    flags = ["--task", "sst2", "--labels", "bad,good", "--template", template]
+    assert main(["pack", str(src), "--out", str(packed), "--head-dtype", "fp32", *flags]) == 0
+    config = json.loads((packed / "config.json").read_text())
+    expect = get_task("sst2", label_words=[" bad", " good"], template="Review: {text}\nMood:")
+    assert config[CONFIG_KEY] == task_record(expect)
+    capsys.readouterr()
+
+    def preds(*extra: str) -> list[int]:
+        out_file = tmp_path / "preds.jsonl"
+        args = ["classify", str(packed), "--data", str(FIX / "sst2"), "--limit", "6", "--out", str(out_file)]
+        assert main([*args, *extra]) == 0
+        return [json.loads(line)["pred"] for line in out_file.read_text().splitlines()]
+
+    recorded = preds()
+    assert "task: sst2, the one" in capsys.readouterr().err
+    assert recorded == preds(*flags)
+    # a flag still overrides the record: the other label order flips every prediction
+    assert preds("--labels", "good,bad") == [1 - p for p in recorded]
+
+    bare = tmp_path / "bare"
+    assert main(["pack", str(src), "--out", str(bare), "--head-dtype", "fp32"]) == 0
+    assert CONFIG_KEY not in json.loads((bare / "config.json").read_text())
+    capsys.readouterr()
+    assert main(["classify", str(bare), "--text", "fine"]) == 2
+    assert "records no task: give --task" in capsys.readouterr().err
+
+
 def test_sampling_filters_match_brute_force() -> None:
     """Top-k then top-p keep exactly the tokens a sort over the full vocabulary keeps (large vocab path too)."""
     from bitdistill.runtime.sampling import sample

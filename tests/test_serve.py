@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,30 @@ def test_streaming_completion_and_chat(client, ref) -> None:
     assert chunks[-1].choices[0].finish_reason == finish
 
 
+def test_a_list_of_prompts_answers_each_as_if_sent_alone(client, ref) -> None:
+    """OpenAI's list forms of `prompt` (strings, token ids, lists of token ids): choice i is what prompt i
+    alone gives with the same settings and seed; usage sums them; a stream tags each piece with its index."""
+    _, tok = ref
+    prompts = [PROMPT, "w9 w8", "w50 w51 w52"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    params = SamplingParams(0.9, 0, 1.0, 5)
+    want = [reference(ref, i, 12, params) for i in ids]
+    kw = {"model": "packed", "max_tokens": 12, "temperature": 0.9, "seed": 5}
+    for form in (prompts, ids):
+        r = client.completions.create(prompt=form, **kw)
+        assert [(c.index, c.text, c.finish_reason) for c in r.choices] == [(i, t, f) for i, (t, _, f) in
+                                                                            enumerate(want)]  # fmt: skip
+        assert r.usage.prompt_tokens == sum(map(len, ids)) and r.usage.completion_tokens == sum(n for _, n, _ in want)
+    one = client.completions.create(prompt=ids[1], **kw)  # a flat list of ids is one prompt
+    assert [c.text for c in one.choices] == [want[1][0]]
+    chunks = list(client.completions.create(prompt=prompts, stream=True, stream_options={"include_usage": True},
+                                            **kw))  # fmt: skip
+    for i, (text, _, finish) in enumerate(want):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert "".join(c.text for c in mine) == text and mine[-1].finish_reason == finish
+    assert chunks[-1].usage.completion_tokens == sum(n for _, n, _ in want)
+
+
 def test_raw_stream_is_openai_sse_ending_with_done(server) -> None:
     with httpx.stream("POST", server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
                       json={"prompt": PROMPT, "max_tokens": 5, "temperature": 0, "stream": True}) as r:  # fmt: skip
@@ -191,6 +216,38 @@ def test_classify_matches_in_process_scoring(server, packed) -> None:
     r = httpx.post(server.url + "/v1/classify", headers=h, json={"input": "w3 w4"}).json()
     want = score_label_words(engine, tok, "w3 w4 w9", [" w7", " w8"])
     assert r["labels"] == ["w7", "w8"] and np.allclose(r["data"][0]["scores"], want, rtol=0, atol=1e-9)
+
+
+def test_queued_classify_requests_share_one_engine_call(server, packed) -> None:
+    """Six classify requests that queue behind a generation are scored in one engine call (the histogram of
+    texts per call gains one observation of all their texts), and each still gets exactly its own scores."""
+    engine, tok = load(packed, threads=1), load_tokenizer(packed)
+    h = {"Authorization": f"Bearer {KEY}"}
+    inputs = [["w1 w2"], ["w3", "w4 w5"], ["w6"], ["w7 w8 w9", "w10", "w11"], ["w12"], ["w13 w14"]]
+    calls = metric(server, "bitdistill_classify_batch_inputs_count")
+    texts = metric(server, "bitdistill_classify_batch_inputs_sum")
+    answers: dict[int, dict] = {}
+    with httpx.stream("POST", server.url + "/v1/completions", headers=h,
+                      json={"prompt": PROMPT, "max_tokens": 4000, "temperature": 0, "stream": True}) as r:  # fmt: skip
+        lines = r.iter_lines()
+        next(lines)  # the engine is busy with this generation now
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, httpx.post(
+            server.url + "/v1/classify", headers=h, json={"input": inputs[i]}, timeout=60).json()))
+            for i in range(len(inputs))]  # fmt: skip
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(server.url + "/health").json()["queue_length"] < len(inputs):
+            assert time.monotonic() < deadline, "the classify requests never queued"
+            time.sleep(0.01)
+    for t in threads:  # leaving the stream cancelled the generation: the queued run goes next
+        t.join(60)
+    assert metric(server, "bitdistill_classify_batch_inputs_count") == calls + 1
+    assert metric(server, "bitdistill_classify_batch_inputs_sum") == texts + sum(map(len, inputs))
+    for i, texts_i in enumerate(inputs):
+        got = [d["scores"] for d in answers[i]["data"]]
+        want = [score_label_words(engine, tok, f"{t} w9", [" w7", " w8"]) for t in texts_i]
+        assert np.allclose(got, want, rtol=0, atol=1e-9), i
 
 
 def test_api_key_is_required_on_v1(server) -> None:

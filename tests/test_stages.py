@@ -11,6 +11,8 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from bitdistill.data.task_record import task_record
+from bitdistill.data.tasks import get_task
 from bitdistill.errors import BitDistillError
 from bitdistill.recipe import load_recipe, parse_recipe, run_recipe
 from tiny_pipeline import build_model_dir, build_world
@@ -67,6 +69,11 @@ def test_stage_outputs_and_results(full_run):
     cfg = json.loads((out / "bitnet_sft" / "model" / "config.json").read_text())
     assert cfg["bitdistill"]["subln"] == "all"  # BitNet stages write converted models (authors' allnorm)
     assert "bitdistill" not in json.loads((out / "teacher" / "model" / "config.json").read_text())
+    # Task models record their task for classify/serve/pack; the stage-2 LM records none.
+    for stage in ("teacher", "bitnet_sft", "distill"):
+        saved = json.loads((out / stage / "model" / "config.json").read_text())
+        assert saved["bitdistill_task"] == task_record(get_task("sst2")), stage
+    assert "bitdistill_task" not in json.loads((out / "continue_pretrain" / "model" / "config.json").read_text())
     on_disk = json.loads((out / "results.json").read_text())
     for stage in ("teacher", "bitnet_sft", "distill"):
         acc = on_disk["stages"][stage]["eval"]["accuracy"]

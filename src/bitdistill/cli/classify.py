@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 from .._threads import check_threads
+from ..data.task_flags import task_from_flags
 from ..errors import BitDistillError
 
 
@@ -21,14 +21,15 @@ def register(subparsers) -> None:
         "without it the task's hub dataset). Reports accuracy when labels are present.",
     )
     p.add_argument("packed", help="packed model directory (bitdistill pack --out)")
-    p.add_argument("--task", default=None, help="task name (sst2, mnli, qnli, custom)")
+    p.add_argument("--task", default=None, help="task name (sst2, mnli, qnli, custom; default: the task the "
+                   "packed model records, as models trained by bitdistill do)")  # fmt: skip
     p.add_argument("--data", default=None, help="data file or directory (default: the task's hub dataset)")
     p.add_argument("--split", default="dev")
     p.add_argument("--limit", type=int, default=None, help="first N examples only")
     p.add_argument("--text", default=None, help="classify this one text instead of a dataset")
     p.add_argument("--text-pair", default=None, help="second text for pair tasks (with --text)")
     p.add_argument("--labels", default=None, help="comma-separated label words, e.g. ' negative, positive' "
-                   "(overrides the task's; needed without --task)")  # fmt: skip
+                   "(overrides the task's; needed when there is no --task and the model records none)")  # fmt: skip
     p.add_argument("--template", default=None, help="prompt template with {text} (and {text_pair}); \\n and "
                    "\\t in it are read as a newline and a tab")  # fmt: skip
     p.add_argument("--text-column", default=None, help="--task custom: the column holding the text")
@@ -42,40 +43,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def unescape(text: str) -> str:
-    """`\\n`, `\\t` and `\\\\` typed in a shell argument as the characters they name (the docs' templates
-    write "Review: {text}\\nSentiment:", which a shell passes with a literal backslash)."""
-    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
-
-
-def label_continuations(words: list[str]) -> list[str]:
-    """Label words are continuations of the prompt: a leading space is added where missing; empty ones go."""
-    return [w if w.startswith(" ") else " " + w for w in words if w.strip()]
-
-
-def _task(args):
-    """The task to score: a named one (with --labels/--template/--*-column overrides), else one built from
-    --labels and --template alone. Templates and label words go through the tasks' own validation."""
-    from ..data.tasks import get_task
-
-    labels = label_continuations([x.strip() for x in args.labels.split(",")]) if args.labels else None
-    template = unescape(args.template) if args.template else None
+def _task(args, recorded):
+    """The task to score: --task (with overrides), else the one the packed model records, else one built
+    from --labels and --template alone."""
     columns = {"text_column": args.text_column, "text_pair_column": args.text_pair_column,
                "label_column": args.label_column}  # fmt: skip
-    if args.task:
-        opts = {"label_words": labels, "template": template, **columns}
-        task = get_task(args.task, **{k: v for k, v in opts.items() if v is not None})
-    elif labels and template:
-        pair = "text_pair" if "{text_pair}" in template else None
-        task = get_task("custom", text_column="text", text_pair_column=pair, label_column="label",
-                        label_words=labels, template=template)  # fmt: skip
-        task.load = None  # only --text: there are no files to read columns from
-    else:
-        raise BitDistillError("give --task, or both --labels and --template (with {text})")
-    if task.kind != "classification":
+    task = task_from_flags(args.task, args.labels, args.template, columns, recorded, where=args.packed)
+    if task is None:
         raise BitDistillError(
-            f"task {task.name!r} is {task.kind}: classify scores label words; evaluate it with "
-            f"`bitdistill eval DIR --task {task.name}`"
+            f"{args.packed} records no task: give --task, or both --labels and --template (with {{text}}); "
+            "models trained by bitdistill record theirs"
         )
     return task
 
@@ -103,6 +80,7 @@ def check_words(tok, words: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.task_record import recorded_task
     from ..data.tasks import render
     from ..runtime.engine import load, load_tokenizer
     from ..runtime.scoring import score_label_words
@@ -111,8 +89,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise BitDistillError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     threads = None if args.threads is None else check_threads(args.threads)
-    task = _task(args)
     engine = load(args.packed, threads=threads)  # before the tokenizer: a wrong path is named as such
+    recorded = recorded_task(engine.packed.config, args.packed)
+    task = _task(args, recorded)
+    if args.task is None and recorded is not None:
+        print(f"task: {task.name}, the one {args.packed} records", file=sys.stderr)
     tok = load_tokenizer(args.packed)
     words = list(task.label_words)
     check_words(tok, words)

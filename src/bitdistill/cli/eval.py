@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def parse_task_options(items: list[str]) -> dict:
-    from .classify import unescape
+    from ..data.task_flags import unescape
 
     opts: dict = {}
     for item in items:

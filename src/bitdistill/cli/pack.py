@@ -28,7 +28,26 @@ def register(subparsers) -> None:
                    help="embedding dtype (default: same as the head, one shared copy when tied)")  # fmt: skip
     p.add_argument("--convert", action="store_true",
                    help="the model is full precision: ternarize it as is (no SubLN, no training) before packing")  # fmt: skip
+    p.add_argument("--task", default=None, help="record this task (sst2, mnli, ...) in the packed model for "
+                   "classify/serve; default: the task the model records (bitdistill's task stages record it)")  # fmt: skip
+    p.add_argument("--labels", default=None, help="record these label words (comma-separated; overrides the "
+                   "task's)")  # fmt: skip
+    p.add_argument("--template", default=None, help="record this prompt template with {text} (overrides the "
+                   "task's)")  # fmt: skip
     p.set_defaults(func=run)
+
+
+def record_flags(config, args: argparse.Namespace) -> None:
+    """Record the task --task/--labels/--template describe (over the model's own record) on its config."""
+    from ..data.task_flags import task_from_flags
+    from ..data.task_record import CONFIG_KEY, record_task, task_from_record
+
+    record = getattr(config, CONFIG_KEY, None)
+    recorded = task_from_record(record, args.model) if record is not None else None
+    task = task_from_flags(args.task, args.labels, args.template, recorded=recorded, where=args.model,
+                           classification=False)  # fmt: skip
+    if task is not None:
+        record_task(config, task)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             )
         to_bitnet(model, subln=False)
     model.eval()
+    record_flags(model.config, args)
     out = pack_model(model, args.out, bits=args.bits, head_dtype=args.head_dtype, embed_dtype=args.embed_dtype,
                      tokenizer=tok)  # fmt: skip
     pm = load_packed(out)  # validates what was written

@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request sets none")
     p.add_argument("--max-classify-inputs", type=int, default=256, help="most texts in one /v1/classify call")
-    p.add_argument("--task", default=None, help="/v1/classify defaults: this task's label words and template")
+    p.add_argument("--max-prompts", type=int, default=16, help="most prompts in one /v1/completions call")
+    p.add_argument("--task", default=None, help="/v1/classify defaults: this task's label words and template "
+                   "(default: the task the packed model records)")  # fmt: skip
     p.add_argument("--labels", default=None, help="/v1/classify default label words, comma-separated")
     p.add_argument("--template", default=None, help="/v1/classify default template with {text}")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -69,15 +71,18 @@ def bind(host: str, port: int) -> socket.socket:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..data.task_record import recorded_task
+    from ..runtime.packed import read_packed_config
     from ..serve import Limits, create_app, defaults_from_task
 
     if not 0 <= args.port <= 65535:
         raise BitDistillError(f"--port {args.port}: must be from 0 to 65535")
     threads = None if args.threads is None else check_threads(args.threads)
     limits = Limits(args.queue_size, args.max_body_bytes, args.max_tokens, args.default_max_tokens,
-                    args.max_classify_inputs)  # fmt: skip
+                    args.max_classify_inputs, args.max_prompts)  # fmt: skip
     limits.check()
-    classify = defaults_from_task(args.task, args.labels, args.template)
+    recorded = recorded_task(read_packed_config(args.packed), args.packed)
+    classify = defaults_from_task(args.task, args.labels, args.template, recorded)
     sock = bind(args.host, args.port)
     app = create_app(args.packed, threads=threads, api_key=args.api_key or None, name=args.model_name,
                      limits=limits, classify=classify)  # fmt: skip

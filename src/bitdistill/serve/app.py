@@ -39,6 +39,7 @@ class Limits:
     max_tokens: int = 4096  # the most a request may ask for (also bounded by the model's context)
     default_max_tokens: int = 256  # when a request gives no max_tokens
     max_classify_inputs: int = 256
+    max_prompts: int = 16  # prompts in one /v1/completions request (generated one after another)
 
     def check(self) -> None:
         from ..errors import BitDistillError
@@ -49,15 +50,17 @@ class Limits:
             "max_tokens",
             "default_max_tokens",
             "max_classify_inputs",
+            "max_prompts",
         ):
             if getattr(self, name) < 1:
                 raise BitDistillError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
 
 
-def run_job(worker: Worker, metrics: Metrics, fn) -> Job:
-    """Enqueue `fn` and return its job; 503 with Retry-After when the queue is full."""
+def run_job(worker: Worker, metrics: Metrics, fn, **grouping) -> Job:
+    """Enqueue `fn` (with Worker.submit's `group`/`size`/`payload`) and return its job; 503 with Retry-After
+    when the queue is full."""
     try:
-        return worker.submit(fn)
+        return worker.submit(fn, **grouping)
     except QueueFull as full:
         metrics.rejected.inc()
         raise APIError(503, f"the server is busy ({worker.waiting} requests queued); retry after "
@@ -92,7 +95,7 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
     model = ServedModel(packed_dir, threads=threads, name=name, classify=classify)
     # each refers to the other: the metrics read the queue, the worker counts cancellations
     metrics = Metrics(lambda: worker.waiting, lambda: int(worker.busy))
-    worker = Worker(limits.queue_size, on_cancelled=metrics.cancelled.inc)
+    worker = Worker(limits.queue_size, on_cancelled=metrics.cancelled.inc, max_group=limits.max_classify_inputs)
     worker.start()  # now, not in the lifespan: a server run without lifespan events must still work
 
     @asynccontextmanager
@@ -128,57 +131,61 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
                                             "owned_by": "bitdistill"}]}  # fmt: skip
 
-    async def generate(request: Request, body: Sampling, ids: list[int], chat: bool) -> Response:
+    async def generate(request: Request, body: Sampling, prompts: list[list[int]], chat: bool) -> Response:
+        """Generate for each prompt (one for chat; a list for completions), one after another in one job:
+        choice i answers prompt i, as if each had been sent alone with the same parameters and seed."""
         check_model(body.model)
-        max_new = model.budget(len(ids), body.max_tokens, limits.default_max_tokens, limits.max_tokens)
+        budgets = [model.budget(len(ids), body.max_tokens, limits.default_max_tokens, limits.max_tokens)
+                   for ids in prompts]  # fmt: skip
         params = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
-        metrics.prompt_tokens.inc(len(ids))
+        metrics.prompt_tokens.inc(sum(map(len, prompts)))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model.name}  # fmt: skip
+
+        def run_all(j: Job, on_text=None, on_finish=None) -> list:
+            done = []
+            for i, (ids, max_new) in enumerate(zip(prompts, budgets, strict=True)):
+                if j.cancelled:
+                    break
+                text_i = None if on_text is None else (lambda t, i=i: on_text(i, t))
+                g = model.generate(j, ids, max_new, params, body.stops, on_text=text_i, on_token=metrics.token)
+                done.append(g)
+                if on_finish is not None:
+                    on_finish(i, g.finish_reason)
+            return done
+
         if not body.stream:
-            job = run_job(
-                worker,
-                metrics,
-                lambda j: model.generate(j, ids, max_new, params, body.stops, on_token=metrics.token),
-            )
-            g = await wait(job, request)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": g.text}} if chat
-                      else {"index": 0, "text": g.text})  # fmt: skip
-            return JSONResponse({**head, "choices": [{**choice, "logprobs": None, "finish_reason": g.finish_reason}],
-                                 "usage": usage(g)})  # fmt: skip
+            gens = await wait(run_job(worker, metrics, run_all), request)
+            choices = [{"index": i, **({"message": {"role": "assistant", "content": g.text}} if chat
+                                        else {"text": g.text}), "logprobs": None, "finish_reason": g.finish_reason}
+                       for i, g in enumerate(gens)]  # fmt: skip
+            return JSONResponse({**head, "choices": choices, "usage": usage(gens)})
         pieces: asyncio.Queue = asyncio.Queue()
 
         def job_fn(j: Job):
             try:
-                return model.generate(
-                    j,
-                    ids,
-                    max_new,
-                    params,
-                    body.stops,
-                    on_text=lambda t: j.call_in_loop(pieces.put_nowait, t),
-                    on_token=metrics.token,
-                )
+                return run_all(j, on_text=lambda i, t: j.call_in_loop(pieces.put_nowait, (i, t, None)),
+                               on_finish=lambda i, f: j.call_in_loop(pieces.put_nowait, (i, None, f)))  # fmt: skip
             finally:
                 j.call_in_loop(pieces.put_nowait, DONE)
 
         job = run_job(worker, metrics, job_fn)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            events(job, pieces, head, chat, include_usage),
+            events(job, pieces, head, chat, include_usage, len(prompts)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
-        return await generate(request, body, model.completion_ids(body.prompt), chat=False)
+        return await generate(request, body, model.completion_prompts(body.prompt, limits.max_prompts), chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatRequest) -> Response:
         messages = [m.for_template() for m in body.messages]
-        return await generate(request, body, model.chat_ids(messages), chat=True)
+        return await generate(request, body, [model.chat_ids(messages)], chat=True)
 
     @app.post("/v1/classify")
     async def classify(request: Request, body: ClassifyRequest) -> dict:
@@ -191,7 +198,14 @@ def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = 
         task = model.classify_task(body.labels, body.template)
         prompts = model.prompts(task, texts, pairs)
         words = list(task.label_words)
-        job = run_job(worker, metrics, lambda j: model.classify(j, prompts, words))
+
+        def score_run(jobs: list[Job]):
+            metrics.classify_batch.observe(sum(j.size for j in jobs))
+            return model.classify_jobs(jobs, words)
+
+        # grouped by label words: consecutive classify requests behind this one are scored in the same call
+        job = run_job(worker, metrics, score_run, group=("classify", tuple(words)), size=len(prompts),
+                      payload=prompts)  # fmt: skip
         scores = await wait(job, request)
         metrics.classified.inc(len(prompts))
         labels = [w.strip() for w in words]

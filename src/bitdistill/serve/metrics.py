@@ -50,6 +50,9 @@ class Metrics:
         self.classified = Counter("bitdistill_classified_inputs", "texts classified", registry=r)
         self.cancelled = Counter("bitdistill_cancelled", "jobs stopped or skipped because the client left",
                                  registry=r)  # fmt: skip
+        self.classify_batch = Histogram("bitdistill_classify_batch_inputs", "texts scored per engine call "
+                                        "(consecutive classify requests share one)", registry=r,
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
         self.rejected = Counter("bitdistill_rejected", "requests refused with 503 (queue full)", registry=r)
         self._rate = _Rate()
         Gauge("bitdistill_tokens_per_second", f"tokens generated per second over the last {WINDOW_S:.0f} s",

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.classify import check_words, label_continuations, unescape
+from ..cli.classify import check_words
 from ..cli.generate import eos_ids
+from ..data.task_flags import label_continuations, parse_labels, task_from_flags, unescape
 from ..data.tasks import Task, get_task, render
 from ..errors import BitDistillError
 from ..runtime.engine import Engine, load, load_tokenizer
@@ -46,21 +47,18 @@ class ClassifyDefaults:
 
 
 def defaults_from_task(
-    task: str | None, labels: str | None = None, template: str | None = None
+    task: str | None, labels: str | None = None, template: str | None = None, recorded: Task | None = None
 ) -> ClassifyDefaults:
-    """Server-wide classify settings from the CLI's flags, validated by the task registry as `classify` does."""
-    words = label_continuations([x.strip() for x in labels.split(",")]) if labels else None
-    tmpl = unescape(template) if template else None
-    if task:
-        t = get_task(
-            task, **({"label_words": words} if words else {}), **({"template": tmpl} if tmpl else {})
-        )
-        if t.kind != "classification":
-            raise BitDistillError(f"task {t.name!r} is {t.kind}: /v1/classify scores label words")
+    """Server-wide classify settings from the CLI's flags and the model's recorded task, read as `classify`
+    reads them. A model recording a summarization task serves generation: it gives no classify defaults."""
+    if recorded is not None and recorded.kind != "classification":
+        recorded = None
+    words, tmpl = parse_labels(labels), unescape(template) if template else None
+    if task or recorded is not None or (words and tmpl):
+        t = task_from_flags(task, labels, template, recorded=recorded)
         return ClassifyDefaults(list(t.label_words), t.template, bool(t.text_pair_columns))
-    if words or tmpl:
-        return ClassifyDefaults(words, tmpl, bool(tmpl and "{text_pair}" in tmpl))
-    return ClassifyDefaults()
+    # One of the two alone: a request supplies the other.
+    return ClassifyDefaults(words, tmpl, bool(tmpl and "{text_pair}" in tmpl))
 
 
 class ServedModel:
@@ -81,6 +79,26 @@ class ServedModel:
 
     def completion_ids(self, prompt: str) -> list[int]:
         return self._nonempty(encode(self.tok, prompt))
+
+    def completion_prompts(self, prompt: str | list, max_prompts: int) -> list[list[int]]:
+        """Token ids of each prompt of a completions request: OpenAI's `prompt` is a string, a list of strings,
+        a list of token ids, or a list of such lists."""
+        if isinstance(prompt, str):
+            return [self.completion_ids(prompt)]
+        if prompt and all(isinstance(p, int) for p in prompt):
+            prompt = [prompt]
+        if not 1 <= len(prompt) <= max_prompts:
+            raise APIError(400, f"\"prompt\" holds {len(prompt)} prompts; send 1 to {max_prompts} (this server's "
+                           "--max-prompts)", param="prompt", code="invalid_value")  # fmt: skip
+        return [self.completion_ids(p) if isinstance(p, str) else self._token_ids(p) for p in prompt]
+
+    def _token_ids(self, ids: list[int]) -> list[int]:
+        vocab = int(self.engine.arch["vocab"])
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} in \"prompt\" is outside this model's vocabulary (0 to {vocab - 1})",
+                           param="prompt", code="invalid_value")  # fmt: skip
+        return self._nonempty(list(ids))
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         if self.chat is None:
@@ -154,7 +172,8 @@ class ServedModel:
         words = label_continuations(labels) if labels is not None else d.labels
         tmpl = template if template is not None else d.template
         if not words:
-            raise APIError(400, "no label words: send \"labels\" (or start the server with --task or --labels)",
+            raise APIError(400, "no label words: send \"labels\" (or start the server with --task or --labels, "
+                           "or serve a model that records its task)",
                            param="labels", code="missing_required_parameter")  # fmt: skip
         if tmpl is None:
             tmpl = "{text}"  # labels without a template: the text itself is the prompt
@@ -188,3 +207,27 @@ class ServedModel:
                 return None
             out.append(score_label_words(self.engine, self.tok, p, words))
         return out
+
+    def classify_jobs(self, jobs: list[Job], words: list[str]) -> list[list[np.ndarray] | None]:
+        """One scoring call for the prompts (`payload`) of a run of classify jobs sharing `words`; each job gets
+        its own slice. The call stops early only when every client of the run has left."""
+        prompts = [p for j in jobs for p in j.payload]
+        scores = self.classify(_Run(jobs), prompts, words)
+        if scores is None:
+            return [None] * len(jobs)
+        out, i = [], 0
+        for j in jobs:
+            out.append(scores[i : i + len(j.payload)])
+            i += len(j.payload)
+        return out
+
+
+class _Run:
+    """A run of jobs scored together, seen as one job: cancelled once all of them are."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+
+    @property
+    def cancelled(self) -> bool:
+        return all(j.cancelled for j in self.jobs)

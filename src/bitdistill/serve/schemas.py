@@ -83,7 +83,9 @@ class Sampling(Strict):
 
 
 class CompletionRequest(Sampling):
-    prompt: Text
+    # OpenAI's four forms: a string, strings, token ids, lists of token ids (each list non-empty)
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)] | Annotated[
+        list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
 
 
 class TextPart(Strict):

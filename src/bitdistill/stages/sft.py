@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import model as bd_model
+from ..data.task_record import record_task
 from ..recipe.schema import Recipe
 from ..train import make_accelerator, train
 from ..train.loop import LossFn, result_dict
@@ -57,7 +58,9 @@ def train_task_model(
     )  # fmt: skip
     model_dir = out / "model"
     if accelerator.is_main_process:
-        bd_model.save(accelerator.unwrap_model(model), model_dir, tokenizer=tokenizer)
+        trained = accelerator.unwrap_model(model)
+        record_task(trained.config, data.task)  # classify/serve/pack read the task from the model itself
+        bd_model.save(trained, model_dir, tokenizer=tokenizer)
         record = {
             "stage": stage,
             "model_dir": str(model_dir),
