@@ -23,6 +23,7 @@ SUBLN_MODES = ("o_down", "all", "none")
 QKV_SOURCES = ("attention", "projection")  # Q/K/V after q/k-norm and RoPE, or the projection outputs
 KD_POSITIONS = ("all", "targets")  # logits distillation over every non-pad token, or target tokens only
 RELATIONS = ("cosine", "scaled")  # attention-relation form (see distill/losses.py)
+TEACHER_DTYPES = ("float32", "bfloat16")  # the frozen distill teacher's weights
 
 
 def subln_mode(value: bool | str | None, where: str = "subln") -> str:

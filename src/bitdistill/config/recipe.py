@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import BitDistillError
 from .bitnet import BitNetConfig
-from .choices import GRANULARITIES, KD_POSITIONS, QKV_SOURCES, RELATIONS, STAGES, subln_mode
+from .choices import GRANULARITIES, KD_POSITIONS, QKV_SOURCES, RELATIONS, STAGES, TEACHER_DTYPES, subln_mode
 from .train import TrainConfig
 
 # Paper defaults (BitNet Distillation, arXiv 2510.13998) per task kind: (lambda, gamma).
@@ -103,6 +103,9 @@ class DistillStage:
     kd_positions: str = "all"  # L_LD over every non-pad token (authors' code) | targets: target positions only
     relation: str = "cosine"  # L_AD relations: cosine (authors' code) | scaled (softmax(XXᵀ/√d), masked)
     qkv_source: str = "attention"  # Q/K after q/k-norm and RoPE (authors' code) | projection outputs
+    # The frozen teacher's weights: float32 as loaded, or bfloat16 (half its memory on every data-parallel
+    # process; the losses still compute in float32 from its upcast logits and Q/K/V)
+    teacher_dtype: str = "float32"
     train: dict[str, Any] = field(default_factory=dict)
 
     def weights(self, kind: str) -> tuple[float, float]:
@@ -168,7 +171,8 @@ class Recipe:
                 f"{src}: distill.student_layer: expected a layer index or auto, got {self.distill.student_layer!r}"
             )
         subln_mode(self.bitnet.subln, f"{src}: bitnet.subln")
-        for key, allowed in (("kd_positions", KD_POSITIONS), ("relation", RELATIONS), ("qkv_source", QKV_SOURCES)):
+        for key, allowed in (("kd_positions", KD_POSITIONS), ("relation", RELATIONS), ("qkv_source", QKV_SOURCES),
+                             ("teacher_dtype", TEACHER_DTYPES)):
             value = getattr(self.distill, key)
             if value not in allowed:
                 raise BitDistillError(f"{src}: distill.{key}: {value!r} is not one of {', '.join(allowed)}")

@@ -19,6 +19,7 @@ import torch
 from ..data.tasks import Example, Task, get_task
 from ..errors import BitDistillError
 from ..model.io import is_packed_dir
+from ..train.distributed import across_ranks, is_main
 from .metrics import classification_metrics, summarization_metrics
 
 
@@ -144,11 +145,14 @@ def evaluate_model(
         if not examples:
             raise BitDistillError(f"task {task.name}: no labelled examples to evaluate")
         check_label_words(tokenizer, task.label_words, examples[0].prompt)
-        scores = score_label_words(
-            model, tokenizer, examples, task.label_words, batch_size=batch_size, max_length=max_length,
-            progress=progress,
+        # Under `accelerate launch` each process scores its slice and all gather the predictions.
+        preds = across_ranks(
+            lambda part: score_label_words(
+                model, tokenizer, part, task.label_words, batch_size=batch_size, max_length=max_length,
+                progress=progress and is_main(),
+            ).argmax(dim=-1).tolist(),
+            examples,
         )  # fmt: skip
-        preds = scores.argmax(dim=-1).tolist()
         gold = [int(ex.label) for ex in examples]  # type: ignore[arg-type]
         out["metrics"] = classification_metrics(preds, gold)
         if keep_predictions:
@@ -158,9 +162,12 @@ def evaluate_model(
 
         if not examples:
             raise BitDistillError(f"task {task.name}: no examples to evaluate")
-        hyps = generate(
-            model, tokenizer, examples, max_new_tokens=max_new_tokens, num_beams=num_beams,
-            batch_size=batch_size, max_length=max_length, progress=progress,
+        hyps = across_ranks(
+            lambda part: generate(
+                model, tokenizer, part, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                batch_size=batch_size, max_length=max_length, progress=progress and is_main(),
+            ),
+            examples,
         )  # fmt: skip
         refs = [ex.target.strip() for ex in examples]
         out["metrics"] = summarization_metrics(hyps, refs)

@@ -16,10 +16,8 @@ from pathlib import Path
 from ..config.choices import STAGES
 from ..config.recipe import Recipe
 from ..errors import BitDistillError, require_finite
+from .memory import device_lines, stage_estimate, visible_devices
 from .modelinfo import ModelShape, model_shape
-
-# fp32 weights, gradients and AdamW's two moments per trainable parameter; a frozen teacher is weights only
-TRAIN_BYTES, FROZEN_BYTES = 16, 4
 
 
 @dataclass
@@ -36,7 +34,7 @@ class StagePlan:
 
     def line(self, label: str = "") -> str:
         params = f"{self.shape.parameters() / 1e6:.1f}M params" if self.shape else "size unknown (hub id)"
-        mem = f"~{_gb(self.memory_bytes)} params+grads+AdamW" if self.memory_bytes else "memory unknown"
+        mem = f"~{_gb(self.memory_bytes)} per device" if self.memory_bytes else "memory unknown"
         name = f"{label}{self.stage}"
         return (f"  {name:<20} {self.model} ({params}); {self.steps} steps x {self.batch}, lr {self.lr:g}; "
                 f"{mem} -> {self.out} [{self.status}]")  # fmt: skip
@@ -332,6 +330,7 @@ def _check(
     refused += [(st, restart_flag or s) for s, st in states.items() if st.refused and s not in restart]
 
     lines: list[tuple[Path | None, str]] = []
+    peaks: dict[str, int] = {}
     for stage in stages:
         out = recipe.stage_dir(stage)
         status = "restart" if stage in restart else _status(states[stage])
@@ -340,19 +339,24 @@ def _check(
             continue
         shape = shape_by_stage[stage]
         steps, batch = _steps(recipe, stage)
-        mem = shape.parameters() * TRAIN_BYTES if shape else None
+        estimate = stage_estimate(recipe, stage, shape, teacher_shape)
+        mem = estimate.total if estimate else None
         model = stage_model(recipe, stage)
         if stage == "distill":
             teacher = "teacher stage output" if recipe.distill.teacher == "auto" else recipe.distill.teacher
             model = f"student {_student_name(recipe)}, teacher {teacher}"
-            mem = mem + teacher_shape.parameters() * FROZEN_BYTES if mem and teacher_shape else None
         lr = recipe.train_config(stage).lr
         lines.append((out, StagePlan(stage, model, shape, steps, batch, lr, mem, out, status).line()))
+        if estimate:
+            peaks[stage] = estimate.total
+            lines.append((out, f"    memory per device ({stage}): {estimate.describe()}"))
     if evaluate:
         t = recipe.task
         limit = f", first {t.eval_limit} rows" if t.eval_limit else ""
         lines.append((None, f"  {'eval':<20} {', '.join(recipe.eval.stages)} on {t.name} {t.eval_split}{limit}, "
                             f"batch {t.eval_batch_size} -> {recipe.out / 'results.json'}"))  # fmt: skip
+    if peaks:
+        lines += [(None, line) for line in device_lines(peaks, visible_devices())]
     return lines
 
 

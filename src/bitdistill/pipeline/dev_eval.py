@@ -19,6 +19,7 @@ from ..data.tasks import Example
 from ..distill.losses import causal_lm_loss
 from ..errors import BitDistillError
 from ..eval.evaluate import evaluate_model as evaluate_task
+from ..train.distributed import across_ranks
 from .models import load_model_dir_or_spec
 from .task_data import TaskData, load_task_data
 
@@ -71,15 +72,19 @@ def target_loss(model: nn.Module, tokenizer, examples: list[Example], recipe: Re
     pad = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     size = recipe.task.eval_batch_size
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for i in range(0, len(ds), size):
+
+    def batch_sums(starts: list[int]) -> list[tuple[float, int]]:
+        sums = []
+        for i in starts:
             b = collate([ds[j] for j in range(i, min(i + size, len(ds)))], pad)
             logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
             n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
-            total += float(causal_lm_loss(logits.logits, b["labels"].to(device))) * n
-            count += n
-    return total / max(count, 1)
+            sums.append((float(causal_lm_loss(logits.logits, b["labels"].to(device))) * n, n))
+        return sums
+
+    with torch.inference_mode():  # under `accelerate launch` the processes share the batches
+        sums = across_ranks(batch_sums, list(range(0, len(ds), size)))
+    return sum(t for t, _ in sums) / max(sum(n for _, n in sums), 1)
 
 
 def eval_metric(kind: str) -> tuple[str, bool]:

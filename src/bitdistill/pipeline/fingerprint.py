@@ -160,6 +160,8 @@ def _distill_keys(recipe: Recipe) -> dict[str, Any]:
         f"distill.{f.name}": getattr(spec, f.name)
         for f in dataclasses.fields(spec)
         if f.name not in ("enabled", "train", "student", "teacher")
+        # a key added later is recorded only when set, so fingerprints written before it still match
+        and not (f.name == "teacher_dtype" and spec.teacher_dtype == "float32")
     }
     if spec.student == "teacher":
         keys["distill.student"] = upstream(recipe, "teacher") + ", converted"

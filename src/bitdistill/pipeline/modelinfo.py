@@ -215,6 +215,11 @@ def model_shape(spec: str, where: str) -> ModelShape | None:
     cfg = hub_config(path)
     if cfg is not None:
         return shape_from_config(cfg, f"{where} ({spec}, cached)")
+    from .known_models import known_config
+
+    cfg = known_config(path)
+    if cfg is not None:
+        return shape_from_config(cfg, f"{where} ({spec}, shipped config)")
     if hub_offline():
         raise BitDistillError(
             f"{where}: {spec!r} is a hub id, not a local path, and HF_HUB_OFFLINE is set (it is not in the "

@@ -28,6 +28,7 @@ from ..config.recipe import Recipe
 from ..data.tasks import get_task
 from ..errors import BitDistillError
 from ..train.checkpoint import latest_checkpoint
+from ..train.distributed import barrier, is_main
 from .ablations import variants
 from .dev_eval import evaluate_model_dir
 from .fingerprint import FINGERPRINT_FILE, digest, path_identity, read_fingerprint
@@ -41,6 +42,8 @@ Reporter = Callable[[Path], Any]
 
 
 def _log(msg: str) -> None:
+    if not is_main():  # `accelerate launch`: every process runs this code; one of them reports
+        return
     print(f"[bitdistill] {msg}", file=sys.stderr, flush=True)
 
 
@@ -64,6 +67,7 @@ def run_stage(
         check_recipe(recipe, [stage], hint=hint)
     existed = out.exists()
     state = prepare_stage(recipe, stage, hint)
+    barrier()  # the other processes start once rank 0 has prepared the directory
     done = read_stage(out)
     if done is not None and not force:
         _log(f"{stage}: done already ({out / 'stage.json'}), skipping")
@@ -104,7 +108,8 @@ def evaluate_stage(recipe: Recipe, stage: str, data=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     metrics = evaluate_model_dir(recipe, record["model_dir"], data)
     metrics["eval_seconds"] = time.perf_counter() - t0
-    atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+    if is_main():
+        atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
 
 
@@ -182,7 +187,7 @@ def run_recipe(
     with locked(recipe.out):
         results = _restart_and_execute(recipe, only, restart, ablations)
         evaluated = any(r.get("eval") for r in results.get("stages", {}).values())
-        if report is not None and recipe.eval.enabled and evaluated:
+        if report is not None and recipe.eval.enabled and evaluated and is_main():
             _report(recipe.out, results, report)
     return results
 
@@ -228,6 +233,8 @@ def prune_empty(path: Path) -> None:
 def _restart_and_execute(
     recipe: Recipe, only: list[str] | None, restart: tuple[str, ...], ablations: dict[str, Recipe]
 ) -> dict[str, Any]:
+    if not is_main():  # rank 0 clears; the others must not move away what it writes next
+        restart = ()
     for name in restart:
         if name in STAGES and clear_outputs(recipe.stage_dir(name)):
             _log(f"{name}: --restart: removed the old outputs in {recipe.stage_dir(name)}")
@@ -236,6 +243,7 @@ def _restart_and_execute(
             for name in STAGES:  # only the variant's own stages, never the main run's it reuses
                 if variant.stage_dir(name).is_relative_to(variant.out) and clear_outputs(variant.stage_dir(name)):
                     _log(f"ablation {label!r}: {name}: --restart: removed the old outputs")
+    barrier()
     return _execute(recipe, only, ablations)
 
 
@@ -288,6 +296,8 @@ def _execute(
                 metrics = evaluate_stage(recipe, stage, data)
                 results["stages"].setdefault(stage, {})["eval"] = metrics
     results["wall_seconds_this_invocation"] = time.perf_counter() - t_all
+    if not is_main():
+        return results  # the other processes trained and evaluated their share; rank 0 writes and reports
     _write_results(out, results)
     _log(f"results: {out / 'results.json'}")
     _print_summary(results)

@@ -22,6 +22,7 @@ from typing import Any
 from ..config.recipe import Recipe
 from ..errors import BitDistillError
 from ..train.checkpoint import latest_checkpoint
+from ..train.distributed import is_main
 from .fingerprint import FINGERPRINT_FILE, differences, read_fingerprint, stage_fingerprint, write_fingerprint
 from .lock import pid_alive
 from .markers import STAGE_FILE
@@ -106,7 +107,7 @@ def prepare_stage(recipe: Recipe, stage: str, hint: str | None = None) -> StageS
     state = stage_state(recipe, stage)
     if state.refused:
         raise refusal(state, restart_hint([stage], hint))
-    if state.status == "new":
+    if state.status == "new" and is_main():  # one process of a multi-process run writes; see run_stage
         recorded = read_fingerprint(state.path)
         if recorded is not None and recorded != state.expected:
             clear_outputs(state.path)

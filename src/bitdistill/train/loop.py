@@ -40,6 +40,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .distributed import mean_across_ranks
 from .log import TrainLog
 from .optim import _lr_lambda, make_optimizer
 from .state import LogWindow, StepOutcome, TrainResult, TrainState
@@ -68,14 +69,16 @@ def make_accelerator(precision: str = "auto"):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from .distributed import accelerator_kwargs
+
     mode = resolve_precision(precision)
     try:
-        return Accelerator(mixed_precision=mode)
+        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
     except ValueError:
         # accelerate keeps one mixed-precision setting per process; a recipe whose stages use different
         # precisions runs them in one process, so drop that setting (not the distributed state) and retry.
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mode)
+        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
 
 
 def seed_everything(seed: int) -> None:
@@ -200,7 +203,10 @@ class Trainer:
             ctx = self.accelerator.no_sync(self.model) if not sync else nullcontext()
             with ctx, self.accelerator.autocast():
                 loss, parts = self.loss_fn(self.model, batch)
-            value = float(loss.detach())
+            # The mean over processes: rank 0 logs the global loss, and a non-finite loss on any rank
+            # stops every rank (one rank raising alone would leave the others waiting in all-reduce).
+            value, *part_values = mean_across_ranks([float(loss.detach()), *map(float, parts.values())])
+            parts = dict(zip(parts, part_values, strict=True))
             self._require_finite(value, parts)
             self.accelerator.backward(loss / accum)
             step.loss += value / accum

@@ -53,7 +53,7 @@ def load_teacher(recipe: Recipe):
     spec = recipe.distill
     where = spec.teacher if spec.teacher != "auto" else finished_model(recipe, "teacher")
     teacher, tok = load_model_dir_or_spec(where)
-    teacher.eval().requires_grad_(False)
+    teacher.eval().requires_grad_(False).to(getattr(torch, spec.teacher_dtype))
     return teacher, tok
 
 
