@@ -1,4 +1,4 @@
-"""Time FP fine-tuning, BitNet-SFT and distillation steps (see bitdistill.train.bench).
+"""Time FP fine-tuning, BitNet-SFT and distillation steps (see bitdistill.pipeline.bench_train).
 
     python benchmarks/bench_train.py --threads 2
     git worktree add ../bench-old d59aa69

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bitdistill import load_recipe, run_recipe
 from bitdistill.errors import BitDistillError
-from bitdistill.recipe import load_recipe, run_recipe
-from bitdistill.recipe.ablations import slug, variant
+from bitdistill.pipeline.ablations import slug, variant
 from tiny_pipeline import build_world, write_tiny_recipe
 
 ABLATIONS = {

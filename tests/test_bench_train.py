@@ -2,7 +2,7 @@
 
 from bitdistill.cli import main
 from bitdistill.data.tasks import get_task
-from bitdistill.train.bench import ratios, synthetic_sst2
+from bitdistill.pipeline.bench_train import ratios, synthetic_sst2
 
 
 def test_unknown_row_and_bad_threads_are_one_line_errors(capsys):

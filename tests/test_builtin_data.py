@@ -54,7 +54,7 @@ def test_a_fresh_clone_loads_the_demo_data_without_shared(tmp_path):
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     assert not (clone.parent / "shared").exists()
     code = (
-        "from bitdistill.recipe import load_recipe\n"
+        "from bitdistill.pipeline import load_recipe\n"
         "from bitdistill.cli.demo import demo_recipe_path\n"
         "from bitdistill.data.tasks import get_task\n"
         "from bitdistill.data.corpus import expand_sources\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bitdistill.cli.demo import demo_recipe_path
-from bitdistill.recipe import load_recipe
+from bitdistill.pipeline import load_recipe
 from bitdistill.train import eta
 
 

@@ -12,9 +12,9 @@ import torch
 import bitdistill
 from bitdistill.data.encode import collate
 from bitdistill.distill.capture import QKVCapture
+from bitdistill.distill.layer_choice import map_layer, parse_layers, pick_layer, relation_divergences
 from bitdistill.distill.losses import attention_relation_loss
 from bitdistill.errors import BitDistillError
-from bitdistill.eval.layers import map_layer, parse_layers, pick_layer, relation_divergences
 from tiny_models import tiny_model
 
 
@@ -84,7 +84,7 @@ def test_default_relation_heads_divide_gqa_widths():
 
 
 def test_choose_layer_maps_the_teacher_depth():
-    from bitdistill.eval.layers import choose_layer
+    from bitdistill.distill.layer_choice import choose_layer
 
     teacher = tiny_model("llama", seed=0, num_hidden_layers=4).eval()
     student = bitdistill.to_bitnet(tiny_model("llama", seed=0, num_hidden_layers=3)).eval()
@@ -109,8 +109,8 @@ def test_divergence_localises_a_perturbed_layer():
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     """A tiny recipe (configs/tiny-test.yaml) swept over both student layers for 2 steps each."""
-    from bitdistill.eval.layers import sweep_layers
-    from bitdistill.recipe import load_recipe
+    from bitdistill.pipeline import load_recipe
+    from bitdistill.pipeline.layer_sweep import sweep_layers
     from tiny_pipeline import build_world
 
     root = tmp_path_factory.mktemp("sweep")
@@ -154,7 +154,7 @@ def test_sweep_runs_each_layer_through_the_distill_stage(tiny_sweep):
 
 
 def test_sweep_resumes_without_retraining(tiny_sweep):
-    from bitdistill.eval.layers import sweep_layers
+    from bitdistill.pipeline.layer_sweep import sweep_layers
 
     recipe, result, _ = tiny_sweep
     marker = recipe.out / "layer_sweep" / "layer_0" / "stage.json"
@@ -184,8 +184,8 @@ def test_sweep_layers_cli_criterion_only(tiny_sweep, capsys):
 
 
 def test_distill_student_layer_auto_distils_where_the_criterion_points(tiny_sweep, tmp_path):
-    from bitdistill.eval.layers import criterion_batches
-    from bitdistill.stages.distill import load_student, load_teacher, run_distill
+    from bitdistill.pipeline.stages.distill import load_student, load_teacher, run_distill
+    from bitdistill.pipeline.task_data import criterion_batches
 
     recipe, _, _ = tiny_sweep
     r = copy.deepcopy(recipe)
@@ -207,7 +207,7 @@ def test_distill_student_layer_auto_distils_where_the_criterion_points(tiny_swee
 
 def test_student_layer_must_be_an_index_or_auto():
     from bitdistill.errors import BitDistillError
-    from bitdistill.recipe import parse_recipe
+    from bitdistill.pipeline import parse_recipe
 
     def recipe(layer):
         return parse_recipe({"continue_pretrain": {"enabled": False}, "distill": {"student_layer": layer}})

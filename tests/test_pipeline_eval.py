@@ -10,8 +10,9 @@ import torch
 
 from bitdistill.eval.generate import prompt_ids
 from bitdistill.eval.metrics import summarization_metrics
-from bitdistill.recipe import parse_recipe
-from bitdistill.stages.common import evaluate_model, load_task_data
+from bitdistill.pipeline import parse_recipe
+from bitdistill.pipeline.dev_eval import dev_metrics as evaluate_model
+from bitdistill.pipeline.task_data import load_task_data
 from test_metrics import _naive_greedy
 from tiny_models import tiny_model, tiny_tokenizer
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from bitdistill.errors import BitDistillError
-from bitdistill.eval.plots import (
+from bitdistill.report.plots import (
     block_weights,
     plot_layer_sweep,
     plot_training_curves,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bitdistill.cli import main
-from bitdistill.recipe.modelinfo import model_shape
+from bitdistill.pipeline.modelinfo import model_shape
 from tiny_models import FAMILIES, save_tiny_hf_dir
 from tiny_pipeline import build_world
 
@@ -52,7 +52,7 @@ def test_good_recipe_prints_the_plan_and_writes_nothing(recipe, tmp_path, capsys
     assert lines[-1] == "check: ok"
     for stage, steps in (("teacher", 12), ("bitnet_sft", 10), ("continue_pretrain", 12), ("distill", 12)):
         (line,) = [x for x in lines if x.split()[:1] == [stage]]
-        assert f"{steps} steps x 8" in line and "lr 0.003" in line and "params+grads+AdamW" in line
+        assert f"{steps} steps x 8" in line and "lr 0.003" in line and "per device" in line
         assert str(tmp_path / "run" / stage) in line and line.endswith("[new]")
     assert any(x.split()[:1] == ["eval"] for x in lines)
 

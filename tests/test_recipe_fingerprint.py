@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bitdistill.cli import main
-from bitdistill.recipe import load_recipe
-from bitdistill.recipe.fingerprint import FINGERPRINT_FILE, digest, read_fingerprint, stage_fingerprint
-from bitdistill.recipe.run import evaluate_stage
+from bitdistill.pipeline import load_recipe
+from bitdistill.pipeline.fingerprint import FINGERPRINT_FILE, digest, read_fingerprint, stage_fingerprint
+from bitdistill.pipeline.run import evaluate_stage
 from tiny_pipeline import build_model_dir, build_world, write_tiny_recipe
 
 STAGES = ("teacher", "bitnet_sft", "continue_pretrain", "distill")

@@ -15,8 +15,8 @@ import yaml
 
 from bitdistill.cli import main
 from bitdistill.errors import BitDistillError
-from bitdistill.recipe import run as run_module
-from bitdistill.recipe.lock import LOCK_FILE, RunLock
+from bitdistill.pipeline import run as run_module
+from bitdistill.pipeline.lock import LOCK_FILE, RunLock
 from tiny_pipeline import build_world
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
@@ -108,7 +108,7 @@ def test_ctrl_c_releases_the_lock(recipe, tmp_path, monkeypatch, capsys):
 def test_a_killed_run_leaves_a_lock_the_next_run_takes_over(recipe, tmp_path):
     """SIGKILL skips every cleanup: the file stays, the kernel drops the flock, the PID is dead."""
     code = (
-        "import os, signal, sys; from bitdistill.recipe.lock import RunLock; "
+        "import os, signal, sys; from bitdistill.pipeline.lock import RunLock; "
         f"RunLock({str(tmp_path / 'run')!r}).acquire(); os.kill(os.getpid(), signal.SIGKILL)"
     )
     proc = subprocess.run([sys.executable, "-c", code], timeout=120)

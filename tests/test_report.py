@@ -13,7 +13,7 @@ import torch
 import bitdistill
 from bitdistill.cli import main
 from bitdistill.errors import BitDistillError
-from bitdistill.eval.report import build_report, write_report
+from bitdistill.report.run_report import build_report, write_report
 from tiny_models import COMMON, save_tiny_hf_dir, tiny_model, tiny_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report"
@@ -168,7 +168,7 @@ def test_layer_sweep_section(tmp_path):
 
 
 def test_ablation_labels_from_what_a_run_left_out():
-    from bitdistill.eval.report import describe_variant
+    from bitdistill.report.run_report import describe_variant
 
     def res(settings, ct=True):
         stages = {"teacher": {}, "distill": {"distill": settings}}

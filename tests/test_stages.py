@@ -11,10 +11,10 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from bitdistill import load_recipe, parse_recipe, run_recipe
 from bitdistill.data.task_record import task_record
 from bitdistill.data.tasks import get_task
 from bitdistill.errors import BitDistillError
-from bitdistill.recipe import load_recipe, parse_recipe, run_recipe
 from tiny_pipeline import build_model_dir, build_world
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.yaml"
@@ -198,7 +198,7 @@ def test_faithful_defaults_and_the_teacher_start(world, tmp_path):
 
 def test_distill_student_teacher_starts_from_the_ternarized_teacher(full_run, world, tmp_path):
     from bitdistill.model import SubLNBitLinear
-    from bitdistill.stages.distill import load_student
+    from bitdistill.pipeline.stages.distill import load_student
 
     out, _ = full_run
     data = tiny_recipe(world, out, continue_pretrain__enabled=False, distill__student="teacher")

@@ -11,10 +11,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BitLinear": ".quant",
+    "BitNetConfig": ".config",
     "BitNetSettings": ".model",
     "FamilyAdapter": ".model",
     "adapter_for": ".model",
     "load": ".model",
+    "load_recipe": ".config",
+    "parse_recipe": ".config",
+    "run_recipe": ".report",
     "load_pretrained": ".model",
     "load_tokenizer": ".model",
     "register_adapter": ".model",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
+from .env import THREADS as ENV
+from .env import read_env
 from .errors import BitDistillError
-
-ENV = "BITDISTILL_THREADS"
 
 
 def max_threads() -> int:
@@ -41,5 +41,5 @@ def check_threads(value: object, source: str = "--threads") -> int:
 
 def env_threads() -> int | None:
     """The count in BITDISTILL_THREADS, checked, or None when it is unset or empty."""
-    value = os.environ.get(ENV, "").strip()
+    value = read_env().threads
     return check_threads(value, ENV) if value else None

@@ -42,7 +42,8 @@ def _dump(value: Any) -> str:
 
 def build_recipe(args: argparse.Namespace, stage: str, extra: dict[str, Any] | None = None):
     """A recipe with only `stage` enabled and its directory at --out."""
-    from ..recipe.schema import STAGES, load_recipe, parse_recipe
+    from ..config.choices import STAGES
+    from ..config.recipe import load_recipe, parse_recipe, set_dotted
 
     sets: dict[str, Any] = {"seed": args.seed, "model": args.model, f"stage_dirs.{stage}": args.out}
     for key, attr in (("name", "task"), ("path", "data"), ("max_length", "max_length"),
@@ -59,16 +60,12 @@ def build_recipe(args: argparse.Namespace, stage: str, extra: dict[str, Any] | N
     data: dict[str, Any] = {}
     for item in overrides:
         key, _, raw = item.partition("=")
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        set_dotted(data, key, yaml.safe_load(raw), f"--set {item!r}")
     return parse_recipe(data, "<command line>")
 
 
 def run_one(recipe, stage: str) -> int:
-    from ..recipe.run import evaluate_stage, locked, run_stage
+    from ..pipeline.run import evaluate_stage, locked, run_stage
 
     with locked(recipe.stage_dir(stage)):  # two commands writing one --out would corrupt its checkpoints
         record = run_stage(recipe, stage, force=False)

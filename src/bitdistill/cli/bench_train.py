@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ..train.bench import VARIANTS
+    from ..pipeline.bench_train import VARIANTS
 
     p = subparsers.add_parser(
         "bench-train",
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def _rows(text: str, flag: str) -> tuple[str, ...]:
     from ..errors import BitDistillError
-    from ..train.bench import VARIANTS
+    from ..pipeline.bench_train import VARIANTS
 
     rows = tuple(r.strip() for r in text.split(",") if r.strip())
     bad = [r for r in rows if r not in VARIANTS]
@@ -47,7 +47,7 @@ def _rows(text: str, flag: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
-    from ..train.bench import format_table, run_bench_train, write_json
+    from ..pipeline.bench_train import format_table, run_bench_train, write_json
 
     if min(args.batch_size, args.steps) < 1 or args.warmup < 0:
         raise BitDistillError("--batch-size and --steps must be at least 1, --warmup at least 0")

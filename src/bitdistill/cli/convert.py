@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..model.convert import SUBLN_MODES
-from ..quant import GRANULARITIES
+from ..config.choices import GRANULARITIES, SUBLN_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,6 +1,6 @@
 """`bitdistill demo`: the BitDistill pipeline on the embedded SmolLM2-135M and SST-2, within 15 minutes.
 
-It runs the packaged demo recipe (`bitdistill/recipe/demo.yaml`: teacher, BitNet-SFT, a short continued
+It runs the packaged demo recipe (`bitdistill/pipeline/demo.yaml`: teacher, BitNet-SFT, a short continued
 pre-training, BitDistill, evaluation on the first 500 SST-2 dev sentences) with budgets sized for a 2-core CPU,
 prints the comparison table and writes `report.md` with plots. The budgets are a demonstration, not the
 quality benchmark (configs/smollm2-sst2-full.yaml, docs/results.md).
@@ -52,16 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def demo_recipe_path() -> Path:
-    return Path(str(resources.files("bitdistill.recipe") / "demo.yaml"))
+    return Path(str(resources.files("bitdistill.pipeline") / "demo.yaml"))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.convert_only:
         return convert_only(args)
+    from ..config import load_recipe
     from ..data.tasks import get_task
     from ..errors import BitDistillError
-    from ..recipe import load_recipe, run_recipe
-    from ..recipe.run import parse_restart
+    from ..pipeline.run import parse_restart
+    from ..report import run_recipe
     from ..train import eta
 
     data = args.data
@@ -111,16 +112,18 @@ def perplexity(model, tokenizer, sentences: list[str], batch_size: int = 16) -> 
     """exp(mean next-token loss) over the sentences' tokens (padding excluded)."""
     import torch
 
+    from ..data.encode import IGNORE_INDEX
+    from ..distill.losses import causal_lm_loss
+
     total, count = 0.0, 0
     for i in range(0, len(sentences), batch_size):
         batch = tokenizer(sentences[i : i + batch_size], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        with torch.no_grad():
-            logits = model(**batch).logits[:, :-1].float()
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="sum")
-        total += loss.item()
-        count += int((target != -100).sum())
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        if n:  # the mean over a batch's tokens, weighted by their count: the sum over all tokens
+            with torch.no_grad():
+                total += float(causal_lm_loss(model(**batch).logits, labels)) * n
+            count += n
     return math.exp(total / max(count, 1))
 
 

@@ -67,8 +67,8 @@ def check_device(device: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._fs import atomic_write_text
     from .._threads import check_threads
-    from ..eval._io import atomic_write_text
     from ..eval.evaluate import evaluate_dir
 
     for flag in ("batch_size", "max_length", "max_new_tokens", "beams"):

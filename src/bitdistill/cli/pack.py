@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..data.task_record import CONFIG_KEY
 from ..errors import BitDistillError
 
 
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
 def record_flags(config, args: argparse.Namespace) -> None:
     """Record the task --task/--labels/--template describe (over the model's own record) on its config."""
     from ..data.task_flags import task_from_flags
-    from ..data.task_record import CONFIG_KEY, record_task, task_from_record
+    from ..data.task_record import record_task, task_from_record
 
     record = getattr(config, CONFIG_KEY, None)
     recorded = task_from_record(record, args.model) if record is not None else None
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         f"directory total {size / 2**20:.1f} MiB",
         file=sys.stdout,
     )
+    task = getattr(model.config, CONFIG_KEY, None)
+    print(f"  task: {task['name']} (classify and serve use it by default)" if task else
+          "  task: none recorded (classify/serve need --task; pack --task records one)")  # fmt: skip
     if tok is None:
         print("  note: no tokenizer found; `generate` needs one (token ids still work via the Python API)")
     return 0

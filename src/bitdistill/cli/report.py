@@ -33,7 +33,7 @@ def parse_add(item: str) -> tuple[str | None, Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.report import REPORT_JSON, REPORT_MD, write_report
+    from ..report.run_report import REPORT_JSON, REPORT_MD, write_report
 
     extra = [parse_add(a) for a in args.add]
     report = write_report(args.run_dir, extra, plots=not args.no_plots, histogram_layer=args.layer)

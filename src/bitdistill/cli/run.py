@@ -38,9 +38,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import STAGES, load_recipe
     from ..errors import BitDistillError
-    from ..recipe import STAGES, load_recipe, run_recipe
-    from ..recipe.run import parse_restart
+    from ..pipeline.run import parse_restart
+    from ..report import run_recipe
 
     overrides = list(args.set)
     if args.output_dir:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import socket
 import sys
 
 from .._threads import check_threads
+from ..env import read_env
 from ..errors import BitDistillError
 
 
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)"
     )
-    p.add_argument("--api-key", default=os.environ.get("BITDISTILL_API_KEY"),
+    p.add_argument("--api-key", default=read_env().api_key,
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $BITDISTILL_API_KEY)")  # fmt: skip
     p.add_argument("--model-name", default=None, help="model id clients send (default: the directory name)")
     p.add_argument("--queue-size", type=int, default=64, help="requests that may wait for the engine")

@@ -28,8 +28,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
-    from ..eval.layers import SWEEP_FILE, sweep_layers
-    from ..recipe import load_recipe
+    from ..pipeline import load_recipe
+    from ..pipeline.layer_sweep import SWEEP_FILE, sweep_layers
 
     if args.criterion_only and args.no_criterion:
         raise BitDistillError("--criterion-only and --no-criterion exclude each other; pick one")

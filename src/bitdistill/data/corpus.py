@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import BitDistillError
-from .readers import json_lines
+from .readers import json_lines, open_parquet
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
 
@@ -115,12 +115,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:
-        raise BitDistillError(f"{path}: not a readable Parquet file ({e})") from None
+    pf = open_parquet(path)
     if text_field not in pf.schema_arrow.names:
         raise BitDistillError(f"{path}: no column {text_field!r}; columns are {pf.schema_arrow.names}")
     row = 0

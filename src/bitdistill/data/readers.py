@@ -135,13 +135,19 @@ def _jsonl(path: Path) -> Iterator[tuple[str, Row]]:
             yield f"{path} line {lineno}", row
 
 
-def _parquet(path: Path) -> Iterator[tuple[str, Row]]:
+def open_parquet(path: Path):
+    """A pyarrow ParquetFile, or a one-line error naming a file that is not readable Parquet."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:  # ArrowInvalid for a non-Parquet file, OSError when unreadable
         raise BitDistillError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def _parquet(path: Path) -> Iterator[tuple[str, Row]]:
+    pf = open_parquet(path)
     index = 0
     for batch in pf.iter_batches(batch_size=4096):
         for row in batch.to_pylist():

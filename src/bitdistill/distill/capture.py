@@ -20,6 +20,7 @@ import sys
 import torch
 from torch import nn
 
+from ..config.choices import QKV_SOURCES
 from ..errors import BitDistillError
 from ..model.adapters import adapter_for
 
@@ -57,9 +58,6 @@ def layer_relation_heads(student: nn.Module, teacher: nn.Module, layers: dict[in
     widths = [m.out_features for i in layers for m in projection_modules(student, i)]
     widths += [m.out_features for j in set(layers.values()) for m in projection_modules(teacher, j)]
     return default_relation_heads(widths)
-
-
-QKV_SOURCES = ("attention", "projection")
 
 
 class _AttentionTap:

@@ -30,13 +30,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..config.choices import KD_POSITIONS, RELATIONS
 from ..data.encode import IGNORE_INDEX
 from ..errors import BitDistillError
 
 QKV = Sequence[torch.Tensor]
 _MASKED = -1e9  # relation score of a masked key (see _scaled_relation_log_probs)
-KD_POSITIONS = ("all", "targets")
-RELATIONS = ("cosine", "scaled")
 AUTHORS_RELATION_HEADS = 32  # `split_head_number` in the authors' recipes
 
 

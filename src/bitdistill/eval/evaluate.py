@@ -12,27 +12,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data.tasks import Example, Task, get_task
 from ..errors import BitDistillError
+from ..model.io import is_packed_dir
+from ..train.distributed import across_ranks, is_main
 from .metrics import classification_metrics, summarization_metrics
-
-
-def is_packed_dir(path: str | os.PathLike) -> bool:
-    """True for a directory written by the runtime's packer (config.json carries a "packed" key)."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    import json
-
-    try:
-        return "packed" in json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
 
 
 def evaluate_packed(
@@ -157,11 +145,14 @@ def evaluate_model(
         if not examples:
             raise BitDistillError(f"task {task.name}: no labelled examples to evaluate")
         check_label_words(tokenizer, task.label_words, examples[0].prompt)
-        scores = score_label_words(
-            model, tokenizer, examples, task.label_words, batch_size=batch_size, max_length=max_length,
-            progress=progress,
+        # Under `accelerate launch` each process scores its slice and all gather the predictions.
+        preds = across_ranks(
+            lambda part: score_label_words(
+                model, tokenizer, part, task.label_words, batch_size=batch_size, max_length=max_length,
+                progress=progress and is_main(),
+            ).argmax(dim=-1).tolist(),
+            examples,
         )  # fmt: skip
-        preds = scores.argmax(dim=-1).tolist()
         gold = [int(ex.label) for ex in examples]  # type: ignore[arg-type]
         out["metrics"] = classification_metrics(preds, gold)
         if keep_predictions:
@@ -171,9 +162,12 @@ def evaluate_model(
 
         if not examples:
             raise BitDistillError(f"task {task.name}: no examples to evaluate")
-        hyps = generate(
-            model, tokenizer, examples, max_new_tokens=max_new_tokens, num_beams=num_beams,
-            batch_size=batch_size, max_length=max_length, progress=progress,
+        hyps = across_ranks(
+            lambda part: generate(
+                model, tokenizer, part, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                batch_size=batch_size, max_length=max_length, progress=progress and is_main(),
+            ),
+            examples,
         )  # fmt: skip
         refs = [ex.target.strip() for ex in examples]
         out["metrics"] = summarization_metrics(hyps, refs)

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingTyp
 from .._fs import atomic_file
 from ..errors import BitDistillError
 from .arch import Target, choose_target, rope_scaling, rope_theta
-from .blocks import (
+from .gguf_blocks import (
     HEAD_TYPES,
     TERNARY_TYPES,
     TernaryMatrix,

@@ -16,8 +16,9 @@ from torch import nn
 from ..errors import BitDistillError
 from ..model.adapters import FamilyAdapter, adapter_for
 from ..model.convert import BitNetSettings, is_bitnet, settings_of
+from ..model.io import is_packed_dir
 from ..quant import BitLinear
-from .blocks import TernaryMatrix
+from .gguf_blocks import TernaryMatrix
 
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 # llama.cpp's `bitnet` graph has two sub-norms per block: attn_sub_norm before attn_output and ffn_sub_norm
@@ -27,7 +28,7 @@ SUB_NORM_ROLES = {"o": "attn_sub", "down": "ffn_sub"}
 
 
 @dataclass
-class Block:
+class DecoderBlock:
     """One decoder block: ternary linears by role (q, k, v, o, gate, up, down) and fp32 vectors."""
 
     linears: dict[str, TernaryMatrix]
@@ -45,7 +46,7 @@ class ExportSource:
     embed: np.ndarray
     head: np.ndarray | None  # None when tied to `embed`
     final_norm: np.ndarray
-    blocks: list[Block]
+    blocks: list[DecoderBlock]
     tokenizer_dir: Path | None
 
 
@@ -102,7 +103,7 @@ def from_model(model: nn.Module, tokenizer_dir: Path | None = None, name: str | 
         if adapter.has_qk_norm:
             norms["q"] = _np(attn.q_norm.weight)
             norms["k"] = _np(attn.k_norm.weight)
-        blocks.append(Block(linears, biases, norms))
+        blocks.append(DecoderBlock(linears, biases, norms))
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     tied = head is embed or head.data_ptr() == embed.data_ptr()
@@ -157,7 +158,7 @@ def from_packed(packed_dir: str | Path) -> ExportSource:
             name = f"layers.{i}.{key}_norm"
             if name in pm.tensors:
                 norms[key] = pm.tensors[name]
-        blocks.append(Block(linears, biases, norms))
+        blocks.append(DecoderBlock(linears, biases, norms))
     embed = _dense(pm, "embed", arch["embed_dtype"])
     head = None if arch["tied"] else _dense(pm, "head", arch["head_dtype"])
     if head is not None and getattr(config, "tie_word_embeddings", False):
@@ -175,14 +176,6 @@ def from_packed(packed_dir: str | Path) -> ExportSource:
         blocks=blocks,
         tokenizer_dir=Path(packed_dir),
     )
-
-
-def is_packed_dir(path: str | Path) -> bool:
-    cfg = Path(path) / "config.json"
-    try:
-        return cfg.is_file() and "packed" in json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
 
 
 def from_directory(model_dir: str | Path) -> ExportSource:

@@ -1,5 +1,6 @@
 """Model conversion (stage 1), per-family adapters, SubLN, and save/load of converted models."""
 
+from ..config.bitnet import BitNetConfig
 from .adapters import ADAPTERS, FamilyAdapter, adapter_for, register_adapter
 from .convert import BitNetSettings, is_bitnet, settings_of, to_bitnet
 from .hub import DEFAULT_MODEL, load_any, load_pretrained
@@ -9,6 +10,7 @@ from .subln import RMSNorm, SubLNBitLinear
 __all__ = [
     "ADAPTERS",
     "DEFAULT_MODEL",
+    "BitNetConfig",
     "BitNetSettings",
     "FamilyAdapter",
     "RMSNorm",

@@ -7,39 +7,25 @@ model (`model.config.bitdistill`) so `save`/`load` can rebuild the same structur
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch import nn
 
+from ..config.bitnet import BitNetConfig
+from ..config.choices import GRANULARITIES, subln_mode
 from ..errors import BitDistillError
-from ..quant import GRANULARITIES, BitLinear
+from ..quant import BitLinear
 from .adapters import adapter_for
 from .subln import SubLNBitLinear
 
 FORMAT_VERSION = 1
-# Where the extra RMSNorms go: the paper's SubLN ("o_down"), the authors' code's "allnorm" ("all": one
-# before every BitLinear, microsoft/BitNet PR #382 `standard_bitnet=False`), or none.
-SUBLN_MODES = ("o_down", "all", "none")
-
-
-def subln_mode(value: bool | str | None, where: str = "subln") -> str:
-    """The SubLN mode of a setting: a mode name, or the older booleans (True = o_down, False = none)."""
-    if value is True or value is None:
-        return "o_down"
-    if value is False:
-        return "none"
-    if isinstance(value, str) and value in SUBLN_MODES:
-        return value
-    raise BitDistillError(f"{where}: {value!r} is not one of {', '.join(SUBLN_MODES)} (or true/false)")
 
 
 @dataclass(frozen=True)
-class BitNetSettings:
-    """How a model was converted; stored in config.json under "bitdistill"."""
+class BitNetSettings(BitNetConfig):
+    """How a model was converted (its BitNetConfig, SubLN mode normalised, and the model family); stored in
+    config.json under "bitdistill". Files written before the SubLN modes existed hold a bool there."""
 
-    subln: str = "o_down"  # one of SUBLN_MODES (files written before the modes existed hold a bool)
-    granularity: str = "tensor"
-    group_size: int = 128
-    quantize_activations: bool = True
     family: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -62,20 +48,20 @@ def _norm_eps(config) -> float:
     return 1e-6
 
 
-def to_bitnet(
-    model: nn.Module,
-    subln: bool | str = "o_down",
-    granularity: str = "tensor",
-    group_size: int = 128,
-    quantize_activations: bool = True,
-) -> nn.Module:
+def to_bitnet(model: nn.Module, config: BitNetConfig | None = None, **options: Any) -> nn.Module:
     """Convert a Hugging Face causal LM in place (and return it) into its BitNet form.
 
-    Every q/k/v/o and gate/up/down linear of every decoder block becomes a `BitLinear` sharing the original
-    weight. `subln` (see SUBLN_MODES; True/False mean "o_down"/"none") decides which of them get an RMSNorm
-    (weight 1, the model's own eps) on their input: o_proj and down_proj, every one, or none.
+    The conversion is `config`, or a BitNetConfig built from `options` (subln=, granularity=, group_size=,
+    quantize_activations=). Every q/k/v/o and gate/up/down linear of every decoder block becomes a
+    `BitLinear` sharing the original weight. `subln` (see SUBLN_MODES; True/False mean "o_down"/"none")
+    decides which of them get an RMSNorm (weight 1, the model's own eps) on their input: o_proj and
+    down_proj, every one, or none.
     """
-    subln = subln_mode(subln)
+    if config is not None and options:
+        raise TypeError("to_bitnet: pass a BitNetConfig or keyword options, not both")
+    config = config if config is not None else BitNetConfig(**options)
+    subln, granularity, group_size = subln_mode(config.subln), config.granularity, config.group_size
+    quantize_activations = config.quantize_activations
     if granularity not in GRANULARITIES:
         raise BitDistillError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
     if is_bitnet(model):

@@ -61,6 +61,16 @@ def read_config(model_dir: str | os.PathLike) -> dict:
         raise BitDistillError(f"{path}: not valid JSON ({err}); re-create the directory") from None
 
 
+def is_packed_dir(path: str | os.PathLike) -> bool:
+    """True for a directory the runtime's packer wrote (its config.json carries a "packed" key).
+
+    A config.json that is not valid JSON raises (naming the file) rather than passing for "not packed".
+    """
+    if not (Path(path) / CONFIG_NAME).is_file():
+        return False
+    return "packed" in read_config(path)
+
+
 def load(
     model_dir: str | os.PathLike, dtype: torch.dtype | None = None, device: str | None = None
 ) -> nn.Module:
@@ -97,7 +107,7 @@ def load(
         raise invalid_model(model_dir / CONFIG_NAME, err) from None
     if settings is not None:
         config.bitdistill = None
-        to_bitnet(model, **_convert_kwargs(BitNetSettings.from_dict(settings)))
+        to_bitnet(model, BitNetSettings.from_dict(settings))
     # no_init_weights also skips tying; tie before loading so the one stored copy fills both names.
     model.tie_weights()
     if device is not None:
@@ -116,15 +126,6 @@ def load(
             "the weights and config come from different models"
         )
     return model.eval()
-
-
-def _convert_kwargs(settings: BitNetSettings) -> dict:
-    return dict(
-        subln=settings.subln,
-        granularity=settings.granularity,
-        group_size=settings.group_size,
-        quantize_activations=settings.quantize_activations,
-    )
 
 
 def load_tokenizer(model_dir: str | os.PathLike):

@@ -5,7 +5,7 @@ load without torch.
 """
 
 from .._lazy import lazy_getattr
-from .granularity import GRANULARITIES
+from ..config.choices import GRANULARITIES
 
 _LAZY = {
     "BitLinear": ".bitlinear",

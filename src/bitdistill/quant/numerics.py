@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .granularity import GRANULARITIES, Granularity
+from ..config.choices import GRANULARITIES, Granularity
 
 EPS = 1e-5
 

@@ -14,7 +14,6 @@ checkpoints are deleted only after `LATEST` names the new one.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -27,45 +26,12 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .._fs import make_public
+from .._fs import atomic_write_text, fsync_path, replace_dir
 from ..errors import BitDistillError
 
 LATEST = "LATEST"
 PREFIX = "ckpt-"
 STATE = "trainer_state.json"
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Directory fsync makes the rename itself durable; not every filesystem allows it.
-    try:
-        _fsync_file(path)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and an os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        make_public(Path(tmp))  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def rng_state() -> dict[str, Any]:
@@ -115,14 +81,11 @@ def save_checkpoint(
         torch.save(rng_state(), tmp / f"rng_{rank}.pt")
         (tmp / STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=1))
         for f in tmp.iterdir():
-            _fsync_file(f)
+            fsync_path(f)
         if before_publish is not None:
             before_publish()  # fault injection in tests: a kill here must leave the previous checkpoint
-        make_public(tmp)  # mkdtemp makes 0700, safetensors 0600
-        if final.exists():  # a re-save of the same step after a resume: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(train_dir)
+        replace_dir(tmp, final)  # a re-save of the same step after a resume replaces it
+        fsync_path(train_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ..config.choices import STAGES
+
 # Cost per token relative to an FP fine-tuning step's token (forward + backward + AdamW).
 FACTORS = {"teacher": 1.0, "bitnet_sft": 1.1, "continue_pretrain": 1.0, "distill": 1.6}
 EVAL_FACTOR = {"fp": 0.3, "bitnet": 0.45}  # forward only; BitLinear's eval path quantizes every input
@@ -101,7 +103,7 @@ def _clock(seconds: float) -> str:
 def plan(recipe, eval_examples: int) -> Tracker:
     """A tracker for `recipe`'s enabled training stages and its evaluations of `eval_examples` each."""
     items = []
-    for name in ("teacher", "bitnet_sft", "continue_pretrain", "distill"):
+    for name in STAGES:
         stage = getattr(recipe, name)
         if not stage.enabled or (name == "teacher" and getattr(stage, "path", None)):
             continue

@@ -12,7 +12,6 @@ RNG state, so a run killed at any moment and restarted ends with the same weight
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -20,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BitDistillError, require_finite
+from .._fs import atomic_file
+from ..config.train import TrainConfig
+from ..env import read_env
+from ..errors import BitDistillError
 from . import eta
 from .checkpoint import (
-    atomic_write_text,
     clean_stale,
     latest_checkpoint,
     load_checkpoint,
@@ -39,82 +40,13 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SCHEDULES = ("cosine", "linear", "constant")
+from .distributed import mean_across_ranks
+from .log import TrainLog
+from .optim import _lr_lambda, make_optimizer
+from .state import LogWindow, StepOutcome, TrainResult, TrainState
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation knobs of one stage (every field is settable from a recipe's `train:` section)."""
-
-    steps: int = 100  # optimizer steps; a streamed corpus may end the stage earlier
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # used when warmup_steps is 0
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
-    batch_size: int = 8  # per process, per micro-step
-    group_by_length: bool = True  # batch task examples of similar length together (less padding)
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    precision: str = "auto"  # auto = bf16 where the hardware computes it natively (see resolve_precision)
-    log_every: int = 10
-    eval_every: int = 0  # 0 = evaluate only at the end
-    save_every: int = 50  # resumable checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 1
-    seed: int = 42
-    select: str = "last"  # the stage's output weights: last | best (by the eval metric)
-    progress: bool = True
-
-    def validate(self, where: str = "train") -> None:
-        def bad(name: str, why: str) -> BitDistillError:
-            return BitDistillError(f"{where}.{name}: {why}")
-
-        if self.steps < 1:
-            raise bad("steps", f"must be >= 1, got {self.steps}")
-        require_finite(self.lr, f"{where}.lr", strict=True)
-        for name in ("weight_decay", "max_grad_norm", "warmup_ratio"):
-            require_finite(getattr(self, name), f"{where}.{name}")
-        for name in ("keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
-            raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.grad_accum < 1:
-            raise bad("grad_accum", f"must be >= 1, got {self.grad_accum}")
-        if self.schedule not in SCHEDULES:
-            raise bad("schedule", f"{self.schedule!r} is not one of {SCHEDULES}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"{self.precision!r} is not one of {PRECISIONS}")
-        if self.select not in ("last", "best"):
-            raise bad("select", f"{self.select!r} is not 'last' or 'best'")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise bad("betas", f"must be two numbers in [0, 1), got {self.betas}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        if self.save_every < 1:
-            raise bad("save_every", f"must be >= 1, got {self.save_every}")
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    tokens: int
-    train_seconds: float
-    tokens_per_second: float
-    first_loss: float | None
-    last_loss: float | None
-    best_metric: float | None
-    eval: dict[str, float]
-    history: list[dict[str, Any]]
 
 
 def resolve_precision(precision: str) -> str:
@@ -137,14 +69,16 @@ def make_accelerator(precision: str = "auto"):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from .distributed import accelerator_kwargs
+
     mode = resolve_precision(precision)
     try:
-        return Accelerator(mixed_precision=mode)
+        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
     except ValueError:
         # accelerate keeps one mixed-precision setting per process; a recipe whose stages use different
         # precisions runs them in one process, so drop that setting (not the distributed state) and retry.
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mode)
+        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
 
 
 def seed_everything(seed: int) -> None:
@@ -153,118 +87,228 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        progress = min(1.0, progress)
-        if cfg.schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # Decay matrices only: norms (incl. SubLN) and biases are not weights to shrink.
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-FUSED_DEVICES = ("cpu", "cuda")
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over `_param_groups`, fused where torch has a fused kernel for the parameters' device.
-
-    The default for-loop AdamW runs ~8 elementwise kernels per parameter, each a full pass over the tensor:
-    0.6-0.8 s per step for SmolLM2-135M's parameters on one CPU thread, 0.13 s fused (docs/pipeline.md,
-    performance notes). Same update formula; rounding may differ in the last bit.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = bool(params) and all(
-        p.device.type in FUSED_DEVICES and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        for p in params
-    )
-    return torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        weight_decay=cfg.weight_decay,
-        fused=fused or None,
-    )
-
-
 def _batch_tokens(batch: dict[str, torch.Tensor]) -> int:
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
-class _Logger:
-    """Append-only jsonl log (+ TensorBoard when installed) that forgets steps undone by a resume."""
-
-    def __init__(self, train_dir: Path, resume_step: int, enabled: bool) -> None:
-        self.path = train_dir / "log.jsonl"
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.exists():
-            keep = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        keep.append(line)
-                except json.JSONDecodeError:
-                    pass  # a line cut by a kill
-            atomic_write_text(self.path, "".join(k + "\n" for k in keep))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(train_dir / "tensorboard"), purge_step=resume_step + 1)
-        except ImportError:
-            self.tb = None
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, int | float):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+FaultHook = Callable[[str], None]
 
 
-FAULT_ENV = "BITDISTILL_FAULT"
-
-
-def _fault(point: str) -> None:
-    """Kill this process with SIGKILL at `point` when BITDISTILL_FAULT lists it (crash tests only).
+def kill_at(points: frozenset[str]) -> FaultHook:
+    """A fault hook that SIGKILLs this process at any of `points` (crash tests; BITDISTILL_FAULT).
 
     Points: "<desc>:step:<n>" right after optimizer step n, "<desc>:save:<n>" inside the write of
     checkpoint n, after its files are written and before it is published.
     """
-    wanted = os.environ.get(FAULT_ENV)
-    if wanted and point in wanted.split(","):
-        import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    def hook(point: str) -> None:
+        if point in points:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+class Trainer:
+    """One stage's training run: resume, steps, log lines, evaluation and best-weight selection, checkpoints.
+
+    `train()` below is the entry point; the class exists so each of those concerns is one short method
+    over one `TrainState`, instead of closures sharing a string-keyed dict.
+    """
+
+    def __init__(
+        self, model: nn.Module, batches: Any, loss_fn: LossFn, cfg: TrainConfig, train_dir: Path,
+        eval_fn: EvalFn | None, metric: str, greater_is_better: bool, desc: str, accelerator: Any,
+        fault: FaultHook,
+    ) -> None:  # fmt: skip
+        self.cfg, self.train_dir, self.desc, self.fault = cfg, train_dir, desc, fault
+        self.batches, self.loss_fn, self.eval_fn = batches, loss_fn, eval_fn
+        self.metric, self.greater_is_better = metric, greater_is_better
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.best_path = train_dir / "best.safetensors"
+        if self.main:
+            train_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale(train_dir)
+        seed_everything(cfg.seed)
+        model.train()
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, cfg.steps))
+        # The scheduler stays outside prepare(): accelerate would step it once per process.
+        self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
+        self.raw_model = accelerator.unwrap_model(self.model)
+        self.state = TrainState()
+        self.last_ckpt = self._resume()
+        self.log = TrainLog(train_dir, self.state.step, enabled=self.main)
+        self.window = LogWindow()
+        self.bar = None
+
+    def _resume(self) -> Path | None:
+        ckpt = latest_checkpoint(self.train_dir)
+        if ckpt is not None:
+            rank = self.accelerator.process_index
+            restored = load_checkpoint(ckpt, self.raw_model, self.optimizer, self.scheduler, rank=rank)
+            self.state = TrainState.from_dict(restored)
+            if self.main:
+                print(f"[{self.desc}] resuming from {ckpt} (step {self.state.step}/{self.cfg.steps})",
+                      file=sys.stderr)  # fmt: skip
+        return ckpt
+
+    def run(self) -> TrainResult:
+        micro_batches = self.batches.iterate(self.state.step * self.cfg.grad_accum)
+        self.bar = self._progress_bar()
+        try:
+            while self.state.step < self.cfg.steps:
+                t0 = time.perf_counter()
+                step, exhausted = self._accumulate(micro_batches)
+                if step is None:
+                    break
+                self._optimizer_step()
+                self.fault(f"{self.desc}:step:{self.state.step + 1}")
+                self._record_step(step, time.perf_counter() - t0)
+                done = self.state.step >= self.cfg.steps or exhausted
+                self._after_step(done)
+                if exhausted:
+                    break
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            self.log.close()
+        return self._finish()
+
+    def _progress_bar(self):
+        if not (self.main and self.cfg.progress):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.cfg.steps, initial=self.state.step, desc=self.desc, dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        )  # fmt: skip
+
+    def _accumulate(self, micro_batches: Iterator[dict[str, torch.Tensor]]) -> tuple[StepOutcome | None, bool]:
+        """Forward and backward over one step's micro-batches: (the step, whether the batches ran out);
+        the step is None when they ran out before its first micro-batch."""
+        step = StepOutcome()
+        accum = self.cfg.grad_accum
+        for micro in range(accum):
+            try:
+                batch = next(micro_batches)
+            except StopIteration:
+                return (step if step.tokens else None), True
+            batch = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            sync = micro == accum - 1
+            ctx = self.accelerator.no_sync(self.model) if not sync else nullcontext()
+            with ctx, self.accelerator.autocast():
+                loss, parts = self.loss_fn(self.model, batch)
+            # The mean over processes: rank 0 logs the global loss, and a non-finite loss on any rank
+            # stops every rank (one rank raising alone would leave the others waiting in all-reduce).
+            value, *part_values = mean_across_ranks([float(loss.detach()), *map(float, parts.values())])
+            parts = dict(zip(parts, part_values, strict=True))
+            self._require_finite(value, parts)
+            self.accelerator.backward(loss / accum)
+            step.loss += value / accum
+            step.tokens += _batch_tokens(batch)
+            for k, v in parts.items():
+                step.parts[k] = step.parts.get(k, 0.0) + float(v) / accum
+        return step, False
+
+    def _require_finite(self, value: float, parts: dict[str, float]) -> None:
+        if math.isfinite(value):
+            return
+        kept = f"the last good checkpoint {self.last_ckpt} is kept" if self.last_ckpt else "no checkpoint yet"
+        raise BitDistillError(
+            f"[{self.desc}] step {self.state.step + 1}: the loss is {value} (parts: {parts}); training "
+            f"stopped, {kept}. Lower train.lr, enable train.max_grad_norm or train.precision: fp32, or check "
+            "the data; re-running resumes from the checkpoint."
+        )
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _record_step(self, step: StepOutcome, seconds: float) -> None:
+        tokens = step.tokens * self.accelerator.num_processes
+        self.state.add_step(step.loss, tokens, seconds)
+        self.window.add(step, tokens, seconds)
+        if self.bar is not None:
+            self.bar.update(1)
+            run_left = eta.step(self.desc, tokens, seconds)  # the whole run's time left, when one is tracked
+            self.bar.set_postfix(loss=f"{step.loss:.4f}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}", **run_left)
+
+    def _after_step(self, done: bool) -> None:
+        """The log line, evaluation (and best-weight selection) and checkpoint that fall on this step."""
+        at, cfg = self.state.step, self.cfg
+        if at % cfg.log_every == 0 or done or at == 1:
+            record = self.window.record(at, self.scheduler.get_last_lr()[0], self.state.tokens)
+            self.state.history.append({"step": at, "loss": record["loss"]})
+            self.log.log(record)
+            self.window = LogWindow()
+        if self.eval_fn is not None and ((cfg.eval_every and at % cfg.eval_every == 0) or done):
+            metrics = self._evaluate()
+            self.state.eval = metrics
+            self.log.log({"step": at, **{f"eval_{k}": v for k, v in metrics.items()}})
+            if self.bar is not None:
+                self.bar.write(f"[{self.desc}] step {at}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            self._keep_if_best(metrics)
+        if at % cfg.save_every == 0 or done:
+            self.last_ckpt = self._checkpoint()
+
+    def _evaluate(self) -> dict[str, float]:
+        # Evaluation must not perturb the training RNG stream, or resumed and uninterrupted runs diverge.
+        saved = rng_state()
+        self.raw_model.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                result = self.eval_fn(self.raw_model) if self.eval_fn is not None else {}
+        finally:
+            self.raw_model.train()
+            set_rng_state(saved)
+        return {k: float(v) for k, v in result.items()}
+
+    def _keep_if_best(self, metrics: dict[str, float]) -> None:
+        if self.metric not in metrics or not self.main:
+            return
+        value = metrics[self.metric]
+        if self.state.improves(value, self.greater_is_better):
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            from safetensors.torch import save_model
+
+            with atomic_file(self.best_path) as tmp:
+                save_model(self.raw_model, str(tmp))
+
+    def _checkpoint(self) -> Path:
+        # The main process publishes the directory first; the other ranks then add their RNG state.
+        at, acc = self.state.step, self.accelerator
+        args = (self.train_dir, at, self.raw_model, self.optimizer, self.scheduler, self.state.to_dict())
+        kwargs = dict(keep=self.cfg.keep_checkpoints, rank=acc.process_index)
+        if self.main:
+            path = save_checkpoint(
+                *args, is_main=True, before_publish=lambda: self.fault(f"{self.desc}:save:{at}"), **kwargs
+            )
+        acc.wait_for_everyone()
+        if not self.main:
+            path = save_checkpoint(*args, is_main=False, **kwargs)
+        acc.wait_for_everyone()
+        return path
+
+    def _finish(self) -> TrainResult:
+        if self.state.step >= self.cfg.steps and self.eval_fn is not None and not self.state.eval:
+            # Resumed after the final checkpoint of a run whose eval was lost: evaluate once more.
+            self.state.eval = self._evaluate()
+        if self.cfg.select == "best" and self.best_path.is_file():
+            from safetensors.torch import load_model
+
+            load_model(self.raw_model, str(self.best_path), strict=False)
+            if hasattr(self.raw_model, "tie_weights"):
+                self.raw_model.tie_weights()
+        self.raw_model.eval()
+        return self.state.result()
 
 
 def train(
@@ -278,208 +322,22 @@ def train(
     greater_is_better: bool = True,
     desc: str = "train",
     accelerator: Any = None,
+    fault: FaultHook | None = None,
 ) -> TrainResult:
     """Train `model` in place for `cfg.steps` optimizer steps, resuming from `train_dir` when possible.
 
     `batches.iterate(start_micro_step)` yields micro-batches (dicts of tensors); the loop moves them to
     the device. Returns the statistics of the whole stage (resumed parts included); on return `model`
-    holds the selected weights (`cfg.select`).
+    holds the selected weights (`cfg.select`). `fault(point)` is called at each step and checkpoint write
+    (crash tests); by default it kills at the points BITDISTILL_FAULT lists, read once here.
     """
     cfg.validate()
-    train_dir = Path(train_dir)
+    fault = fault or kill_at(read_env().fault_points)
     accelerator = accelerator or make_accelerator(cfg.precision)
-    main = accelerator.is_main_process
-    if main:
-        train_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale(train_dir)
-    seed_everything(cfg.seed)
-
-    model.train()
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.steps))
-    # The scheduler stays outside prepare(): accelerate would step it once per process.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
-
-    state: dict[str, Any] = {
-        "tokens": 0,
-        "train_seconds": 0.0,
-        "first_loss": None,
-        "last_loss": None,
-        "best_metric": None,
-        "best_step": None,
-        "eval": {},
-        "history": [],
-    }
-    step = 0
-    ckpt = latest_checkpoint(train_dir)
-    if ckpt is not None:
-        state.update(load_checkpoint(ckpt, raw_model, optimizer, scheduler, rank=accelerator.process_index))
-        step = int(state.pop("step"))
-        if main:
-            print(f"[{desc}] resuming from {ckpt} (step {step}/{cfg.steps})", file=sys.stderr)
-    logger = _Logger(train_dir, step, enabled=main)
-    best_path = train_dir / "best.safetensors"
-
-    def evaluate() -> dict[str, float]:
-        # Evaluation must not perturb the training RNG stream, or resumed and uninterrupted runs diverge.
-        saved = rng_state()
-        raw_model.eval()
-        try:
-            with torch.no_grad(), accelerator.autocast():
-                result = eval_fn(raw_model) if eval_fn is not None else {}
-        finally:
-            raw_model.train()
-            set_rng_state(saved)
-        return {k: float(v) for k, v in result.items()}
-
-    def checkpoint(at: int) -> Path:
-        # The main process publishes the directory first; the other ranks then add their RNG state.
-        kwargs = dict(keep=cfg.keep_checkpoints, rank=accelerator.process_index)
-        if main:
-            path = save_checkpoint(
-                train_dir, at, raw_model, optimizer, scheduler, state, is_main=True,
-                before_publish=lambda: _fault(f"{desc}:save:{at}"), **kwargs,
-            )  # fmt: skip
-        accelerator.wait_for_everyone()
-        if not main:
-            path = save_checkpoint(
-                train_dir, at, raw_model, optimizer, scheduler, state, is_main=False, **kwargs
-            )
-        accelerator.wait_for_everyone()
-        return path
-
-    def maybe_best(metrics: dict[str, float], at: int) -> None:
-        if metric not in metrics or not main:
-            return
-        value = metrics[metric]
-        best = state["best_metric"]
-        if best is None or (value > best if greater_is_better else value < best):
-            state["best_metric"], state["best_step"] = value, at
-            from safetensors.torch import save_model
-
-            tmp = best_path.with_name(f".{best_path.name}.tmp")
-            save_model(raw_model, str(tmp))
-            os.replace(tmp, best_path)
-
-    last_ckpt: Path | None = ckpt
-    micro_iter: Iterator[dict[str, torch.Tensor]] = batches.iterate(step * cfg.grad_accum)
-    bar = None
-    if main and cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=cfg.steps, initial=step, desc=desc, dynamic_ncols=True,
-            mininterval=0.5 if sys.stderr.isatty() else 30.0,
-        )  # fmt: skip
-    exhausted = False
-    window_loss, window_tokens, window_time, window_steps = 0.0, 0, 0.0, 0
-    parts_acc: dict[str, float] = {}
-    try:
-        while step < cfg.steps and not exhausted:
-            t0 = time.perf_counter()
-            step_loss, step_tokens = 0.0, 0
-            for micro in range(cfg.grad_accum):
-                try:
-                    batch = next(micro_iter)
-                except StopIteration:
-                    exhausted = True
-                    break
-                batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                sync = micro == cfg.grad_accum - 1
-                ctx = accelerator.no_sync(model) if not sync else nullcontext()
-                with ctx, accelerator.autocast():
-                    loss, parts = loss_fn(model, batch)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    where = (
-                        f"the last good checkpoint {last_ckpt} is kept" if last_ckpt else "no checkpoint yet"
-                    )
-                    raise BitDistillError(
-                        f"[{desc}] step {step + 1}: the loss is {value} (parts: {parts}); training stopped, "
-                        f"{where}. Lower train.lr, enable train.max_grad_norm or train.precision: fp32, "
-                        "or check the data; re-running resumes from the checkpoint."
-                    )
-                accelerator.backward(loss / cfg.grad_accum)
-                step_loss += value / cfg.grad_accum
-                step_tokens += _batch_tokens(batch)
-                for k, v in parts.items():
-                    parts_acc[k] = parts_acc.get(k, 0.0) + float(v) / cfg.grad_accum
-            if exhausted and step_tokens == 0:
-                break
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            _fault(f"{desc}:step:{step}")
-            dt = time.perf_counter() - t0
-            tokens = step_tokens * accelerator.num_processes
-            state["tokens"] += tokens
-            state["train_seconds"] += dt
-            if state["first_loss"] is None:
-                state["first_loss"] = step_loss
-            state["last_loss"] = step_loss
-            window_loss += step_loss
-            window_tokens += tokens
-            window_time += dt
-            window_steps += 1
-            if bar is not None:
-                bar.update(1)
-                run_left = eta.step(desc, tokens, dt)  # the whole run's time left, when one is tracked
-                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / max(dt, 1e-9):.0f}", **run_left)
-            done = step >= cfg.steps or exhausted
-            if step % cfg.log_every == 0 or done or step == 1:
-                record = {
-                    "step": step,
-                    "loss": window_loss / window_steps,
-                    "lr": scheduler.get_last_lr()[0],
-                    "tokens": state["tokens"],
-                    "tokens_per_s": window_tokens / max(window_time, 1e-9),
-                    **{k: v / window_steps for k, v in parts_acc.items()},
-                }
-                state["history"].append({"step": step, "loss": record["loss"]})
-                logger.log(record)
-                window_loss, window_tokens, window_time, window_steps = 0.0, 0, 0.0, 0
-                parts_acc = {}
-            if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done):
-                metrics = evaluate()
-                state["eval"] = metrics
-                logger.log({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
-                if bar is not None:
-                    bar.write(
-                        f"[{desc}] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                    )
-                maybe_best(metrics, step)
-            if step % cfg.save_every == 0 or done:
-                last_ckpt = checkpoint(step)
-    finally:
-        if bar is not None:
-            bar.close()
-        logger.close()
-
-    if step >= cfg.steps and eval_fn is not None and not state["eval"]:
-        # Resumed after the final checkpoint of a run whose eval was lost: evaluate once more.
-        state["eval"] = evaluate()
-    if cfg.select == "best" and best_path.is_file():
-        from safetensors.torch import load_model
-
-        load_model(raw_model, str(best_path), strict=False)
-        if hasattr(raw_model, "tie_weights"):
-            raw_model.tie_weights()
-    raw_model.eval()
-    return TrainResult(
-        steps=step,
-        tokens=int(state["tokens"]),
-        train_seconds=float(state["train_seconds"]),
-        tokens_per_second=state["tokens"] / max(state["train_seconds"], 1e-9),
-        first_loss=state["first_loss"],
-        last_loss=state["last_loss"],
-        best_metric=state["best_metric"],
-        eval=dict(state["eval"]),
-        history=list(state["history"]),
+    trainer = Trainer(
+        model, batches, loss_fn, cfg, Path(train_dir), eval_fn, metric, greater_is_better, desc, accelerator, fault
     )
+    return trainer.run()
 
 
 def result_dict(result: TrainResult) -> dict[str, Any]:
