@@ -143,12 +143,7 @@ def run_bench(
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "engines": {},
     }
-    if roofline:
-        from .roofline import read_bandwidth
-
-        bw = {n: read_bandwidth(n) for n in sorted({1, threads})}
-        results["machine"]["read_bandwidth_gb_s"] = {str(n): b / 1e9 for n, b in bw.items()}
-        log("read bandwidth: " + ", ".join(f"{b / 1e9:.1f} GB/s with {n} thread(s)" for n, b in bw.items()))
+    bw = _measure_bandwidth(threads, results, log) if roofline else None
     common = [
         "--threads",
         str(threads),
@@ -162,32 +157,13 @@ def run_bench(
     for eng in engines:
         log(f"running {eng} ...")
         load_before = os.getloadavg()
-        if eng.startswith("runtime-"):
-            bits, head = runtime_engine(eng, head_dtype)
-            r = _run_worker(["runtime", str(packed[head][bits]), *common], timeout=3600)
-            r["head_dtype"] = head
-            cfg = json.loads((packed[head][bits] / "config.json").read_text())["packed"]["arch"]
-            r["linear_bytes"] = cfg["linear_bytes_on_disk"]
-            r["linear_fp16_bytes"] = 2 * cfg["linear_params"]
-            r["linear_ratio_vs_fp16"] = r["linear_fp16_bytes"] / r["linear_bytes"]
-        elif eng.startswith("llamacpp-"):
-            gguf = prepare_llamacpp(spec, work, eng.split("-", 1)[1])
-            r = _run_worker(["llamacpp", str(gguf), *common], timeout=3600)
-            r["gguf_bytes"] = gguf.stat().st_size
-        else:
-            dtype = eng.split("-", 1)[1]
-            r = _run_worker(["torch", spec, *common, "--dtype", dtype], timeout=3600)
-        if roofline and eng.startswith("runtime-"):
-            from .roofline import decode_bytes_per_token
-
-            r["decode_bytes_per_token"] = decode_bytes_per_token(packed[head][bits])
-            r["roofline_tok_s"] = bw[threads] / r["decode_bytes_per_token"]
+        r = _run_engine(eng, spec, work, packed, head_dtype, common)
         r["loadavg_before"] = load_before
         r["loadavg_after"] = os.getloadavg()
         r["decode_tok_s"] = _summ(r.pop("decode"))
         r["prefill_tok_s"] = _summ(r.pop("prefill"))
-        if "roofline_tok_s" in r:
-            r["roofline_fraction"] = r["decode_tok_s"]["median"] / r["roofline_tok_s"]
+        if bw is not None and eng.startswith("runtime-"):
+            _add_roofline(r, packed, eng, head_dtype, bw[threads])
         results["engines"][eng] = r
         if out is not None:  # partial results survive an interrupted run
             write_json(results, out)
@@ -202,6 +178,45 @@ def run_bench(
         for r in results["engines"].values():
             r["decode_speedup_vs_torch_fp32"] = r["decode_tok_s"]["median"] / base
     return results
+
+
+def _run_engine(eng: str, spec: str, work: Path, packed: dict, head_dtype: str, common: list[str]) -> dict:
+    """One engine's worker run (decode/prefill tokens/s per run, peak RSS) plus its model sizes."""
+    if eng.startswith("runtime-"):
+        bits, head = runtime_engine(eng, head_dtype)
+        r = _run_worker(["runtime", str(packed[head][bits]), *common], timeout=3600)
+        r["head_dtype"] = head
+        cfg = json.loads((packed[head][bits] / "config.json").read_text())["packed"]["arch"]
+        r["linear_bytes"] = cfg["linear_bytes_on_disk"]
+        r["linear_fp16_bytes"] = 2 * cfg["linear_params"]
+        r["linear_ratio_vs_fp16"] = r["linear_fp16_bytes"] / r["linear_bytes"]
+    elif eng.startswith("llamacpp-"):
+        gguf = prepare_llamacpp(spec, work, eng.split("-", 1)[1])
+        r = _run_worker(["llamacpp", str(gguf), *common], timeout=3600)
+        r["gguf_bytes"] = gguf.stat().st_size
+    else:
+        r = _run_worker(["torch", spec, *common, "--dtype", eng.split("-", 1)[1]], timeout=3600)
+    return r
+
+
+def _measure_bandwidth(threads: int, results: dict, log) -> dict[int, float]:
+    """Read bandwidth (bytes/s) with 1 and `threads` threads, recorded in results["machine"]."""
+    from .roofline import read_bandwidth
+
+    bw = {n: read_bandwidth(n) for n in sorted({1, threads})}
+    results["machine"]["read_bandwidth_gb_s"] = {str(n): b / 1e9 for n, b in bw.items()}
+    log("read bandwidth: " + ", ".join(f"{b / 1e9:.1f} GB/s with {n} thread(s)" for n, b in bw.items()))
+    return bw
+
+
+def _add_roofline(r: dict, packed: dict, eng: str, head_dtype: str, bandwidth: float) -> None:
+    """A runtime engine's bytes per decode token, the decode speed they allow, and its fraction of that."""
+    from .roofline import decode_bytes_per_token
+
+    bits, head = runtime_engine(eng, head_dtype)
+    r["decode_bytes_per_token"] = decode_bytes_per_token(packed[head][bits])
+    r["roofline_tok_s"] = bandwidth / r["decode_bytes_per_token"]
+    r["roofline_fraction"] = r["decode_tok_s"]["median"] / r["roofline_tok_s"]
 
 
 def format_table(res: dict) -> str:
