@@ -4,8 +4,8 @@
     python benchmarks/bench_serve.py PACKED --clients 4 --duration 10 --classify-duration 5
 
 Three phases, one server process started by this script (`bitdistill serve`, loopback only):
-  1. in-process baseline: the runtime's label-word scorer over SST-2 dev sentences, one after another as
-     `bitdistill classify` runs them (no server), texts/s;
+  1. in-process baseline: the runtime's batched label-word scorer over SST-2 dev sentences in one call, as
+     `bitdistill classify` runs them (no server), texts/s (and the per-prompt scorer's, for reference);
   2. classify only: every client sends /v1/classify with --batch sentences per request, texts/s through
      the server, and its ratio to (1);
   3. mixed: every client picks /v1/completions (--max-tokens, sampled) or /v1/classify at random
@@ -48,7 +48,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--batch", type=int, default=8, help="texts per /v1/classify request")
     p.add_argument("--max-tokens", type=int, default=16, help="max_tokens of each completion")
-    p.add_argument("--baseline-texts", type=int, default=64, help="texts scored in-process for the baseline")
+    p.add_argument("--baseline-texts", type=int, default=256, help="texts scored in-process for the baseline")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -71,26 +71,32 @@ def sst2_texts() -> list[str]:
 
 
 def baseline(args, prompts: list[str]) -> dict:
-    """Texts per second of the runtime's scorer in this process: the figure the server is compared with."""
+    """Texts per second of the runtime's scorer in this process: the figure the server is compared with.
+    `batched` scores all the texts in one call (score_label_words_batch: many prompts per forward, as
+    `bitdistill classify` does); `one_by_one` is the per-prompt scorer, for reference."""
     from bitdistill.data.tasks import get_task
     from bitdistill.runtime.engine import load, load_tokenizer
-    from bitdistill.runtime.scoring import score_label_words
+    from bitdistill.runtime.scoring import score_label_words, score_label_words_batch
 
     engine, tok = load(args.packed, threads=args.threads), load_tokenizer(args.packed)
     words = get_task("sst2").label_words
-    for p in prompts[:4]:  # warm-up: first-touch of the weights, allocator
-        score_label_words(engine, tok, p, words)
+    texts = prompts[: args.baseline_texts]
+    score_label_words_batch(engine, tok, prompts[:16], words)  # warm-up: first-touch of the weights, allocator
     t0 = time.perf_counter()
-    for p in prompts[: args.baseline_texts]:
+    score_label_words_batch(engine, tok, texts, words)
+    batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for p in texts[:32]:
         score_label_words(engine, tok, p, words)
-    dt = time.perf_counter() - t0
+    one = (time.perf_counter() - t0) / min(32, len(texts))
     threads = engine.threads
     del engine
     gc.collect()
     return {
-        "texts": args.baseline_texts,
-        "seconds": dt,
-        "texts_per_s": args.baseline_texts / dt,
+        "texts": len(texts),
+        "seconds": batched,
+        "texts_per_s": len(texts) / batched,
+        "one_by_one_texts_per_s": 1 / one,
         "threads": threads,
     }
 
@@ -217,7 +223,8 @@ def table(res: dict) -> str:
     rows = [
         "| phase | requests/s | p50 s | p99 s | tokens/s | texts/s | 5xx | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
-        f"| in-process classify (baseline) | - | - | - | - | {f(b['texts_per_s'])} | - | - |",
+        f"| in-process classify, batched (baseline) | - | - | - | - | {f(b['texts_per_s'])} | - | - |",
+        f"| in-process classify, one prompt per call | - | - | - | - | {f(b['one_by_one_texts_per_s'])} | - | - |",
         f"| server, classify only ({res['config']['clients']} clients, batch {res['config']['batch']}) | "
         f"{f(c['requests_per_s'])} | {f(c['classify']['p50_s'])} | {f(c['classify']['p99_s'])} | - | "
         f"{f(c['classified_texts_per_s'])} | {c['errors_5xx']} | - |",
