@@ -39,8 +39,6 @@ ALLOWED_UPWARD: set[tuple[str, str]] = {
     # runtime/bench.py times llama.cpp beside the native engine; the benchmark belongs above export (issue
     # 15, left for the runtime's own restructuring while issues 12/13 change runtime/).
     ("runtime", "export"),
-    # serve/model.py reuses the CLI's classify/generate helpers; they move below both with the serve work.
-    ("serve", "cli"),
 }
 
 

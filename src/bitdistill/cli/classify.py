@@ -60,33 +60,11 @@ def _task(args, recorded):
     return task
 
 
-def check_words(tok, words: list[str]) -> None:
-    """Label words must encode to distinct token sequences without the unknown token."""
-    from ..runtime.scoring import encode
-
-    unk_token = getattr(tok.model, "unk_token", None)
-    unk = tok.token_to_id(unk_token) if unk_token else None
-    seen: dict[tuple[int, ...], str] = {}
-    for w in words:
-        ids = tuple(encode(tok, w, special=False))
-        if unk is not None and unk in ids:
-            raise BitDistillError(
-                f"label word {w!r} encodes to the unknown token {unk_token!r}; choose a word in the model's "
-                "vocabulary"
-            )
-        if ids in seen:
-            raise BitDistillError(
-                f"label words {seen[ids]!r} and {w!r} encode to the same tokens {list(ids)}; choose words "
-                "that differ"
-            )
-        seen[ids] = w
-
-
 def run(args: argparse.Namespace) -> int:
     from ..data.task_record import recorded_task
     from ..data.tasks import render
     from ..runtime.engine import load, load_tokenizer
-    from ..runtime.scoring import BATCH_TOKENS, iter_label_word_scores, score_label_words
+    from ..runtime.scoring import BATCH_TOKENS, check_words, iter_label_word_scores, score_label_words
 
     for flag in ("limit", "max_length", "batch_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:

@@ -29,13 +29,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def eos_ids(arch: dict) -> list[int]:
-    eos = arch.get("eos_token_id")
-    if isinstance(eos, int):
-        return [eos]
-    return [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
-
-
 def check_sampling(args: argparse.Namespace) -> None:
     from ..errors import BitDistillError
 
@@ -74,7 +67,7 @@ def fit_context(n_prompt: int, max_new: int, arch: dict) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
-    from ..runtime.engine import GenerationStats, SamplingParams, load, load_tokenizer
+    from ..runtime.engine import GenerationStats, SamplingParams, eos_ids, load, load_tokenizer
     from ..runtime.scoring import encode
 
     check_sampling(args)

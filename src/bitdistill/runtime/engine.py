@@ -334,6 +334,14 @@ class Engine:
         return out, stats
 
 
+def eos_ids(arch: dict) -> list[int]:
+    """The end-of-sequence token ids a packed model's config names (one id or a list)."""
+    eos = arch.get("eos_token_id")
+    if isinstance(eos, int):
+        return [eos]
+    return [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+
+
 def load(path: str | os.PathLike, threads: int | None = None, kv_dtype: str = "fp32") -> Engine:
     """Load and validate a packed directory and bind it to the native runtime: one call, ready to run.
 

@@ -21,6 +21,26 @@ def encode(tokenizer, text: str, special: bool = True) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=special).ids)
 
 
+def check_words(tok, words: list[str]) -> None:
+    """Label words must encode to distinct token sequences without the unknown token."""
+    unk_token = getattr(tok.model, "unk_token", None)
+    unk = tok.token_to_id(unk_token) if unk_token else None
+    seen: dict[tuple[int, ...], str] = {}
+    for w in words:
+        ids = tuple(encode(tok, w, special=False))
+        if unk is not None and unk in ids:
+            raise BitDistillError(
+                f"label word {w!r} encodes to the unknown token {unk_token!r}; choose a word in the model's "
+                "vocabulary"
+            )
+        if ids in seen:
+            raise BitDistillError(
+                f"label words {seen[ids]!r} and {w!r} encode to the same tokens {list(ids)}; choose words "
+                "that differ"
+            )
+        seen[ids] = w
+
+
 def target_ids(tokenizer, prompt: str, target: str, prompt_ids: list[int]) -> list[int]:
     joint = encode(tokenizer, prompt + target)
     n = len(prompt_ids)

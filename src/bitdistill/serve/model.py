@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.classify import check_words
-from ..cli.generate import eos_ids
 from ..data.task_flags import label_continuations, parse_labels, task_from_flags, unescape
 from ..data.tasks import Task, get_task, render
 from ..errors import BitDistillError
-from ..runtime.engine import Engine, load, load_tokenizer
+from ..runtime.engine import Engine, eos_ids, load, load_tokenizer
 from ..runtime.sampling import SamplingParams
-from ..runtime.scoring import encode, iter_label_word_scores
+from ..runtime.scoring import check_words, encode, iter_label_word_scores
 from .chat import load_chat_template
 from .errors import APIError
 from .text import Detokenizer, StopScanner
