@@ -1,4 +1,4 @@
-"""Benchmark the native runtime against PyTorch eager on the same model (see bitdistill.runtime.bench).
+"""Benchmark the native runtime against PyTorch eager on the same model (see bitdistill.bench.engines).
 
     python benchmarks/bench_runtime.py --model qwen3-0.6b --threads 2 --runs 5
     python benchmarks/bench_runtime.py --model smollm2-135m

@@ -1,7 +1,7 @@
 """Task accuracy of a trained model through the runtime, per head / embedding dtype, against the torch model.
 
 Inputs (produced by the commands in docs/runtime.md, "Fidelity"): the torch reference, one JSON line from
-`python src/bitdistill/runtime/_bench_worker.py classify-torch MODEL_DIR --data DIR --max-length 512` (its
+`python src/bitdistill/bench/_worker.py classify-torch MODEL_DIR --data DIR --max-length 512` (its
 per-sentence predictions and labels), and per packed variant the `--out` file of `bitdistill classify
 PACKED --max-length 512` (JSON lines with "pred" and "label"). Prints a table and writes JSON.
 

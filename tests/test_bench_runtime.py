@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bitdistill.bench import classify as classify_bench
+from bitdistill.bench.roofline import read_bandwidth
 from bitdistill.cli import main
-from bitdistill.runtime import classify_bench
 from bitdistill.runtime.native import lib, ptr
-from bitdistill.runtime.roofline import read_bandwidth
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scaling:
         return run_scaling(args)
     args.runs = 5 if args.runs is None else args.runs
-    from ..runtime.bench import format_table, llamacpp_engines, run_bench, write_json
+    from ..bench.engines import format_table, llamacpp_engines, run_bench, write_json
 
     if args.engines is None:
         engines = ENGINES[:6] + llamacpp_engines()
@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_classify(args: argparse.Namespace) -> int:
     from .._threads import check_threads
+    from ..bench.classify import format_classify_table, run_classify_bench
+    from ..bench.engines import write_json
     from ..errors import BitDistillError
-    from ..runtime.bench import write_json
-    from ..runtime.classify_bench import format_classify_table, run_classify_bench
 
     args.runs = 1 if args.runs is None else args.runs
     for flag in ("runs", "limit", "batch_tokens", "batch_size"):
@@ -127,9 +127,9 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def run_scaling(args: argparse.Namespace) -> int:
     from .._threads import check_threads
+    from ..bench.engines import prepare, write_json
+    from ..bench.scaling import format_scaling_table, run_scaling_bench
     from ..errors import BitDistillError
-    from ..runtime.bench import prepare, write_json
-    from ..runtime.scaling_bench import format_scaling_table, run_scaling_bench
 
     args.runs = 5 if args.runs is None else args.runs
     if min(args.prefill, args.decode, args.runs) < 1:

@@ -1,4 +1,4 @@
-"""One benchmark measurement in a fresh process (run as a script by bitdistill.runtime.bench).
+"""One benchmark measurement in a fresh process (run as a script by bitdistill.bench.engines).
 
 `runtime PACKED_DIR ...`: the native engine, loaded without importing torch (the package __init__ files
 that pull torch in are bypassed with namespace stubs; the worker asserts torch never loaded).
@@ -18,8 +18,8 @@ import time
 import types
 from pathlib import Path
 
-# Run as a script, this file's directory heads sys.path, where kernels.py would shadow the `kernels`
-# package transformers probes for; drop it (the package is imported by its full name below).
+# Run as a script, this file's directory heads sys.path, where its modules could shadow packages of the same
+# name that transformers probes for; drop it (the package is imported by its full name below).
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
@@ -89,7 +89,7 @@ def _runtime(args) -> dict:
 def _torch(args) -> dict:
     import torch
 
-    from bitdistill.runtime.bench import build_fp_model
+    from bitdistill.bench.engines import build_fp_model
 
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -156,8 +156,8 @@ def _classify_runtime(args) -> dict:
 def _classify_torch(args) -> dict:
     import torch
 
+    from bitdistill.bench.engines import build_fp_model
     from bitdistill.data.scoring import score_label_words
-    from bitdistill.runtime.bench import build_fp_model
 
     torch.set_num_threads(args.threads)
     model, tok = build_fp_model(args.target)

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-WORKER = Path(__file__).with_name("_bench_worker.py")
+WORKER = Path(__file__).with_name("_worker.py")
 QWEN3_SHAPE = dict(
     vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, max_position_embeddings=40960,
@@ -49,7 +49,7 @@ def build_fp_model(spec: str, dtype=None):
 def prepare(spec: str, work: Path, head_dtype: str = "int8") -> dict[str, Path]:
     """Pack the model at 2 and 1.58 bits under `work` (reused when present); returns {bits: dir}."""
     from ..model.convert import is_bitnet, to_bitnet
-    from .packed import pack_model
+    from ..runtime.packed import pack_model
 
     out = {b: work / f"packed-{b}-{head_dtype}" for b in ("2", "1.58")}
     if all((d / "config.json").is_file() for d in out.values()):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .native import lib, ptr
+from ..runtime.native import lib, ptr
 
 BUFFER_MIB = 512  # far beyond any last-level cache, so the reads come from DRAM
 
@@ -31,7 +31,7 @@ def read_bandwidth(threads: int, mib: int = BUFFER_MIB, reps: int = 5) -> float:
 def decode_bytes_per_token(packed_dir: str | Path) -> int:
     """Bytes one decode step reads: every tensor of the packed model except the input embedding, of which it
     reads one row (when the head is tied to the embedding, the embedding is read whole as the head)."""
-    from .packed import load_packed
+    from ..runtime.packed import load_packed
 
     pm = load_packed(packed_dir)
     total = 0

@@ -46,8 +46,8 @@ def _one_run(engine, prompt: list[int], decode: int) -> tuple[float, float]:
 
 def run_scaling_bench(packed: Path, threads: int = 2, prefill: int = 128, decode: int = 64, runs: int = 5,
                       log=print) -> dict:  # fmt: skip
-    from .engine import load
-    from .native import SIMD_NAMES, simd_level
+    from ..runtime.engine import load
+    from ..runtime.native import SIMD_NAMES, simd_level
 
     counts = sorted({1, threads})
     engines = {n: load(packed, threads=n) for n in counts}

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from .bench import _run_worker, _summ, prepare, write_json
+from .engines import _run_worker, _summ, prepare, write_json
 
 ENGINES = ("runtime-2", "torch-fp32", "torch-bitnet")
 REFERENCE = "torch-bitnet"
