@@ -126,7 +126,7 @@ def packed_with_shape(m, d: Path) -> str:
 def nan_head_packed(m, d: Path) -> str:
     """A packed model whose LM head holds a NaN, packed through the API (the CLI refuses to pack it)."""
     from bitdistill.model.io import load
-    from bitdistill.runtime.packed import pack_model
+    from bitdistill.runtime.pack_writer import pack_model
 
     model = load(m.bitnet)
     with torch.no_grad():
@@ -545,3 +545,30 @@ def test_export_from_packed_equals_the_directory_export_only_with_fp32_embedding
         got = tensors(tmp_path / f"{dtype}.gguf")
         differ = sorted(n for n in ref if not np.array_equal(ref[n], got[n]))
         assert differ == ([] if dtype == "fp32" else ["token_embd.weight"]), (dtype, differ)
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
+    """ENOSPC anywhere in the exception chain (torch wraps it in a RuntimeError) is one line, exit 1;
+    any other OSError still propagates as the bug it is."""
+    import errno
+
+    import bitdistill.cli.inspect as inspect_cli
+    from bitdistill.cli import main
+
+    def full(args):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from err
+
+    monkeypatch.setattr(inspect_cli, "run", full)
+    assert main(["inspect", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full" in err and "GiB free" in err
+
+    def other(args):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(inspect_cli, "run", other)
+    with pytest.raises(OSError):
+        main(["inspect", "x"])

@@ -8,9 +8,11 @@ automatically, so adding a command is adding a file.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
+import shutil
 import sys
 
 # Idle OpenMP threads sleep instead of spinning. libgomp reads this once, when torch loads it, so it is set
@@ -52,6 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bitdistill {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        free = shutil.disk_usage(os.getcwd()).free / 2**30
+        print(f"bitdistill {args.command}: error: the disk is full ({free:.1f} GiB free under {os.getcwd()}); "
+              "free space and run the command again (finished stages and checkpoints were written atomically "
+              "and are kept)", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether `err` (or an exception it was raised from or during) is a write that ran out of space. torch
+    reports a full disk as a RuntimeError from its C++ stream ("iostream error") with the OSError lost."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if isinstance(e, RuntimeError) and "iostream error" in str(e) and shutil.disk_usage(os.getcwd()).free < 2**30:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 if __name__ == "__main__":
