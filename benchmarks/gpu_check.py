@@ -136,7 +136,7 @@ def run_check(
             rows[stage]["metrics"] = {s: result["stages"][s].get("eval") for s in result["stages"]}
     t0 = time.perf_counter()
     from bitdistill.model.hub import load_any
-    from bitdistill.runtime.packed import pack_model
+    from bitdistill.runtime.pack_writer import pack_model
 
     student, tok = load_any(root / "run" / "distill" / "model")
     packed = pack_model(

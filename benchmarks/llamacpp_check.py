@@ -132,7 +132,7 @@ def runtime_tokens(model, tok, ids: list[int], n: int, work: Path, threads: int,
     """Greedy tokens and decode speed of the native runtime on the same model (2-bit, fp32 head)."""
     try:
         from bitdistill.runtime.engine import load as load_engine
-        from bitdistill.runtime.packed import pack_model
+        from bitdistill.runtime.pack_writer import pack_model
 
         packed = pack_model(model, work / "packed-fp32head", bits="2", head_dtype="fp32", tokenizer=tok)
         eng = load_engine(packed, threads=threads)

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from bitdistill.errors import BitDistillError
 from bitdistill.model.convert import to_bitnet
 from bitdistill.runtime.engine import load, load_tokenizer
-from bitdistill.runtime.packed import pack_model
+from bitdistill.runtime.pack_writer import pack_model
 from bitdistill.runtime.scoring import score_label_words, score_label_words_batch
 from test_kernels import simd  # noqa: F401 - the per-SIMD-level fixture
 from tiny_models import tiny_model

@@ -34,7 +34,8 @@ from bitdistill.errors import BitDistillError
 from bitdistill.model.convert import to_bitnet
 from bitdistill.quant.numerics import ternarize
 from bitdistill.runtime.engine import SamplingParams, load
-from bitdistill.runtime.packed import load_packed, pack_model, unpack_weight
+from bitdistill.runtime.pack_writer import pack_model
+from bitdistill.runtime.packed import load_packed, unpack_weight
 
 SMALL = dict(
     vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,

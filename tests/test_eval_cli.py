@@ -124,7 +124,7 @@ def test_eval_packed_dir_on_native_runtime(tmp_path):
     import numpy as np
 
     from bitdistill.runtime.engine import load
-    from bitdistill.runtime.packed import pack_model
+    from bitdistill.runtime.pack_writer import pack_model
 
     model = bitdistill.to_bitnet(tiny_model("llama", seed=2)).eval()
     tok = tiny_tokenizer()
@@ -161,7 +161,7 @@ def test_eval_packed_summarization_greedy(tmp_path):
     from bitdistill.eval.generate import prompt_ids
     from bitdistill.eval.metrics import summarization_metrics
     from bitdistill.runtime.engine import load
-    from bitdistill.runtime.packed import pack_model
+    from bitdistill.runtime.pack_writer import pack_model
 
     data = tmp_path / "sum.jsonl"
     rows = [{"doc": "w5 w6 w7 w8", "sum": "w6 w7"}, {"doc": "w9 w10", "sum": "w10 w11 w12"}]

@@ -406,7 +406,7 @@ def test_llama_cpp_runs_the_export_when_installed(tmp_path, tokenizer, family, s
 
 @pytest.mark.parametrize("bits", ["2", "1.58"])
 def test_packed_directory_exports_the_same_ternary_tensors(tmp_path, tokenizer, bits):
-    from bitdistill.runtime.packed import pack_model
+    from bitdistill.runtime.pack_writer import pack_model
 
     cfg = LlamaConfig(intermediate_size=512, tie_word_embeddings=True, **SMALL)
     model, d = make_dir(tmp_path, tokenizer, cfg, granularity="channel")
@@ -450,7 +450,7 @@ def test_packed_q4_head_exports_its_4bit_values(tmp_path, tokenizer):
     """A model packed with the runtime's q4 head exports the embedding it holds: each value within one Q4_0
     step d = max|w| / 8 of its 64-column group (half a step from rounding, a whole one where -max clips to
     q = 7) of the trained float embedding; the linears are exact."""
-    from bitdistill.runtime.packed import pack_model
+    from bitdistill.runtime.pack_writer import pack_model
 
     cfg = LlamaConfig(intermediate_size=512, tie_word_embeddings=True, **SMALL)
     model, d = make_dir(tmp_path, tokenizer, cfg)

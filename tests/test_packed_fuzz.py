@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 from bitdistill.errors import BitDistillError
 from bitdistill.model.convert import to_bitnet
 from bitdistill.runtime.engine import Engine, load
-from bitdistill.runtime.packed import load_packed, pack_model
+from bitdistill.runtime.pack_writer import pack_model
+from bitdistill.runtime.packed import load_packed
 
 
 @pytest.fixture(scope="module", params=["2", "1.58"])

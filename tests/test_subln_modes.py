@@ -21,7 +21,8 @@ from bitdistill.model.io import save
 from bitdistill.model.summary import format_summary, summarize
 from bitdistill.runtime.engine import load
 from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, set_simd, simd_level
-from bitdistill.runtime.packed import load_packed, pack_model
+from bitdistill.runtime.pack_writer import pack_model
+from bitdistill.runtime.packed import load_packed
 from test_engine import _compare, _model
 
 LEVELS = {"vnni": SIMD_VNNI, "avx2": SIMD_AVX2, "scalar": SIMD_SCALAR}

@@ -29,7 +29,7 @@ def build_packed(root: Path, chat: bool = True, seed: int = 0, nan_head: bool = 
     `nan_head` puts a NaN in the LM head (the runtime refuses to sample from NaN logits)."""
     from bitdistill.model import to_bitnet
     from bitdistill.model.io import save
-    from bitdistill.runtime.packed import pack_model
+    from bitdistill.runtime.pack_writer import pack_model
 
     tok = tiny_tokenizer(128)
     if chat:

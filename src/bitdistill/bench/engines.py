@@ -49,7 +49,7 @@ def build_fp_model(spec: str, dtype=None):
 def prepare(spec: str, work: Path, head_dtype: str = "int8") -> dict[str, Path]:
     """Pack the model at 2 and 1.58 bits under `work` (reused when present); returns {bits: dir}."""
     from ..model.convert import is_bitnet, to_bitnet
-    from ..runtime.packed import pack_model
+    from ..runtime.pack_writer import pack_model
 
     out = {b: work / f"packed-{b}-{head_dtype}" for b in ("2", "1.58")}
     if all((d / "config.json").is_file() for d in out.values()):

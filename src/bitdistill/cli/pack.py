@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..model.convert import is_bitnet, to_bitnet
     from ..model.hub import load_any
-    from ..runtime.packed import load_packed, pack_model
+    from ..runtime.pack_writer import pack_model
+    from ..runtime.packed import load_packed
 
     model, tok = load_any(args.model)
     for name, tensor in model.state_dict().items():

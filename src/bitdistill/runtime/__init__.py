@@ -8,7 +8,8 @@
 """
 
 from .engine import Engine, GenerationStats, load, load_tokenizer
-from .packed import PackedModel, load_packed, pack_model
+from .pack_writer import pack_model
+from .packed import PackedModel, load_packed
 from .sampling import SamplingParams
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The packed model directory: write it from a converted (BitNet) model, read and validate it without torch.
+"""The packed model directory: its format, and reading and validating it without torch (pack_writer.py writes it).
 
 A packed directory holds
   config.json        the HF config, the "bitdistill" conversion settings, and a "packed" key with the format
@@ -24,17 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import atomic_dir
 from ..errors import BitDistillError
 from ..quant.packing import (
     BLOCK,
     base3_to_2bit,
     has_invalid_2bit_code,
-    pack_2bit,
-    pack_base3,
     packed_2bit_shape,
     packed_base3_shape,
-    quantize_rows_int8,
 )
 
 # 2: "arch.subln" is a mode ("o_down", "all", "none") instead of a bool; version-1 files (true = o_down,
@@ -68,7 +64,7 @@ class PackedModel:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# writing (needs torch; imported lazily so the runtime itself never imports it)
+# format pieces the writer (pack_writer.py) and the reader share
 
 
 def _linear_dims(arch: dict) -> dict[str, tuple[int, int]]:
@@ -79,21 +75,6 @@ def _linear_dims(arch: dict) -> dict[str, tuple[int, int]]:
         arch["inter"],
     )
     return {"q": (qd, h), "k": (kvd, h), "v": (kvd, h), "o": (h, qd), "gate": (inter, h), "up": (inter, h), "down": (h, inter)}  # fmt: skip
-
-
-def _dense_to_numpy(w, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
-    import torch
-
-    w = w.detach().float().cpu()
-    if dtype == "fp32":
-        return w.numpy().copy(), None
-    if dtype == "fp16":
-        return w.half().numpy().copy(), None
-    if dtype == "bf16":
-        return w.bfloat16().view(torch.int16).numpy().view(np.uint16).copy(), None
-    if dtype == "q4":
-        return quantize_rows_q4(w.numpy())
-    return quantize_rows_int8(w.numpy())
 
 
 def quantize_rows_q4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,200 +116,6 @@ def dequantize_dense(t: dict[str, np.ndarray], name: str, dtype: str, k: int) ->
         c = np.concatenate([w.reshape(n, -1, 32) & 15, w.reshape(n, -1, 32) >> 4], axis=2).astype(np.float32)
         return ((c - 8) * t[dense_scale_name(name, dtype)][..., None]).reshape(n, -1)[:, :k]
     return w.astype(np.float32)
-
-
-def _rope_tables(model, family: str) -> dict[str, tuple[np.ndarray, float]]:
-    rot = model.get_submodule("model.rotary_emb")
-    tables = {}
-    if family == "gemma3":
-        for lt in rot.layer_types:
-            tables[lt] = (getattr(rot, f"{lt}_inv_freq"), float(getattr(rot, f"{lt}_attention_scaling")))
-    else:
-        tables["default"] = (rot.inv_freq, float(rot.attention_scaling))
-    return {k: (v.detach().float().cpu().numpy().copy(), s) for k, (v, s) in tables.items()}
-
-
-def pack_model(
-    model,
-    out_dir: str | os.PathLike,
-    bits: str = "2",
-    head_dtype: str = "int8",
-    embed_dtype: str | None = None,
-    tokenizer=None,
-) -> Path:
-    """Write a converted (BitNet) model as a packed directory; returns its path. Atomic: temp dir + rename."""
-    import torch
-
-    from ..model.adapters import adapter_for
-    from ..model.convert import is_bitnet, settings_of
-    from ..quant.numerics import ternarize
-
-    bits = str(bits)
-    if bits not in BITS:
-        raise BitDistillError(f"--bits {bits!r}: choose 2 or 1.58")
-    embed_dtype = embed_dtype or head_dtype
-    for name, d in (("head dtype", head_dtype), ("embedding dtype", embed_dtype)):
-        if d not in DENSE_DTYPES:
-            raise BitDistillError(f"{name} {d!r}: choose one of {', '.join(DENSE_DTYPES)}")
-    if not is_bitnet(model):
-        raise BitDistillError(
-            "the model is not converted to BitNet (config.bitdistill is missing); pack a directory written "
-            "by bitdistill convert/train, or pass --convert to ternarize a full-precision model as is"
-        )
-    settings = settings_of(model)
-    if not settings.quantize_activations:
-        raise BitDistillError("the runtime needs int8 activations; this model was converted with them off")
-    if settings.granularity == "group" and settings.group_size % BLOCK:
-        raise BitDistillError(
-            f"group_size={settings.group_size}: the native kernels need a multiple of {BLOCK}; re-convert with "
-            "granularity=tensor/channel or group_size a multiple of 128"
-        )
-    adapter = adapter_for(model)
-    family = adapter.family
-    cfg = model.config
-    blocks = adapter.blocks(model)
-    attn0 = adapter.attention(blocks[0])
-    n_heads, n_kv = (
-        cfg.num_attention_heads,
-        getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-    )
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    act_name = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu")
-    if act_name not in ACTS:
-        raise BitDistillError(f"activation {act_name!r} is not supported by the runtime ({', '.join(ACTS)})")
-    emb = model.get_input_embeddings()
-    head = model.get_output_embeddings()
-    tied = head.weight.data_ptr() == emb.weight.data_ptr()
-    gemma = family == "gemma3"
-    rope = _rope_tables(model, family)
-    arch = {
-        "family": family,
-        "n_layers": len(blocks),
-        "hidden": cfg.hidden_size,
-        "n_heads": n_heads,
-        "n_kv": n_kv,
-        "head_dim": head_dim,
-        "inter": cfg.intermediate_size,
-        "vocab": emb.weight.shape[0],
-        "act": ACTS[act_name],
-        "eps": float(cfg.rms_norm_eps),
-        "attn_scale": float(attn0.scaling),
-        "embed_scale": float(getattr(emb, "embed_scale", torch.tensor(1.0)).to(emb.weight.dtype).float())
-        if gemma
-        else 1.0,
-        "final_softcap": float(getattr(cfg, "final_logit_softcapping", None) or 0.0),
-        "attn_softcap": float(getattr(cfg, "attn_logit_softcapping", None) or 0.0),
-        "tied": bool(tied),
-        "head_dtype": head_dtype,
-        "embed_dtype": embed_dtype,
-        "bits": bits,
-        "granularity": settings.granularity,
-        "group_size": settings.group_size,
-        "subln": settings.subln,
-        "sandwich_norms": gemma,
-        "qk_norm": adapter.has_qk_norm,
-        "rope_scale": {k: s for k, (_, s) in rope.items()},
-        "layer_rope": [],
-        "layer_window": [],
-        "bias": {},
-        "bos_token_id": getattr(cfg, "bos_token_id", None),
-        "eos_token_id": getattr(cfg, "eos_token_id", None),
-        "max_position_embeddings": int(getattr(cfg, "max_position_embeddings", 0) or 0),
-    }
-    norm_w = (lambda m: (1.0 + m.weight.detach().float()).numpy().copy()) if gemma else (
-        lambda m: m.weight.detach().float().numpy().copy()
-    )  # fmt: skip
-    tensors: dict[str, np.ndarray] = {}
-    for name, (table, _) in rope.items():
-        tensors[f"rope.{name}.inv_freq"] = table
-    linear_bytes = 0
-    dims = _linear_dims(arch)
-    for i, block in enumerate(blocks):
-        attn, mlp = adapter.attention(block), adapter.feed_forward(block)
-        layer_type = (getattr(cfg, "layer_types", None) or ["full_attention"] * len(blocks))[i]
-        arch["layer_rope"].append(layer_type if gemma else "default")
-        window = cfg.sliding_window if family == "mistral" else getattr(attn, "sliding_window", None)
-        arch["layer_window"].append(int(window or 0))
-        mods = {
-            "q": getattr(attn, adapter.q), "k": getattr(attn, adapter.k), "v": getattr(attn, adapter.v),
-            "o": getattr(attn, adapter.o), "gate": getattr(mlp, adapter.gate), "up": getattr(mlp, adapter.up),
-            "down": getattr(mlp, adapter.down),
-        }  # fmt: skip
-        for lname, mod in mods.items():
-            if tuple(mod.weight.shape) != dims[lname]:
-                raise BitDistillError(
-                    f"layer {i} {lname}: weight shape {tuple(mod.weight.shape)} != {dims[lname]} implied by "
-                    "the config; this architecture variant is not supported by the runtime"
-                )
-            q, delta = ternarize(mod.weight, settings.granularity, settings.group_size)
-            qn = q.numpy()
-            packed = pack_2bit(qn) if bits == "2" else pack_base3(qn)
-            linear_bytes += packed.nbytes
-            p = f"layers.{i}.{lname}"
-            tensors[f"{p}.packed"] = packed
-            d = delta.float().numpy()
-            if settings.granularity == "tensor":
-                tensors[f"{p}.scale"] = d.reshape(1).copy()
-            elif settings.granularity == "channel":
-                tensors[f"{p}.scale"] = d.reshape(-1).copy()
-            else:
-                tensors[f"{p}.scale"] = d.reshape(d.shape[0], -1).copy()
-            if mod.bias is not None:
-                tensors[f"{p}.bias"] = mod.bias.detach().float().numpy().copy()
-                arch["bias"][lname] = True
-            sub = getattr(mod, "sub_norm", None)
-            if (sub is not None) != (lname in SUBLN_LINEARS[settings.subln]):
-                raise BitDistillError(
-                    f"layer {i} {lname}: {'has' if sub is not None else 'lacks'} a SubLN norm, which contradicts "
-                    f"the recorded subln={settings.subln!r}; re-convert the model with bitdistill convert"
-                )
-            if sub is not None:
-                if abs(sub.eps - arch["eps"]) > 1e-12:
-                    raise BitDistillError(f"layer {i} {lname}: SubLN eps {sub.eps} differs from rms_norm_eps")
-                tensors[f"{p}.sub_norm"] = sub.weight.detach().float().numpy().copy()
-        p = f"layers.{i}"
-        tensors[f"{p}.attn_norm"] = norm_w(block.input_layernorm)
-        if gemma:
-            tensors[f"{p}.post_attn_norm"] = norm_w(block.post_attention_layernorm)
-            tensors[f"{p}.ffn_norm"] = norm_w(block.pre_feedforward_layernorm)
-            tensors[f"{p}.post_ffn_norm"] = norm_w(block.post_feedforward_layernorm)
-        else:
-            tensors[f"{p}.ffn_norm"] = norm_w(block.post_attention_layernorm)
-        if adapter.has_qk_norm:
-            tensors[f"{p}.q_norm"] = norm_w(attn.q_norm)
-            tensors[f"{p}.k_norm"] = norm_w(attn.k_norm)
-    tensors["norm"] = norm_w(model.get_submodule("model.norm"))
-    tensors["embed"], escale = _dense_to_numpy(emb.weight, embed_dtype)
-    if escale is not None:
-        tensors[dense_scale_name("embed", embed_dtype)] = escale
-    if not tied or head_dtype != embed_dtype:
-        arch["tied"] = False
-        tensors["head"], hscale = _dense_to_numpy(head.weight, head_dtype)
-        if hscale is not None:
-            tensors[dense_scale_name("head", head_dtype)] = hscale
-    arch["linear_bytes_on_disk"] = linear_bytes
-    arch["linear_params"] = sum(n * k for n, k in dims.values()) * len(blocks)
-    return _write_dir(model, out_dir, arch, tensors, tokenizer)
-
-
-def _write_dir(model, out_dir, arch: dict, tensors: dict[str, np.ndarray], tokenizer) -> Path:
-    from safetensors.numpy import save_file
-
-    out = Path(out_dir)
-    with atomic_dir(out) as tmp:  # a killed pack leaves nothing a re-run does not clean or restore
-        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "bitdistill-packed"})
-        config = json.loads(model.config.to_json_string())
-        config["packed"] = {
-            "format_version": PACKED_FORMAT_VERSION,
-            "arch": arch,
-            "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
-            "weights_crc32": _crc32(tmp / WEIGHTS_NAME),
-        }
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-    return out
 
 
 def _crc32(path: Path) -> int:
