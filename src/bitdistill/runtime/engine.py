@@ -38,7 +38,7 @@ from .native import (
     ptr,
     usable_cores,
 )
-from .packed import PackedModel, _linear_dims, load_packed
+from .packed import PackedModel, _linear_dims, dense_scale_name, load_packed
 from .sampling import SamplingParams, sample
 
 _DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8, "q4": Q4}
@@ -49,9 +49,9 @@ KV_DTYPES = ("fp32", "fp16")
 GREEDY = SamplingParams()
 
 
-def _dense_scale(t: dict[str, np.ndarray], name: str) -> np.ndarray | None:
-    """Row scales of an int8 matrix, group scales of a q4 one, None for float dtypes."""
-    return t.get(f"{name}.scale", t.get(f"{name}.gscale"))
+def _dense_scale(t: dict[str, np.ndarray], name: str, dtype: str) -> np.ndarray | None:
+    """Row scales of an int8 matrix, group scales of a q4 one (named by the format), None for float dtypes."""
+    return t.get(dense_scale_name(name, dtype))
 
 
 @dataclass
@@ -152,14 +152,15 @@ class Engine:
             lay.rope_scale = a["rope_scale"][rope]
             lay.window = a["layer_window"][i]
         head_key = "embed" if a["tied"] else "head"
+        head_dtype = a["embed_dtype" if a["tied"] else "head_dtype"]
         self._model = Model(
             n_layers=a["n_layers"], hidden=a["hidden"], n_heads=a["n_heads"], n_kv=a["n_kv"],
             head_dim=a["head_dim"], inter=a["inter"], vocab=a["vocab"], act=_ACTS[a["act"]],
             eps=a["eps"], attn_scale=a["attn_scale"], embed_scale=a["embed_scale"],
             final_softcap=a["final_softcap"], attn_softcap=a["attn_softcap"],
-            embed_dtype=_DTYPES[a["embed_dtype"]], head_dtype=_DTYPES[a["head_dtype" if not a["tied"] else "embed_dtype"]],
-            embed=ptr(t["embed"]), embed_rscale=fptr(_dense_scale(t, "embed")),
-            head=ptr(t[head_key]), head_rscale=fptr(_dense_scale(t, head_key)),
+            embed_dtype=_DTYPES[a["embed_dtype"]], head_dtype=_DTYPES[head_dtype],
+            embed=ptr(t["embed"]), embed_rscale=fptr(_dense_scale(t, "embed", a["embed_dtype"])),
+            head=ptr(t[head_key]), head_rscale=fptr(_dense_scale(t, head_key, head_dtype)),
             final_norm=fptr(t["norm"]), layers=self._layers,
         )  # fmt: skip
         self._pick = ThreadPicker(self.threads)
