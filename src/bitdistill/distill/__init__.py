@@ -7,6 +7,8 @@ from .losses import (
     distill_loss,
     logits_kd_loss,
     target_mask,
+    target_positions,
+    task_ce,
     valid_relation_heads,
 )
 
@@ -18,5 +20,7 @@ __all__ = [
     "logits_kd_loss",
     "projection_modules",
     "target_mask",
+    "target_positions",
+    "task_ce",
     "valid_relation_heads",
 ]

@@ -24,6 +24,7 @@ and in their query / key-value widths (GQA): each side uses its own d_r.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -181,7 +182,9 @@ def attention_relation_loss(
             log_s = _cosine_relation_log_probs(xs, num_relation_heads, f"student {name}")
             part = (log_t.exp() * (log_t - log_s)).sum(dim=-1).mean()  # batchmean over B·A_r·T rows
         else:
-            log_t = _scaled_relation_log_probs(xt.detach(), num_relation_heads, key_mask, causal, f"teacher {name}")
+            log_t = _scaled_relation_log_probs(
+                xt.detach(), num_relation_heads, key_mask, causal, f"teacher {name}"
+            )
             log_s = _scaled_relation_log_probs(xs, num_relation_heads, key_mask, causal, f"student {name}")
             # KL over keys; masked keys have p_t = 0 exactly and finite logs, so they add 0.
             kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # [B, A, T]
@@ -204,6 +207,45 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
     )
+
+
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sorted positions t whose logits some row's cross-entropy reads (labels[:, t + 1] != -100).
+
+    Task batches are right-padded and length-grouped, so the targets of all rows sit in a few of the
+    batch's ~20-40 columns: only those need the vocabulary projection.
+    """
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+
+
+def causal_lm_loss_at(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`causal_lm_loss` for logits [B, P, V] computed only at `positions` (see `target_positions`)."""
+    targets = labels[:, positions + 1]
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def _keeps_logit_subset(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes transformers' `logits_to_keep` (every HF causal LM of ours does)."""
+    while hasattr(model, "module"):  # DDP and accelerate wrappers forward to `.module`
+        model = model.module
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def task_ce(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the target tokens of `batch` (input_ids, attention_mask, labels) under `model`.
+
+    Equal to `causal_lm_loss(model(...).logits, labels)`, but the LM head runs only at the positions the
+    loss reads when the model supports it: on SmolLM2 the 49k-word head is ~20 % of a forward's matmuls
+    and its float32 log-softmax over every token is pure waste for a one-word label.
+    """
+    labels = batch["labels"]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if not _keeps_logit_subset(model):
+        return causal_lm_loss(model(**inputs).logits, labels)
+    positions = target_positions(labels)
+    return causal_lm_loss_at(model(**inputs, logits_to_keep=positions).logits, labels, positions)
 
 
 def distill_loss(
@@ -232,7 +274,9 @@ def distill_loss(
     layer's Q/K/V (see `attention_relation_loss` for `relation`).
     """
     if kd_positions not in KD_POSITIONS:
-        raise BitDistillError(f"logits distillation: kd_positions {kd_positions!r} is not one of {KD_POSITIONS}")
+        raise BitDistillError(
+            f"logits distillation: kd_positions {kd_positions!r} is not one of {KD_POSITIONS}"
+        )
     zero = student_logits.new_zeros((), dtype=torch.float32)
     ce = causal_lm_loss(student_logits, labels) if ce_weight else zero
     kd = zero

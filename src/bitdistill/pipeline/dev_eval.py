@@ -16,7 +16,7 @@ from torch import nn
 from ..config.recipe import Recipe
 from ..data.encode import IGNORE_INDEX, TaskDataset, collate, pad_token_id
 from ..data.tasks import Example
-from ..distill.losses import causal_lm_loss
+from ..distill.losses import task_ce
 from ..errors import BitDistillError
 from ..eval.evaluate import evaluate_model as evaluate_task
 from ..train.distributed import across_ranks
@@ -77,9 +77,8 @@ def target_loss(model: nn.Module, tokenizer, examples: list[Example], recipe: Re
         sums = []
         for i in starts:
             b = collate([ds[j] for j in range(i, min(i + size, len(ds)))], pad)
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
             n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
-            sums.append((float(causal_lm_loss(logits.logits, b["labels"].to(device))) * n, n))
+            sums.append((float(task_ce(model, {k: v.to(device) for k, v in b.items()})) * n, n))
         return sums
 
     with torch.inference_mode():  # under `accelerate launch` the processes share the batches

@@ -16,7 +16,7 @@ from torch import nn
 
 from ...config.recipe import Recipe
 from ...data.task_record import record_task
-from ...distill.losses import causal_lm_loss
+from ...distill.losses import task_ce
 from ...model.io import save
 from ...train.loop import LossFn, make_accelerator, result_dict, train
 from ..dev_eval import dev_metrics, eval_metric
@@ -27,8 +27,7 @@ from ..task_data import TaskData, load_task_data, task_batches
 
 def ce_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """The task loss of teacher and BitNet-SFT: cross-entropy on the target tokens."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    loss = causal_lm_loss(out.logits, batch["labels"])
+    loss = task_ce(model, batch)
     return loss, {"ce": float(loss.detach())}
 
 
