@@ -39,11 +39,6 @@ GGUF_NORM = {
     "attn": "attn_norm", "ffn": "ffn_norm", "q": "attn_q_norm", "k": "attn_k_norm",
     "attn_sub": "attn_sub_norm", "ffn_sub": "ffn_sub_norm",
 }  # fmt: skip
-FILE_TYPE = {
-    "tq2_0": LlamaFileType.MOSTLY_TQ2_0,
-    "tq1_0": LlamaFileType.MOSTLY_TQ1_0,
-    "f16": LlamaFileType.MOSTLY_F16,
-}
 
 
 @dataclass
@@ -97,7 +92,7 @@ def _metadata(writer: GGUFWriter, src: ExportSource, target: Target, name: str, 
     cfg = src.config
     writer.add_type("model")
     writer.add_name(name)
-    writer.add_file_type(FILE_TYPE[ttype])
+    writer.add_file_type(LlamaFileType[f"MOSTLY_{TERNARY_TYPES[ttype].name}"])  # the linears' type names the file
     writer.add_quantization_version(2)
     writer.add_vocab_size(src.embed.shape[0])
     writer.add_context_length(cfg.max_position_embeddings)

@@ -15,18 +15,16 @@ import numpy as np
 from .._fs import atomic_dir
 from ..errors import BitDistillError
 from ..quant.packing import BLOCK, pack_2bit, pack_base3, quantize_rows_int8
+from .dense_dtypes import DENSE_DTYPES, dense_scale_name, quantize_rows_q4
 from .packed import (
     ACTS,
     BITS,
     CONFIG_NAME,
-    DENSE_DTYPES,
     PACKED_FORMAT_VERSION,
     SUBLN_LINEARS,
     WEIGHTS_NAME,
     _crc32,
     _linear_dims,
-    dense_scale_name,
-    quantize_rows_q4,
 )
 
 
