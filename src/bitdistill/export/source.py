@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import BitDistillError
 from ..model.adapters import FamilyAdapter, adapter_for
 from ..model.convert import BitNetSettings, is_bitnet, settings_of
+from ..model.decoder_arch import DecoderArch
 from ..model.io import is_packed_dir
 from ..quant import BitLinear
 from ..runtime.dense_dtypes import DENSE, dequantize_dense
@@ -49,6 +50,11 @@ class ExportSource:
     final_norm: np.ndarray
     blocks: list[DecoderBlock]
     tokenizer_dir: Path | None
+
+    @property
+    def arch(self) -> DecoderArch:
+        """The config's dimensions and constants, with the defaults the packed format applies too."""
+        return DecoderArch.of(self.config)
 
 
 def _np(t) -> np.ndarray:
