@@ -7,12 +7,12 @@ Nothing here is needed to export; every function raises BitDistillError when lla
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from .._spread import spread
 from ..errors import BitDistillError
 
 
@@ -77,11 +77,7 @@ def decode_speed(llm, prompt_ids: Sequence[int], n_new: int = 128, runs: int = 5
         t2 = time.perf_counter()
         prefill.append(len(prompt_ids) / (t1 - t0))
         decode.append(n_new / (t2 - t1))
-
-    def summary(xs: list[float]) -> dict:
-        return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
-
-    return {"decode_tok_s": summary(decode), "prefill_tok_s": summary(prefill), "new_tokens": n_new}
+    return {"decode_tok_s": spread(decode), "prefill_tok_s": spread(prefill), "new_tokens": n_new}
 
 
 def byte_level_tokenizer():
