@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._peak_rss import peak_rss_mib
 from .._spread import spread
 from ..errors import BitDistillError
 
@@ -116,8 +117,6 @@ def prepare_gguf(model, work: str | os.PathLike, tokenizer=None, ttype: str = "t
 def bench_worker(gguf_path, threads: int, prefill: int, decode: int, runs: int) -> dict:
     """The `bitdistill bench` worker protocol: a random `prefill`-token prompt then `decode` greedy tokens,
     `runs` times after one warm-up; per-run tokens/s and the process's peak RSS (run it in its own process)."""
-    import resource
-
     llm = open_model(gguf_path, n_ctx=prefill + decode + 8, threads=threads)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, llm.n_vocab(), prefill).tolist()
@@ -125,5 +124,5 @@ def bench_worker(gguf_path, threads: int, prefill: int, decode: int, runs: int) 
     return {
         "decode": res["decode_tok_s"]["runs"][1:],
         "prefill": res["prefill_tok_s"]["runs"][1:],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mib": peak_rss_mib(),
     }
