@@ -1,32 +1,10 @@
-"""The dense (embedding / LM head) dtypes: one table, and every place that names them agrees with it.
-
-The CLI keeps its own literal choice lists (importing the runtime package while parsing would add ~0.3 s to
-every command), so this is what keeps them from drifting away from the table.
-"""
+"""The dense (embedding / LM head) dtypes: one table, and what each dtype's stored bytes decode to."""
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-import pytest
 
-from bitdistill.cli import bench, pack
-from bitdistill.runtime.dense_dtypes import DENSE, DENSE_DTYPES, dequantize_dense
-
-
-def _choices(module, command: str, option: str) -> set[str]:
-    sub = argparse.ArgumentParser().add_subparsers()
-    module.register(sub)
-    return set(sub.choices[command]._option_string_actions[option].choices)
-
-
-@pytest.mark.parametrize(
-    "module, command, option",
-    [(pack, "pack", "--head-dtype"), (pack, "pack", "--embed-dtype"), (bench, "bench", "--head-dtype")],
-)
-def test_cli_offers_exactly_the_packed_dtypes(module, command, option):
-    assert _choices(module, command, option) == set(DENSE_DTYPES)
+from bitdistill.runtime.dense_dtypes import DENSE, dequantize_dense
 
 
 def test_float_storage_decodes_to_the_values_written():
