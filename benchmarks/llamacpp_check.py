@@ -31,6 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bitdistill._spread import spread  # noqa: E402
+
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 
 
@@ -125,7 +127,7 @@ def torch_decode_speed(model, ids: list[int], n: int, runs: int) -> dict:
                 out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
                 past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
             speeds.append(n / (time.perf_counter() - t0))
-    return {"median": statistics.median(speeds), "min": min(speeds), "max": max(speeds), "runs": speeds}
+    return spread(speeds)
 
 
 def runtime_tokens(model, tok, ids: list[int], n: int, work: Path, threads: int, runs: int) -> dict | None:
@@ -143,7 +145,7 @@ def runtime_tokens(model, tok, ids: list[int], n: int, work: Path, threads: int,
         return None
     return {
         "tokens": tokens,
-        "decode_tok_s": {"median": statistics.median(speeds), "min": min(speeds), "max": max(speeds)},
+        "decode_tok_s": spread(speeds),
     }
 
 

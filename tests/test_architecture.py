@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "bitdistill"
 LAYERS: list[set[str]] = [
     # Torch-free foundations. The `bitdistill` facade (__init__) imports only errors and _lazy; its public
     # names load their modules on first use, which is no import edge.
-    {"__init__", "errors", "_lazy", "_fs", "_threads", "env", "config"},
+    {"__init__", "errors", "_lazy", "_fs", "_threads", "_spread", "_peak_rss", "env", "config"},
     {"quant"},
     {"model"},
     {"data"},

@@ -21,14 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
-)
+from transformers import AutoModelForCausalLM
 
 from bitdistill.errors import BitDistillError
 from bitdistill.model.convert import to_bitnet
@@ -36,6 +29,7 @@ from bitdistill.quant.numerics import ternarize
 from bitdistill.runtime.engine import SamplingParams, load
 from bitdistill.runtime.pack_writer import pack_model
 from bitdistill.runtime.packed import load_packed, unpack_weight
+from tiny_models import tiny_config
 
 SMALL = dict(
     vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
@@ -43,18 +37,15 @@ SMALL = dict(
 )  # fmt: skip
 
 CONFIGS = {
-    "llama": lambda: LlamaConfig(**SMALL, tie_word_embeddings=True),
-    "mistral": lambda: MistralConfig(**SMALL, sliding_window=8, tie_word_embeddings=False),
-    "qwen2": lambda: Qwen2Config(
-        **SMALL, use_sliding_window=True, sliding_window=8, max_window_layers=1, tie_word_embeddings=True
+    "llama": lambda: tiny_config("llama", **SMALL, tie_word_embeddings=True),
+    "mistral": lambda: tiny_config("mistral", **SMALL, sliding_window=8, tie_word_embeddings=False),
+    "qwen2": lambda: tiny_config(
+        "qwen2", **SMALL, use_sliding_window=True, sliding_window=8, max_window_layers=1, tie_word_embeddings=True
     ),
-    "qwen3": lambda: Qwen3Config(**SMALL, head_dim=32, tie_word_embeddings=True),
-    "gemma3": lambda: Gemma3TextConfig(
-        **SMALL,
-        head_dim=16,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-    ),  # fmt: skip
+    "qwen3": lambda: tiny_config("qwen3", **SMALL, head_dim=32, tie_word_embeddings=True),
+    "gemma3": lambda: tiny_config(
+        "gemma3", **SMALL, layer_types=["sliding_attention", "full_attention", "sliding_attention"]
+    ),  # head_dim 16 and sliding_window 8: tiny_config's
 }
 STEPS = 32
 MEDIAN_ATOL = 1e-5
@@ -131,7 +122,7 @@ def test_packed_weights_are_the_trained_ternary_weights(bits: str, tmp_path) -> 
 )
 def test_engine_channel_and_group_scales(convert: dict, tmp_path) -> None:
     # every layer width a multiple of the 128-column block, as group scales need
-    cfg = LlamaConfig(**{**SMALL, "hidden_size": 128, "intermediate_size": 256})
+    cfg = tiny_config("llama", **{**SMALL, "hidden_size": 128, "intermediate_size": 256})
     model = _model("llama", subln=True, cfg=cfg, **convert)
     pack_model(model, tmp_path / "p", head_dtype="fp32", bits="1.58")
     _compare(model, load(tmp_path / "p", threads=1), prompt=[3, 1, 4, 1, 5, 9, 2, 6], steps=8)
@@ -253,7 +244,7 @@ def bitnet_dir(tmp_path_factory):
         tokenizer_file=str(FIX / "tokenizer" / "tokenizer.json"), eos_token="<|endoftext|>"
     )
     torch.manual_seed(0)
-    model = _model("llama", subln=True, cfg=LlamaConfig(**{**SMALL, "vocab_size": len(tok)}))
+    model = _model("llama", subln=True, cfg=tiny_config("llama", **{**SMALL, "vocab_size": len(tok)}))
     out = tmp_path_factory.mktemp("cli") / "bitnet"
     save(model, out, tokenizer=tok)
     return model, tok, out

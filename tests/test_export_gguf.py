@@ -469,3 +469,4 @@ def test_packed_q4_head_exports_its_4bit_values(tmp_path, tokenizer):
     for name, t in tr.items():
         if name != "token_embd.weight":
             assert np.array_equal(np.asarray(t.data), np.asarray(tq[name].data)), name
+

@@ -10,8 +10,8 @@ from bitdistill.quant import BitLinear
 from bitdistill.quant.numerics import quantize_activation, ternarize
 from bitdistill.quant.packing import pack_2bit, quantize_rows_int8
 from bitdistill.runtime import kernels
+from bitdistill.runtime.dense_dtypes import dequantize_dense, quantize_rows_q4
 from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, lib, ptr, set_simd, simd_level
-from bitdistill.runtime.packed import dequantize_dense, quantize_rows_q4
 
 # (n, k, T); k=1500 spans the prefill GEMM's 1024-column int16 chunks, T=9 its 2-token tiles plus a tail,
 # T=300 several of its 128-token blocks

@@ -293,6 +293,26 @@ def test_collate_right_pads_and_masks():
     assert all(t.dtype == torch.long for t in batch.values())
 
 
+def test_pad_batch_left_aligns_rows_for_generation():
+    from bitdistill.data.encode import pad_batch
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, left=True)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_eval_mode_restores_the_training_flag_even_on_error():
+    from bitdistill.model.eval_mode import eval_mode
+
+    model = torch.nn.Dropout().train()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        assert not model.training
+        raise RuntimeError
+    assert model.training
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training
+
+
 def test_task_dataset_in_a_dataloader():
     tok = tokenizer()
     examples = get_task("sst2").load("train", FIX / "sst2")

@@ -33,9 +33,9 @@ def tiny_config(family: str, **overrides):
     if family == "qwen2":
         return Qwen2Config(**kw)  # q/k/v carry a bias in Qwen2
     if family == "qwen3":
-        return Qwen3Config(head_dim=16, **kw)
+        return Qwen3Config(**{"head_dim": 16, **kw})
     if family == "gemma3":
-        return Gemma3TextConfig(head_dim=16, sliding_window=8, **kw)
+        return Gemma3TextConfig(**{"head_dim": 16, "sliding_window": 8, **kw})
     raise ValueError(family)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 import types
@@ -25,16 +24,9 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 
 def _peak_rss_mib() -> float:
-    """This process's own peak RSS. ru_maxrss survives execve on Linux, so a worker started by a parent
-    that had just built a 4 GB model would report the parent's peak; VmHWM belongs to this process only."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    from bitdistill._peak_rss import peak_rss_mib  # imported late: after the mode's package stubs
+
+    return peak_rss_mib()
 
 
 def _stub_packages(*subpackages: str) -> None:

@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from .engines import _run_worker, _summ, prepare, write_json
+from .._spread import format_spread, spread
+from .engines import _run_worker, prepare, write_json
 
 ENGINES = ("runtime-2", "torch-fp32", "torch-bitnet")
 REFERENCE = "torch-bitnet"
@@ -75,7 +76,7 @@ def run_classify_bench(
         log(f"  {r['sentences_s'][-1]:.2f} sentences/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
     labels = res["labels"]
     for r in res["engines"].values():
-        r["sentences_s"] = _summ(r["sentences_s"])
+        r["sentences_s"] = spread(r["sentences_s"])
         scored = [(p, y) for p, y in zip(r["preds"], labels, strict=True) if y is not None]
         r["accuracy"] = sum(p == y for p, y in scored) / len(scored) if scored else None
     res["machine"]["loadavg_end"] = os.getloadavg()
@@ -107,7 +108,7 @@ def format_classify_table(res: dict) -> str:
         label = f"{name} ({res['head_dtype']} head)" if name.startswith("runtime") else name
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
         lines.append(
-            f"| {label} | {s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}] | {r['speedup_vs_torch_fp32']:.1f}x | "
+            f"| {label} | {format_spread(s, 2)} | {r['speedup_vs_torch_fp32']:.1f}x | "
             f"{100 * r['identical_to_reference']:.1f} % | {acc} | {r['peak_rss_mib']:.0f} |"
         )
     return "\n".join(lines)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .._spread import format_spread, spread
 
 WORKER = Path(__file__).with_name("_worker.py")
 QWEN3_SHAPE = dict(
@@ -103,10 +104,6 @@ def _run_worker(args: list[str], timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _summ(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
-
-
 def run_bench(
     spec: str = "qwen3-0.6b",
     threads: int = 2,
@@ -160,8 +157,8 @@ def run_bench(
         r = _run_engine(eng, spec, work, packed, head_dtype, common)
         r["loadavg_before"] = load_before
         r["loadavg_after"] = os.getloadavg()
-        r["decode_tok_s"] = _summ(r.pop("decode"))
-        r["prefill_tok_s"] = _summ(r.pop("prefill"))
+        r["decode_tok_s"] = spread(r.pop("decode"))
+        r["prefill_tok_s"] = spread(r.pop("prefill"))
         if bw is not None and eng.startswith("runtime-"):
             _add_roofline(r, packed, eng, head_dtype, bw[threads])
         results["engines"][eng] = r
@@ -247,8 +244,7 @@ def format_table(res: dict) -> str:
         sp = f"{r['decode_speedup_vs_torch_fp32']:.1f}x" if "decode_speedup_vs_torch_fp32" in r else "-"
         label = f"{name} ({r['head_dtype']} head)" if "head_dtype" in r else name
         row = (
-            f"| {label} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {p['median']:.1f} "
-            f"[{p['min']:.1f}-{p['max']:.1f}] | {sp} | {r['peak_rss_mib']:.0f} | {size} |"
+            f"| {label} | {format_spread(d)} | {format_spread(p)} | {sp} | {r['peak_rss_mib']:.0f} | {size} |"
         )
         if bw:
             row += (

@@ -10,7 +10,6 @@ than one (see engine.c: the work dispenser and the futex barrier).
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from .._spread import format_spread, spread
 
 
 @contextmanager
@@ -70,8 +71,7 @@ def run_scaling_bench(packed: Path, threads: int = 2, prefill: int = 128, decode
                     cond[n]["decode"].append(d)
         res["conditions"]["busy" if busy else "idle"] = {
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-            **{str(n): {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
-                        for k, v in c.items()} for n, c in cond.items()},
+            **{str(n): {k: spread(v) for k, v in c.items()} for n, c in cond.items()},
         }  # fmt: skip
     return res
 
@@ -90,8 +90,7 @@ def format_scaling_table(res: dict) -> str:
         for n in counts:
             d, p = r[str(n)]["decode"], r[str(n)]["prefill"]
             lines.append(
-                f"| {cond} (load {r['loadavg_before'][0]:.1f}) | {n} | {d['median']:.1f} [{d['min']:.1f}-"
-                f"{d['max']:.1f}] | {p['median']:.1f} [{p['min']:.1f}-{p['max']:.1f}] | "
+                f"| {cond} (load {r['loadavg_before'][0]:.1f}) | {n} | {format_spread(d)} | {format_spread(p)} | "
                 f"{d['median'] / one['decode']['median']:.2f}x | {p['median'] / one['prefill']['median']:.2f}x |"
             )
     return "\n".join(lines)

@@ -14,7 +14,7 @@ ENGINES = (
     "torch-bf16",
     "llamacpp-tq2_0",
 )
-HEADS = ("int8", "q4", "fp16", "bf16", "fp32")
+HEADS = ("int8", "q4", "fp16", "bf16", "fp32")  # = runtime.dense_dtypes.DENSE_DTYPES (see cli/pack.py)
 
 
 def register(subparsers) -> None:

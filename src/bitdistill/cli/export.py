@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="DIR", help="directory written by `bitdistill convert` or training")
     p.add_argument("--format", choices=("gguf",), default="gguf", help="output format (gguf)")
     p.add_argument("--out", required=True, help="output file, e.g. model.gguf (written atomically)")
+    # export.gguf_blocks' TERNARY_TYPES (less the API-only f16) and HEAD_TYPES, spelled out so that parsing
+    # does not import gguf (tests/test_cli_choices.py keeps them equal)
     p.add_argument("--type", dest="ttype", choices=("tq2_0", "tq1_0"), default="tq2_0",
                    help="ternary block type: tq2_0 (2.06 bits/weight, fastest) or tq1_0 (1.69)")  # fmt: skip
     p.add_argument("--head", choices=("q8_0", "q4_0", "f16"), default="q8_0",

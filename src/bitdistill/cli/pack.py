@@ -22,6 +22,8 @@ def register(subparsers) -> None:
                    "any model spec: HF directory, .gguf file, 'smollm2-135m'")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.add_argument("--bits", choices=["2", "1.58"], default="2", help="2: 4 weights/byte; 1.58: 5 per byte")
+    # runtime.dense_dtypes.DENSE_DTYPES spelled out: importing the runtime here would slow every command's
+    # start by ~0.3 s (tests/test_cli_choices.py keeps the two equal)
     p.add_argument("--head-dtype", choices=["int8", "q4", "fp16", "bf16", "fp32"], default="int8",
                    help="LM head dtype: int8 per row (default), q4 (4-bit, a scale per 64 columns, like "
                    "llama.cpp Q4_0: half the bytes of int8, fastest decode, least exact), fp16/bf16/fp32")  # fmt: skip

@@ -94,19 +94,25 @@ def encode_example(
     return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target}
 
 
+def pad_batch(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) long [B, longest] of token sequences padded with `pad_id` on the right, or on
+    the left (generation: a decoder continues from every row's last position)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
 def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: `input_ids` with `pad_id`, `attention_mask` 1/0, `labels` with -100."""
     if not features:
         raise ValueError("collate needs at least one feature")
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
-        mask[i, :n] = 1
-        labels[i, :n] = torch.as_tensor(f.get("labels", f["input_ids"]), dtype=torch.long)
+    ids, mask = pad_batch([f["input_ids"] for f in features], pad_id)
+    labels, _ = pad_batch([f.get("labels", f["input_ids"]) for f in features], IGNORE_INDEX)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

@@ -56,49 +56,50 @@ def _utf8(path: Path, rows: Iterator[tuple[str, Row]]) -> Iterator[tuple[str, Ro
 
 def _tsv(path: Path) -> Iterator[tuple[str, Row]]:
     # GLUE TSVs contain bare quote characters inside sentences: split on tabs, never interpret quotes.
-    opener = gzip.open if path.name.lower().endswith(".gz") else open  # the packaged copies are gzip'd
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
-        header: list[str] | None = None
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if header is None:
-                header = [h.strip() for h in fields]
-                continue
-            if len(fields) != len(header):
-                raise BitDistillError(
-                    f"{path} line {lineno}: expected {len(header)} tab-separated fields "
-                    f"({', '.join(header)}), found {len(fields)}; fix or remove the line"
-                )
-            yield f"{path} line {lineno}", dict(zip(header, fields, strict=True))
-    if header is None:
-        raise BitDistillError(f"{path}: empty file; a TSV needs a header line naming its columns")
+    with _open_text(path) as f:
+        records = ((lineno, line.rstrip("\r\n").split("\t")) for lineno, line in enumerate(f, start=1))
+        yield from _header_rows(path, records, "TSV", "tab-separated", "fix or remove the line")
 
 
 def _csv(path: Path) -> Iterator[tuple[str, Row]]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # CNN/DM articles exceed the 128 KiB default
+    with _open_text(path) as f:
+        records = _csv_records(csv.reader(f))
+        yield from _header_rows(path, records, "CSV", "comma-separated", "quote fields that contain commas")
+
+
+def _open_text(path: Path):
     opener = gzip.open if path.name.lower().endswith(".gz") else open  # the packaged copies are gzip'd
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the header
-        reader = csv.reader(f)
-        header: list[str] | None = None
-        end = 0  # physical line where the previous record ended; a quoted record may span lines
-        for fields in reader:
-            lineno, end = end + 1, reader.line_num
-            if not any(x.strip() for x in fields):
-                continue
-            if header is None:
-                header = [h.strip() for h in fields]
-                continue
-            if len(fields) != len(header):
-                raise BitDistillError(
-                    f"{path} line {lineno}: expected {len(header)} comma-separated fields "
-                    f"({', '.join(header)}), found {len(fields)}; quote fields that contain commas"
-                )
-            yield f"{path} line {lineno}", dict(zip(header, fields, strict=True))
+    return opener(path, "rt", encoding="utf-8-sig", newline="")  # -sig: a BOM is not part of the header
+
+
+def _csv_records(reader) -> Iterator[tuple[int, list[str]]]:
+    """(first physical line, fields) of each CSV record; a quoted record may span lines."""
+    end = 0  # physical line where the previous record ended
+    for fields in reader:
+        start, end = end + 1, reader.line_num
+        yield start, fields
+
+
+def _header_rows(
+    path: Path, records: Iterator[tuple[int, list[str]]], kind: str, separated: str, fix: str
+) -> Iterator[tuple[str, Row]]:
+    """Rows keyed by the first non-blank record (the header); a record with another field count is an error."""
+    header: list[str] | None = None
+    for lineno, fields in records:
+        if not any(x.strip() for x in fields):
+            continue
+        if header is None:
+            header = [h.strip() for h in fields]
+            continue
+        if len(fields) != len(header):
+            raise BitDistillError(
+                f"{path} line {lineno}: expected {len(header)} {separated} fields "
+                f"({', '.join(header)}), found {len(fields)}; {fix}"
+            )
+        yield f"{path} line {lineno}", dict(zip(header, fields, strict=True))
     if header is None:
-        raise BitDistillError(f"{path}: empty file; a CSV needs a header line naming its columns")
+        raise BitDistillError(f"{path}: empty file; a {kind} needs a header line naming its columns")
 
 
 def json_lines(f, path: Path) -> Iterator[tuple[int, object]]:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import BitDistillError
-from .encode import _prompt_ids, encode_target, pad_token_id
+from ..model.eval_mode import eval_mode
+from .encode import _prompt_ids, encode_target, pad_batch, pad_token_id
 from .tasks import Example
 
 
@@ -92,22 +93,12 @@ def score_label_words(
     device = next(model.parameters()).device
     order = sorted(range(len(jobs)), key=lambda i: len(jobs[i][1]))  # similar lengths pad less
     keep_supported = "logits_to_keep" in inspect.signature(model.forward).parameters
-    was_training = model.training
-    model.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc="scoring", unit="seq")
-    try:
+    with eval_mode(model), tqdm(total=len(jobs), desc="scoring", unit="seq", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             batch = [jobs[i] for i in order[start : start + batch_size]]
-            width = max(len(seq) for _, seq, _ in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, (_, seq, _) in enumerate(batch):
-                ids[r, : len(seq)] = torch.tensor(seq)
-                mask[r, : len(seq)] = 1
+            ids, mask = pad_batch([seq for _, seq, _ in batch], pad)
             rows, cols, toks, owners = [], [], [], []
             for r, (n, _, targets) in enumerate(batch):
                 for label, p, t in targets:
@@ -131,12 +122,7 @@ def score_label_words(
             values = logp[torch.arange(len(toks), device=device), torch.tensor(toks, device=device)].cpu()
             for (n, label), v in zip(owners, values.tolist(), strict=True):
                 scores[n][label] += v
-            if bar is not None:
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
-        if bar is not None:
-            bar.close()
+            bar.update(len(batch))
     return torch.tensor(scores, dtype=torch.float32).reshape(len(examples), len(label_words))
 
 

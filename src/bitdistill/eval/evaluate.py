@@ -59,8 +59,7 @@ def evaluate_packed(
             for ex in examples:
                 scores = score_label_words(engine, tok, ex.prompt, task.label_words, max_length)
                 preds.append(int(scores.argmax()))
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
             gold = [int(ex.label) for ex in examples]  # type: ignore[arg-type]
             out["metrics"] = classification_metrics(preds, gold)
             if keep_predictions:
@@ -80,8 +79,7 @@ def evaluate_packed(
             for ids in prompt_ids(hf_tok, examples, max_length, max_new_tokens):
                 new, _ = engine.generate(ids, max_new_tokens, stop_ids=stop)
                 hyps.append(hf_tok.decode(new, skip_special_tokens=True).strip())
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
             refs = [ex.target.strip() for ex in examples]
             out["metrics"] = summarization_metrics(hyps, refs)
             out["generation"] = {"max_new_tokens": max_new_tokens, "num_beams": 1}
@@ -90,8 +88,7 @@ def evaluate_packed(
                     {"reference": r, "prediction": h} for r, h in zip(refs, hyps, strict=True)
                 ]
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     seconds = time.perf_counter() - t0
     out["seconds"] = seconds
     out["examples_per_second"] = len(examples) / max(seconds, 1e-9)
@@ -99,11 +96,9 @@ def evaluate_packed(
 
 
 def _bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="ex")
+    return tqdm(total=total, desc=desc, unit="ex", disable=not progress)
 
 
 def load_for_eval(path: str | os.PathLike, device: str | None = None):

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.encode import encode_example, pad_token_id
+from ..data.encode import encode_example, pad_batch, pad_token_id
 from ..data.tasks import Example
 from ..errors import BitDistillError
+from ..model.eval_mode import eval_mode
 
 
 def prompt_ids(
@@ -57,23 +58,13 @@ def generate(
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
     outputs: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(prompts), desc="generating", unit="ex")
-    try:
+    with eval_mode(model), tqdm(total=len(prompts), desc="generating", unit="ex", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                n = len(prompts[i])
-                ids[r, width - n :] = torch.tensor(prompts[i])
-                mask[r, width - n :] = 1
+            ids, mask = pad_batch([prompts[i] for i in idx], pad, left=True)
+            width = ids.shape[1]
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -85,10 +76,5 @@ def generate(
             )
             for r, i in enumerate(idx):
                 outputs[i] = tokenizer.decode(out[r, width:], skip_special_tokens=True).strip()
-            if bar is not None:
-                bar.update(len(idx))
-    finally:
-        model.train(was_training)
-        if bar is not None:
-            bar.close()
+            bar.update(len(idx))
     return outputs

@@ -24,8 +24,7 @@ NO_SUBLN_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3"
 class Target:
     arch: str  # GGUF general.architecture
     permute_qk: bool  # llama's interleaved RoPE needs HF's q/k rows permuted
-    head_dim: int
-    write_head_dim: bool  # key_length / value_length (when head_dim is not hidden / heads)
+    write_head_dim: bool  # key_length / value_length (when the config states head_dim)
     notes: tuple[str, ...] = ()
 
 
@@ -55,11 +54,9 @@ def rope_scaling(config) -> tuple[str, float]:
 
 def choose_target(src: ExportSource) -> Target:
     """The llama.cpp architecture for `src`, or a BitDistillError naming what cannot be represented."""
-    cfg, family = src.config, src.adapter.family
-    hidden, heads = cfg.hidden_size, cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    cfg, family, a = src.config, src.adapter.family, src.arch
+    hidden, heads, head_dim = a.hidden, a.n_heads, a.head_dim
     refuse_allnorm(src.settings.subln, "the model")  # from_model / from_packed refuse it earlier, by name
-    act = getattr(cfg, "hidden_act", "silu")
     if family == "gemma3":
         raise BitDistillError(
             "gemma3 models cannot be exported to GGUF by bitdistill yet: llama.cpp's gemma3 graph needs "
@@ -68,25 +65,23 @@ def choose_target(src: ExportSource) -> Target:
         )
     if family not in NO_SUBLN_ARCH:
         raise BitDistillError(f"family {family!r} has no GGUF mapping; supported: {sorted(NO_SUBLN_ARCH)}")
-    if act != "silu":
+    if a.act != "silu":
         raise BitDistillError(
-            f"config.json hidden_act={act!r}: llama.cpp's {family} graph computes SiLU only"
+            f"config.json hidden_act={a.act!r}: llama.cpp's {family} graph computes SiLU only"
         )
     if getattr(cfg, "mlp_bias", False):
         raise BitDistillError("config.json mlp_bias=true: llama.cpp's graphs used here have no FFN biases")
     rope_scaling(cfg)
     notes = []
     window = getattr(cfg, "sliding_window", None)
-    if family == "mistral" and window and window < cfg.max_position_embeddings:
+    if family == "mistral" and window and window < a.max_positions:
         notes.append(
             f"sliding_window={window}: llama.cpp's llama graph attends to the full context, so outputs "
             f"differ from the model beyond {window} tokens"
         )
     if src.settings.subln == "none":
         arch = NO_SUBLN_ARCH[family]
-        return Target(
-            arch, arch == "llama", head_dim, getattr(cfg, "head_dim", None) is not None, tuple(notes)
-        )
+        return Target(arch, arch == "llama", a.head_dim_stated, tuple(notes))
 
     # SubLN -> llama.cpp `bitnet`
     why = []
@@ -110,4 +105,4 @@ def choose_target(src: ExportSource) -> Target:
             "graph with sub-norms): " + "; ".join(why) + ". Export a model converted without SubLN "
             "(`bitdistill convert --no-subln`), or a Llama/SmolLM2/Mistral-shaped SubLN model."
         )
-    return Target("bitnet", False, head_dim, False, tuple(notes))
+    return Target("bitnet", False, False, tuple(notes))

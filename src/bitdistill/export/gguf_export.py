@@ -39,11 +39,6 @@ GGUF_NORM = {
     "attn": "attn_norm", "ffn": "ffn_norm", "q": "attn_q_norm", "k": "attn_k_norm",
     "attn_sub": "attn_sub_norm", "ffn_sub": "ffn_sub_norm",
 }  # fmt: skip
-FILE_TYPE = {
-    "tq2_0": LlamaFileType.MOSTLY_TQ2_0,
-    "tq1_0": LlamaFileType.MOSTLY_TQ1_0,
-    "f16": LlamaFileType.MOSTLY_F16,
-}
 
 
 @dataclass
@@ -94,24 +89,24 @@ def _float_matrix(writer: GGUFWriter, name: str, w: np.ndarray, qtype, report: E
 
 
 def _metadata(writer: GGUFWriter, src: ExportSource, target: Target, name: str, ttype: str) -> None:
-    cfg = src.config
+    cfg, a = src.config, src.arch
     writer.add_type("model")
     writer.add_name(name)
-    writer.add_file_type(FILE_TYPE[ttype])
+    writer.add_file_type(LlamaFileType[f"MOSTLY_{TERNARY_TYPES[ttype].name}"])  # the linears' type names the file
     writer.add_quantization_version(2)
     writer.add_vocab_size(src.embed.shape[0])
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_context_length(a.max_positions)
+    writer.add_embedding_length(a.hidden)
+    writer.add_feed_forward_length(a.inter)
     writer.add_block_count(len(src.blocks))
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    writer.add_head_count(a.n_heads)
+    writer.add_head_count_kv(a.n_kv)
     writer.add_rope_freq_base(rope_theta(cfg))
-    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    writer.add_rope_dimension_count(target.head_dim)
+    writer.add_layer_norm_rms_eps(a.eps)
+    writer.add_rope_dimension_count(a.head_dim)
     if target.write_head_dim:
-        writer.add_key_length(target.head_dim)
-        writer.add_value_length(target.head_dim)
+        writer.add_key_length(a.head_dim)
+        writer.add_value_length(a.head_dim)
     kind, factor = rope_scaling(cfg)
     if kind == "linear":
         writer.add_rope_scaling_type(RopeScalingType.LINEAR)
@@ -146,15 +141,13 @@ def export_gguf(
     report = ExportReport(out, target.arch, notes=list(target.notes))
     with atomic_file(out) as tmp:  # removed on error; a killed export's is removed by the next one
         writer = GGUFWriter(str(tmp), target.arch)
-        cfg = src.config
         _metadata(writer, src, target, name or out.stem, ttype)
         if src.tokenizer_dir is None:
             raise BitDistillError("no tokenizer directory: GGUF needs the model's tokenizer")
         report.tokenizer = add_tokenizer(writer, src.tokenizer_dir, src.embed.shape[0], tokenizer_pre)
 
         qtype, htype = TERNARY_TYPES[ttype], HEAD_TYPES[head]
-        n_head = cfg.num_attention_heads
-        n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+        n_head, n_kv = src.arch.n_heads, src.arch.n_kv
         _float_matrix(writer, "token_embd.weight", src.embed, htype, report)
         for i, block in enumerate(src.blocks):
             for role, m in block.linears.items():

@@ -7,12 +7,13 @@ Nothing here is needed to export; every function raises BitDistillError when lla
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from .._peak_rss import peak_rss_mib
+from .._spread import spread
 from ..errors import BitDistillError
 
 
@@ -77,11 +78,7 @@ def decode_speed(llm, prompt_ids: Sequence[int], n_new: int = 128, runs: int = 5
         t2 = time.perf_counter()
         prefill.append(len(prompt_ids) / (t1 - t0))
         decode.append(n_new / (t2 - t1))
-
-    def summary(xs: list[float]) -> dict:
-        return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
-
-    return {"decode_tok_s": summary(decode), "prefill_tok_s": summary(prefill), "new_tokens": n_new}
+    return {"decode_tok_s": spread(decode), "prefill_tok_s": spread(prefill), "new_tokens": n_new}
 
 
 def byte_level_tokenizer():
@@ -120,8 +117,6 @@ def prepare_gguf(model, work: str | os.PathLike, tokenizer=None, ttype: str = "t
 def bench_worker(gguf_path, threads: int, prefill: int, decode: int, runs: int) -> dict:
     """The `bitdistill bench` worker protocol: a random `prefill`-token prompt then `decode` greedy tokens,
     `runs` times after one warm-up; per-run tokens/s and the process's peak RSS (run it in its own process)."""
-    import resource
-
     llm = open_model(gguf_path, n_ctx=prefill + decode + 8, threads=threads)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, llm.n_vocab(), prefill).tolist()
@@ -129,5 +124,5 @@ def bench_worker(gguf_path, threads: int, prefill: int, decode: int, runs: int) 
     return {
         "decode": res["decode_tok_s"]["runs"][1:],
         "prefill": res["prefill_tok_s"]["runs"][1:],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mib": peak_rss_mib(),
     }

@@ -16,8 +16,10 @@ from torch import nn
 from ..errors import BitDistillError
 from ..model.adapters import FamilyAdapter, adapter_for
 from ..model.convert import BitNetSettings, is_bitnet, settings_of
+from ..model.decoder_arch import DecoderArch
 from ..model.io import is_packed_dir
 from ..quant import BitLinear
+from ..runtime.dense_dtypes import DENSE, dequantize_dense
 from .gguf_blocks import TernaryMatrix
 
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -48,6 +50,11 @@ class ExportSource:
     final_norm: np.ndarray
     blocks: list[DecoderBlock]
     tokenizer_dir: Path | None
+
+    @property
+    def arch(self) -> DecoderArch:
+        """The config's dimensions and constants, with the defaults the packed format applies too."""
+        return DecoderArch.of(self.config)
 
 
 def _np(t) -> np.ndarray:
@@ -119,13 +126,8 @@ def from_model(model: nn.Module, tokenizer_dir: Path | None = None, name: str | 
     )
 
 
-_DENSE_RANK = {"fp32": 4, "fp16": 3, "bf16": 3, "int8": 2, "q4": 1}  # finer first when a tied pair differs
-
-
 def _dense(pm, name: str, dtype: str) -> np.ndarray:
     """A packed embedding / head back to float32 (every dense dtype the packer writes, q4 included)."""
-    from ..runtime.packed import dequantize_dense
-
     return dequantize_dense(pm.tensors, name, dtype, pm.arch["hidden"])
 
 
@@ -163,7 +165,7 @@ def from_packed(packed_dir: str | Path) -> ExportSource:
     head = None if arch["tied"] else _dense(pm, "head", arch["head_dtype"])
     if head is not None and getattr(config, "tie_word_embeddings", False):
         # pack stores a tied matrix twice when the head and embedding dtypes differ: keep the finer copy.
-        if _DENSE_RANK[arch["head_dtype"]] > _DENSE_RANK[arch["embed_dtype"]]:
+        if DENSE[arch["head_dtype"]].rank > DENSE[arch["embed_dtype"]].rank:
             embed = head
         head = None
     return ExportSource(

@@ -16,27 +16,15 @@ import tempfile
 import time
 
 
-def _reset_peak_rss() -> bool:
-    # Writing 5 to clear_refs resets VmHWM, so the peak covers training only, not the GGUF load.
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def _peak_rss():
+    """This checkout's _peak_rss.py, loaded by path: `bitdistill` on sys.path may be an older checkout."""
+    import importlib.util
+    from pathlib import Path
 
-
-def _peak_rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    spec = importlib.util.spec_from_file_location("_bench_peak_rss", Path(__file__).parents[1] / "_peak_rss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _recipe(spec: dict):
@@ -107,7 +95,8 @@ def main(spec: dict) -> dict:
     profile = spec.get("profile")
     if profile:
         loss_fn = _profiled(loss_fn, spec["warmup"], profile)
-    clean = _reset_peak_rss()
+    rss = _peak_rss()
+    clean = rss.reset_peak_rss()  # the peak covers training only, not the GGUF load
     t0 = time.perf_counter()
     timed = _CpuTimed(batches)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +119,7 @@ def main(spec: dict) -> dict:
         "tokens": tokens,
         "widths": widths,
         "wall_seconds": wall,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": rss.peak_rss_mib(),
         "peak_rss_scope": "training" if clean else "process",
         "threads": torch.get_num_threads(),
         "subln": spec["subln_used"],

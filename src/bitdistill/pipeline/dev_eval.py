@@ -19,6 +19,7 @@ from ..data.tasks import Example
 from ..distill.losses import task_ce
 from ..errors import BitDistillError
 from ..eval.evaluate import evaluate_model as evaluate_task
+from ..model.eval_mode import eval_mode
 from ..train.distributed import across_ranks
 from .models import load_model_dir_or_spec
 from .task_data import TaskData, load_task_data
@@ -33,17 +34,13 @@ def dev_metrics(
         raise BitDistillError(
             f"{recipe.source}: task.eval_split {recipe.task.eval_split!r} has no labeled rows"
         )
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if data.task.kind == "classification":
             return task_metrics(model, tokenizer, data, data.eval, recipe, progress)
         metrics = {"eval_loss": target_loss(model, tokenizer, data.eval, recipe), "n": len(data.eval)}
         if generate:
             metrics.update(generation_metrics(model, tokenizer, data, recipe, progress))
         return metrics
-    finally:
-        model.train(was_training)
 
 
 def generation_metrics(model, tokenizer, data: TaskData, recipe: Recipe, progress: bool) -> dict:

@@ -17,15 +17,11 @@ import numpy as np
 from .._threads import check_threads
 from ..errors import BitDistillError
 from ..quant.packing import BLOCK, ROWS, packed_2bit_shape
+from .dense_dtypes import DENSE, dense_scale_name
 from .native import (
     ACT_GELU,
     ACT_GELU_TANH,
     ACT_SILU,
-    BF16,
-    F16,
-    F32,
-    I8,
-    Q4,
     SCALE_CHANNEL,
     SCALE_GROUP,
     SCALE_TENSOR,
@@ -38,10 +34,9 @@ from .native import (
     ptr,
     usable_cores,
 )
-from .packed import PackedModel, _linear_dims, dense_scale_name, load_packed
+from .packed import PackedModel, _linear_dims, load_packed
 from .sampling import SamplingParams, sample
 
-_DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8, "q4": Q4}
 _ACTS = {"silu": ACT_SILU, "gelu_tanh": ACT_GELU_TANH, "gelu": ACT_GELU}
 _SCALES = {"tensor": SCALE_TENSOR, "channel": SCALE_CHANNEL, "group": SCALE_GROUP}
 PREFILL_CHUNK = 128
@@ -158,7 +153,7 @@ class Engine:
             head_dim=a["head_dim"], inter=a["inter"], vocab=a["vocab"], act=_ACTS[a["act"]],
             eps=a["eps"], attn_scale=a["attn_scale"], embed_scale=a["embed_scale"],
             final_softcap=a["final_softcap"], attn_softcap=a["attn_softcap"],
-            embed_dtype=_DTYPES[a["embed_dtype"]], head_dtype=_DTYPES[head_dtype],
+            embed_dtype=DENSE[a["embed_dtype"]].code, head_dtype=DENSE[head_dtype].code,
             embed=ptr(t["embed"]), embed_rscale=fptr(_dense_scale(t, "embed", a["embed_dtype"])),
             head=ptr(t[head_key]), head_rscale=fptr(_dense_scale(t, head_key, head_dtype)),
             final_norm=fptr(t["norm"]), layers=self._layers,

@@ -11,9 +11,8 @@ import ctypes as C
 import numpy as np
 
 from ..quant.packing import BLOCK, ROWS, packed_2bit_shape
-from .native import BF16, F16, F32, I8, Q4, SCALE_CHANNEL, SCALE_GROUP, SCALE_TENSOR, Linear, fptr, lib, ptr
-
-DENSE_DTYPES = {"fp32": F32, "fp16": F16, "bf16": BF16, "int8": I8, "q4": Q4}
+from .dense_dtypes import DENSE
+from .native import SCALE_CHANNEL, SCALE_GROUP, SCALE_TENSOR, Linear, fptr, lib, ptr
 
 
 def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,8 +97,7 @@ def dense_forward(
         assert w.shape[1] == k
     y = np.zeros((x.shape[0], n), np.float32)
     rs = None if rscale is None else np.ascontiguousarray(rscale, dtype=np.float32)
-    code = DENSE_DTYPES[dtype]
-    if lib().bd_dense_forward(ptr(w), code, ptr(rs), n, k, ptr(x), x.shape[0], ptr(y), threads):
+    if lib().bd_dense_forward(ptr(w), DENSE[dtype].code, ptr(rs), n, k, ptr(x), x.shape[0], ptr(y), threads):
         raise MemoryError("bd_dense_forward: out of memory")
     return y
 

@@ -15,18 +15,16 @@ import numpy as np
 from .._fs import atomic_dir
 from ..errors import BitDistillError
 from ..quant.packing import BLOCK, pack_2bit, pack_base3, quantize_rows_int8
+from .dense_dtypes import DENSE_DTYPES, dense_scale_name, quantize_rows_q4
 from .packed import (
     ACTS,
     BITS,
     CONFIG_NAME,
-    DENSE_DTYPES,
     PACKED_FORMAT_VERSION,
     SUBLN_LINEARS,
     WEIGHTS_NAME,
     _crc32,
     _linear_dims,
-    dense_scale_name,
-    quantize_rows_q4,
 )
 
 
@@ -90,30 +88,29 @@ def _arch(model, adapter, blocks, rope, settings, bits: str, head_dtype: str, em
     """The architecture record the engine is built from (per-layer lists filled by _layer_schedule)."""
     import torch
 
-    cfg, family = model.config, adapter.family
+    from ..model.decoder_arch import DecoderArch
+
+    a, family = DecoderArch.of(model.config), adapter.family
     gemma = family == "gemma3"
-    n_heads = cfg.num_attention_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    act_name = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu")
-    if act_name not in ACTS:
-        raise BitDistillError(f"activation {act_name!r} is not supported by the runtime ({', '.join(ACTS)})")
+    if a.act not in ACTS:
+        raise BitDistillError(f"activation {a.act!r} is not supported by the runtime ({', '.join(ACTS)})")
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     embed_scale = getattr(emb, "embed_scale", torch.tensor(1.0)).to(emb.weight.dtype).float() if gemma else 1.0
     return {
         "family": family,
         "n_layers": len(blocks),
-        "hidden": cfg.hidden_size,
-        "n_heads": n_heads,
-        "n_kv": n_kv,
-        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads,
-        "inter": cfg.intermediate_size,
+        "hidden": a.hidden,
+        "n_heads": a.n_heads,
+        "n_kv": a.n_kv,
+        "head_dim": a.head_dim,
+        "inter": a.inter,
         "vocab": emb.weight.shape[0],
-        "act": ACTS[act_name],
-        "eps": float(cfg.rms_norm_eps),
+        "act": ACTS[a.act],
+        "eps": a.eps,
         "attn_scale": float(adapter.attention(blocks[0]).scaling),
         "embed_scale": float(embed_scale),
-        "final_softcap": float(getattr(cfg, "final_logit_softcapping", None) or 0.0),
-        "attn_softcap": float(getattr(cfg, "attn_logit_softcapping", None) or 0.0),
+        "final_softcap": a.final_softcap,
+        "attn_softcap": a.attn_softcap,
         "tied": bool(head.weight.data_ptr() == emb.weight.data_ptr()),
         "head_dtype": head_dtype,
         "embed_dtype": embed_dtype,
@@ -127,9 +124,9 @@ def _arch(model, adapter, blocks, rope, settings, bits: str, head_dtype: str, em
         "layer_rope": [],
         "layer_window": [],
         "bias": {},
-        "bos_token_id": getattr(cfg, "bos_token_id", None),
-        "eos_token_id": getattr(cfg, "eos_token_id", None),
-        "max_position_embeddings": int(getattr(cfg, "max_position_embeddings", 0) or 0),
+        "bos_token_id": a.bos_token_id,
+        "eos_token_id": a.eos_token_id,
+        "max_position_embeddings": a.max_positions,
     }
 
 

@@ -6,7 +6,8 @@ A packed directory holds
                      shape) and the CRC-32 of the weights file;
   model.safetensors  ternary linears (2-bit kernel layout or base-3), their scales/biases/SubLN weights, the
                      norms (fp32, Gemma's 1+w folded in), RoPE inverse frequencies, the embedding / LM head
-                     in fp32, fp16, bf16 (stored as uint16 bits) or int8 per row (+ fp32 row scales);
+                     in one of the dtypes of dense_dtypes.py (fp32, fp16, bf16 as uint16 bits, int8 per
+                     row + fp32 row scales, q4 + fp32 group scales);
   tokenizer files    whatever the source model's tokenizer saved.
 
 Everything a C pointer will be derived from is checked here first: the CRC, every tensor's dtype and shape
@@ -32,6 +33,7 @@ from ..quant.packing import (
     packed_2bit_shape,
     packed_base3_shape,
 )
+from .dense_dtypes import DENSE, DENSE_DTYPES, Q4_GROUP, dense_scale_name
 
 # 2: "arch.subln" is a mode ("o_down", "all", "none") instead of a bool; version-1 files (true = o_down,
 # false = none) still load.
@@ -40,8 +42,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 BITS = ("2", "1.58")
-DENSE_DTYPES = ("fp32", "fp16", "bf16", "int8", "q4")
-Q4_GROUP = 64
 ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 _MAX_DIM = 1 << 20
 # Which linears carry a `.sub_norm` (an RMSNorm on their input) in each SubLN mode: the paper's SubLN, the
@@ -75,47 +75,6 @@ def _linear_dims(arch: dict) -> dict[str, tuple[int, int]]:
         arch["inter"],
     )
     return {"q": (qd, h), "k": (kvd, h), "v": (kvd, h), "o": (h, qd), "gate": (inter, h), "up": (inter, h), "down": (h, inter)}  # fmt: skip
-
-
-def quantize_rows_q4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """4-bit grouped quantization (llama.cpp's Q4_0 scheme, 64 columns per scale) of w [n, k].
-
-    Per group of 64 columns: m = the element of largest magnitude, d = m / -8, code c = clamp(round(w / d)
-    + 8, 0, 15) (round half to even), so w ≈ d · (c - 8) with all 16 levels in use; columns past k are
-    padded with zeros. Returns (codes uint8 [n, ceil(k/64)·32], d float32 [n, ceil(k/64)]): byte j of a
-    group's 32 bytes holds the code of column j in bits 0-3 and of column j + 32 in bits 4-7.
-    """
-    w = np.asarray(w, dtype=np.float32)
-    n, k = w.shape
-    ng = -(-k // Q4_GROUP)
-    wp = np.zeros((n, ng * Q4_GROUP), np.float32)
-    wp[:, :k] = w
-    g = wp.reshape(n, ng, Q4_GROUP)
-    idx = np.abs(g).argmax(axis=2)
-    d = (np.take_along_axis(g, idx[..., None], axis=2)[..., 0] / np.float32(-8.0)).astype(np.float32)
-    inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d != 0)
-    c = np.clip(np.rint(g * inv[..., None]) + 8, 0, 15).astype(np.uint8)
-    packed = (c[..., :32] | (c[..., 32:] << 4)).reshape(n, ng * 32)
-    return packed, d
-
-
-def dense_scale_name(name: str, dtype: str) -> str:
-    """The tensor holding an int8 matrix's row scales (`.scale`) or a q4 one's group scales (`.gscale`)."""
-    return f"{name}.gscale" if dtype == "q4" else f"{name}.scale"
-
-
-def dequantize_dense(t: dict[str, np.ndarray], name: str, dtype: str, k: int) -> np.ndarray:
-    """A packed embedding / head tensor back to float32 [n, k] (every dense dtype, q4 included)."""
-    w = t[name]
-    if dtype == "bf16":
-        return (w.astype(np.uint32) << 16).view(np.float32)
-    if dtype == "int8":
-        return w.astype(np.float32) * t[dense_scale_name(name, dtype)][:, None]
-    if dtype == "q4":
-        n = w.shape[0]
-        c = np.concatenate([w.reshape(n, -1, 32) & 15, w.reshape(n, -1, 32) >> 4], axis=2).astype(np.float32)
-        return ((c - 8) * t[dense_scale_name(name, dtype)][..., None]).reshape(n, -1)[:, :k]
-    return w.astype(np.float32)
 
 
 def _crc32(path: Path) -> int:
@@ -241,7 +200,6 @@ def expected_tensors(arch: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
         if arch["qk_norm"]:
             exp[f"{p}.q_norm"] = exp[f"{p}.k_norm"] = ("float32", (hd,))
     exp["norm"] = ("float32", (h,))
-    npd = {"fp32": "float32", "fp16": "float16", "bf16": "uint16", "int8": "int8", "q4": "uint8"}
     ng = -(-h // Q4_GROUP)
     for name, dtype in (
         ("embed", arch["embed_dtype"]),
@@ -249,7 +207,7 @@ def expected_tensors(arch: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
     ):
         if dtype is None:
             continue
-        exp[name] = (npd[dtype], (v, ng * 32) if dtype == "q4" else (v, h))
+        exp[name] = (DENSE[dtype].storage, (v, ng * 32) if dtype == "q4" else (v, h))
         # q4 group scales may be negative or zero (Q4_0's d = m / -8); only finiteness is checked
         if dtype in ("int8", "q4"):
             exp[dense_scale_name(name, dtype)] = ("float32", (v,) if dtype == "int8" else (v, ng))
