@@ -269,7 +269,8 @@ class Trainer:
         finally:
             self.raw_model.train()
             set_rng_state(saved)
-        return {k: float(v) for k, v in result.items()}
+        # Numbers only: a metric's confidence interval (a list) is for reports, not for the log or selection.
+        return {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
 
     def _keep_if_best(self, metrics: dict[str, float]) -> None:
         if self.metric not in metrics or not self.main:
