@@ -1,5 +1,6 @@
 """What a multi-process run (`accelerate launch`, torchrun) needs beyond the Accelerator itself.
 
+- `accelerator_for`: the Accelerator of one stage, whose mixed precision may differ from the last stage's.
 - `accelerator_kwargs`: accelerate only forms a CPU process group (gloo) when told `cpu=True`; without it,
   N processes launched on a machine without CUDA each see DistributedType.NO, all believe they are rank 0
   and train N independent copies that overwrite each other's files. So a launch with WORLD_SIZE > 1 and no
@@ -36,6 +37,25 @@ def accelerator_kwargs() -> dict[str, Any]:
     if launched_world_size() > 1 and not torch.cuda.is_available():
         return {"cpu": True}
     return {}
+
+
+def accelerator_for(mixed_precision: str):
+    """An Accelerator with `mixed_precision` ("no", "bf16", "fp16") on this launch's devices.
+
+    accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    mixed precision; a recipe whose stages train at different precisions runs them in one process (as do
+    the tests). accelerate has no public way to change it, so the stage's own setting replaces the shared
+    one through accelerate's internal reset, here and nowhere else; the process group (PartialState) is
+    kept. Revisit when accelerate offers a supported API.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision, **accelerator_kwargs())
+    except ValueError:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(mixed_precision=mixed_precision, **accelerator_kwargs())
 
 
 def _group_ready() -> bool:
@@ -109,6 +129,7 @@ def mean_across_ranks(values: list[float]) -> list[float]:
 
 
 __all__ = [
+    "accelerator_for",
     "accelerator_kwargs",
     "across_ranks",
     "barrier",

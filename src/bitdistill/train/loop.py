@@ -66,19 +66,9 @@ def native_bf16() -> bool:
 
 
 def make_accelerator(precision: str = "auto"):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from .distributed import accelerator_for
 
-    from .distributed import accelerator_kwargs
-
-    mode = resolve_precision(precision)
-    try:
-        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
-    except ValueError:
-        # accelerate keeps one mixed-precision setting per process; a recipe whose stages use different
-        # precisions runs them in one process, so drop that setting (not the distributed state) and retry.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
+    return accelerator_for(resolve_precision(precision))
 
 
 def seed_everything(seed: int) -> None:
