@@ -8,7 +8,8 @@
 - `is_main`, `rank_and_world`: who writes shared files (run directory, results, reports), read from the
   initialized process group, or from the launcher's environment before one exists.
 - `across_ranks`: evaluation split over the processes: each rank maps `fn` over its own slice of the items,
-  and every rank gets all results back in the items' order, each item computed exactly once.
+  and every rank gets all results back in the items' order, each item computed exactly once. Every rank
+  maps the same number of items, so a sharded (FSDP) model runs the same forwards on every rank.
 - `mean_across_ranks`: a logged number (the loss) averaged over processes, so rank 0 logs the global value.
 """
 
@@ -98,16 +99,20 @@ def across_ranks(fn: Callable[[Sequence[T]], Sequence[R]], items: Sequence[T]) -
 
     `fn` must return one result per item it is given, in order. Strided slices keep the ranks' loads even
     when items are sorted by length; the gather puts result i back at position i, so every rank returns
-    exactly `list(fn(items))` up to the floating-point effects of different batch compositions.
+    exactly `list(fn(items))` up to the floating-point effects of different batch compositions. A rank
+    whose slice is one short maps one repeated item more and drops its result: every rank then calls `fn`
+    on as many items, so a sharded model, whose every forward is collective, runs as many forwards.
     """
     init_group()  # e.g. every stage was done already: no Accelerator has joined the group yet
     rank, world = rank_and_world()
     if world == 1:
         return list(fn(items))
-    part = items[rank::world]
-    mine = list(fn(part)) if len(part) else []
-    if len(mine) != len(part):
-        raise ValueError(f"across_ranks: fn returned {len(mine)} results for {len(part)} items")
+    part = list(items[rank::world])
+    padded = part + list((part or items[:1])[-1:]) * (-(-len(items) // world) - len(part))
+    results = list(fn(padded)) if padded else []
+    if len(results) != len(padded):
+        raise ValueError(f"across_ranks: fn returned {len(results)} results for {len(padded)} items")
+    mine = results[: len(part)]
     parts: list[list[R] | None] = [None] * world
     torch.distributed.all_gather_object(parts, mine)
     out: list[R] = [None] * len(items)  # type: ignore[list-item]
