@@ -17,14 +17,13 @@ tests/fsdp_worker.py checks the pieces one by one against an unsharded copy (tol
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_multiprocess import ACCELERATE, ROOT, env, free_port, losses, weights
+from test_multiprocess import ACCELERATE, ROOT, launch, losses, run_one_process, weights
 from tiny_pipeline import build_world
 
 FSDP = ROOT / "configs" / "accelerate" / "fsdp.yaml"
@@ -34,14 +33,6 @@ WEIGHT_ATOL = 2e-3
 EXACT = 1e-6  # sharded vs unsharded forward, capture, gradients: the same sums up to reduction order
 
 pytestmark = pytest.mark.skipif(not ACCELERATE.is_file(), reason="accelerate's launcher is not installed")
-
-
-def launch_fsdp(script: list[str], **extra: str):
-    import subprocess
-
-    args = [str(ACCELERATE), "launch", "--config_file", str(FSDP), "--num_processes", "2",
-            "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), *script]  # fmt: skip
-    return subprocess.run(args, env=env(**extra), capture_output=True, text=True, timeout=300)
 
 
 def recipe_args(world: dict[str, Path], out: Path, *more: str) -> list[str]:
@@ -61,12 +52,8 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one(world, tmp_path_factory):
-    import subprocess
-
     out = tmp_path_factory.mktemp("one") / "run"
-    proc = subprocess.run([sys.executable, "-m", "bitdistill.cli", *recipe_args(world, out)],
-                          env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_one_process(recipe_args(world, out))
     return out
 
 
@@ -75,10 +62,10 @@ def two(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("two") / "run"
     args = [str(ROOT / "tests" / "rank_audit.py"),
             *recipe_args(world, out, "--set", "train.batch_size=4", "--set", "distill.teacher_sharding=sharded")]  # fmt: skip
-    killed = launch_fsdp(args, BITDISTILL_AUDIT_ROOT=str(out), BITDISTILL_FAULT="distill:step:5")
+    killed = launch(args, 2, FSDP, BITDISTILL_AUDIT_ROOT=str(out), BITDISTILL_FAULT="distill:step:5")
     assert killed.returncode != 0
     assert (out / "distill" / "train" / "LATEST").read_text().strip() == "ckpt-000003"
-    resumed = launch_fsdp(args, BITDISTILL_AUDIT_ROOT=str(out))
+    resumed = launch(args, 2, FSDP, BITDISTILL_AUDIT_ROOT=str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return out, killed.stderr + resumed.stderr
 
@@ -131,7 +118,7 @@ def test_fsdp_saves_ordinary_models_and_only_rank_zero_writes(world, two):
 
 def test_sharded_pieces_match_the_unsharded_model(tmp_path):
     out = tmp_path / "out.json"
-    proc = launch_fsdp([str(ROOT / "tests" / "fsdp_worker.py"), str(out)])
+    proc = launch([str(ROOT / "tests" / "fsdp_worker.py"), str(out)], 2, FSDP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["world"] == 2 and r["plan"]
