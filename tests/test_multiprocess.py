@@ -55,8 +55,8 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def launch(script: list[str], procs: int, **extra: str) -> subprocess.CompletedProcess:
-    args = [str(ACCELERATE), "launch", "--config_file", str(DDP), "--num_processes", str(procs),
+def launch(script: list[str], procs: int, config: Path = DDP, **extra: str) -> subprocess.CompletedProcess:
+    args = [str(ACCELERATE), "launch", "--config_file", str(config), "--num_processes", str(procs),
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), *script]  # fmt: skip
     return subprocess.run(args, env=env(**extra), capture_output=True, text=True, timeout=300)
 
@@ -88,12 +88,17 @@ def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"))
 
 
+def run_one_process(args: list[str]) -> None:
+    """The bitdistill CLI in one process (the reference the launched runs are compared with)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "rank_audit.py"), *args],
+                          env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def one(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "run"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "rank_audit.py"), *recipe_args(world, out)],
-                          env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_one_process(recipe_args(world, out))
     return out
 
 

@@ -24,6 +24,7 @@ QKV_SOURCES = ("attention", "projection")  # Q/K/V after q/k-norm and RoPE, or t
 KD_POSITIONS = ("all", "targets")  # logits distillation over every non-pad token, or target tokens only
 RELATIONS = ("cosine", "scaled")  # attention-relation form (see distill/losses.py)
 TEACHER_DTYPES = ("float32", "bfloat16")  # the frozen distill teacher's weights
+TEACHER_SHARDINGS = ("replicated", "sharded")  # a whole teacher per process, or 1/N of it (FSDP2)
 
 
 def subln_mode(value: bool | str | None, where: str = "subln") -> str:

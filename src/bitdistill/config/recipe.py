@@ -22,7 +22,16 @@ import yaml
 
 from ..errors import BitDistillError
 from .bitnet import BitNetConfig
-from .choices import GRANULARITIES, KD_POSITIONS, QKV_SOURCES, RELATIONS, STAGES, TEACHER_DTYPES, subln_mode
+from .choices import (
+    GRANULARITIES,
+    KD_POSITIONS,
+    QKV_SOURCES,
+    RELATIONS,
+    STAGES,
+    TEACHER_DTYPES,
+    TEACHER_SHARDINGS,
+    subln_mode,
+)
 from .train import TrainConfig
 
 # Paper defaults (BitNet Distillation, arXiv 2510.13998) per task kind: (lambda, gamma).
@@ -106,6 +115,9 @@ class DistillStage:
     # The frozen teacher's weights: float32 as loaded, or bfloat16 (half its memory on every data-parallel
     # process; the losses still compute in float32 from its upcast logits and Q/K/V)
     teacher_dtype: str = "float32"
+    # With several processes: a whole teacher on each (replicated), or 1/N of it per process, gathered one
+    # decoder layer at a time for its forward (sharded; FSDP2, train/sharding.py). One process: no effect.
+    teacher_sharding: str = "replicated"
     train: dict[str, Any] = field(default_factory=dict)
 
     def weights(self, kind: str) -> tuple[float, float]:
@@ -172,7 +184,7 @@ class Recipe:
             )
         subln_mode(self.bitnet.subln, f"{src}: bitnet.subln")
         for key, allowed in (("kd_positions", KD_POSITIONS), ("relation", RELATIONS), ("qkv_source", QKV_SOURCES),
-                             ("teacher_dtype", TEACHER_DTYPES)):
+                             ("teacher_dtype", TEACHER_DTYPES), ("teacher_sharding", TEACHER_SHARDINGS)):
             value = getattr(self.distill, key)
             if value not in allowed:
                 raise BitDistillError(f"{src}: distill.{key}: {value!r} is not one of {', '.join(allowed)}")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from .._fs import atomic_dir
@@ -27,11 +28,28 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+def write_weights(
+    weights: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None
+) -> None:
+    """A model's weights as one safetensors file: from the module (save_model de-duplicates tied tensors),
+    or from a full state dict gathered off a sharded model (train/sharding.py drops the tied names alike)."""
+    if isinstance(weights, nn.Module):
+        save_model(weights, str(path), metadata=metadata)
+    else:
+        save_file(dict(weights), str(path), metadata=metadata)
+
+
+def save(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    tokenizer=None,
+    weights: nn.Module | Mapping[str, torch.Tensor] | None = None,
+) -> Path:
     """Write `model` (converted or full precision) and optionally its tokenizer to `out_dir` atomically.
 
-    The directory is assembled beside its destination and renamed into place; an existing directory is
-    replaced only once the new one is complete.
+    `weights`: what to write instead of `model`'s own weights: the full state dict gathered off a sharded
+    model (train.sharding.weights_for_saving); `model` then supplies only the config. The directory is assembled beside its destination and renamed into
+    place; an existing directory is replaced only once the new one is complete.
     """
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
@@ -40,7 +58,8 @@ def save(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None) -> Path:
             # A GGUF load leaves a quantization_config; the weights we write are plain floats.
             del config.quantization_config
         config.save_pretrained(tmp)
-        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "bitdistill": "1"})
+        write_weights(model if weights is None else weights, tmp / WEIGHTS_NAME,
+                      metadata={"format": "pt", "bitdistill": "1"})  # fmt: skip
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out

@@ -159,7 +159,8 @@ def _distill_keys(recipe: Recipe) -> dict[str, Any]:
     keys: dict[str, Any] = {
         f"distill.{f.name}": getattr(spec, f.name)
         for f in dataclasses.fields(spec)
-        if f.name not in ("enabled", "train", "student", "teacher")
+        # teacher_sharding only places the teacher's weights: the same numbers whichever
+        if f.name not in ("enabled", "train", "student", "teacher", "teacher_sharding")
         # a key added later is recorded only when set, so fingerprints written before it still match
         and not (f.name == "teacher_dtype" and spec.teacher_dtype == "float32")
     }

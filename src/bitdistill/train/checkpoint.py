@@ -17,17 +17,19 @@ import json
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from torch import nn
 
 from .._fs import atomic_write_text, fsync_path, replace_dir
 from ..errors import BitDistillError
+from ..model.io import write_weights
+from .sharding import is_sharded, scatter_optimizer, scatter_weights
 
 LATEST = "LATEST"
 PREFIX = "ckpt-"
@@ -56,8 +58,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     train_dir: Path,
     step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    weights: nn.Module | Mapping[str, torch.Tensor],
+    optimizer_state: Mapping[str, Any],
     scheduler: Any,
     trainer_state: dict[str, Any],
     keep: int = 1,
@@ -65,7 +67,10 @@ def save_checkpoint(
     is_main: bool = True,
     before_publish: Callable[[], None] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and point LATEST at it; keep the newest `keep` checkpoints."""
+    """Write checkpoint `step` atomically and point LATEST at it; keep the newest `keep` checkpoints.
+
+    `weights` is the model, or its full state dict gathered from a sharded model (train/sharding.py);
+    `optimizer_state` the optimizer's state dict (gathered and keyed by parameter name when sharded)."""
     train_dir.mkdir(parents=True, exist_ok=True)
     final = train_dir / f"{PREFIX}{step:06d}"
     if not is_main:
@@ -74,9 +79,8 @@ def save_checkpoint(
         return final
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=train_dir))
     try:
-        # save_model de-duplicates tied tensors (embeddings / LM head), which plain save_file refuses.
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_weights(weights, tmp / "model.safetensors")  # tied tensors (embeddings / LM head) once
+        torch.save(dict(optimizer_state), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / f"rng_{rank}.pt")
         (tmp / STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=1))
@@ -123,9 +127,10 @@ def load_checkpoint(
     scheduler: Any,
     rank: int = 0,
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG from `path`; return the trainer state."""
+    """Restore model, optimizer, scheduler and RNG from `path`; return the trainer state. Collective for a
+    sharded model (every rank calls it; rank 0 reads the model and optimizer files and broadcasts)."""
     try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        missing, unexpected = load_weights(model, path / "model.safetensors")
         tied = (
             {"lm_head.weight"}
             if getattr(getattr(model, "config", None), "tie_word_embeddings", False)
@@ -138,7 +143,10 @@ def load_checkpoint(
                 f"{unexpected[:3]}); it was written by a different configuration — delete {path.parent} "
                 "to start the stage over"
             )
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        if is_sharded(model):
+            scatter_optimizer(model, optimizer, path / "optimizer.pt")
+        else:
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng_file = path / f"rng_{rank}.pt"
         if rng_file.is_file():
@@ -149,6 +157,14 @@ def load_checkpoint(
             f"{path}: cannot resume from this checkpoint ({err}); delete it to fall back to an older one "
             f"or delete {path.parent} to start the stage over"
         ) from None
+
+
+def load_weights(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Load a weights file written by `write_weights` into `model` (sharded or not; collective when sharded);
+    returns (missing, unexpected) names and loads nothing when the file does not match a sharded model."""
+    if is_sharded(model):
+        return scatter_weights(model, path)
+    return load_model(model, str(path), strict=False)
 
 
 def clean_stale(train_dir: Path) -> None:

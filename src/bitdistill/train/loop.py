@@ -3,7 +3,8 @@
 A stage hands it a model, a batch source, a loss function `loss_fn(model, batch) -> (loss, parts)` and
 optionally an evaluation function; the loop owns everything else: AdamW, warmup + cosine/linear schedule,
 gradient accumulation, mixed precision, clipping, progress, logs, evaluation, checkpoints and resume.
-It runs on `accelerate`, so `accelerate launch` / torchrun run it on many GPUs unchanged.
+It runs on `accelerate`, so `accelerate launch` / torchrun run it on many GPUs unchanged; under an FSDP
+launch it shards the model itself (sharding.py) and gathers full state dicts for every file it writes.
 
 Resume contract: the state after optimizer step `s` is a function of (seed, s) only. The data order is a
 function of the micro-step (see batches.py), and a checkpoint stores the model, optimizer, scheduler and
@@ -36,6 +37,7 @@ from .checkpoint import (
     clean_stale,
     latest_checkpoint,
     load_checkpoint,
+    load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -43,6 +45,7 @@ from .checkpoint import (
 from .distributed import mean_across_ranks
 from .log import TrainLog
 from .optim import _lr_lambda, make_optimizer
+from .sharding import fsdp_plan, gather_optimizer, gradient_sync_off, shard, shards_here, weights_for_saving
 from .state import LogWindow, StepOutcome, TrainResult, TrainState
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
@@ -66,19 +69,9 @@ def native_bf16() -> bool:
 
 
 def make_accelerator(precision: str = "auto"):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from .distributed import accelerator_for
 
-    from .distributed import accelerator_kwargs
-
-    mode = resolve_precision(precision)
-    try:
-        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
-    except ValueError:
-        # accelerate keeps one mixed-precision setting per process; a recipe whose stages use different
-        # precisions runs them in one process, so drop that setting (not the distributed state) and retry.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mode, **accelerator_kwargs())
+    return accelerator_for(resolve_precision(precision))
 
 
 def seed_everything(seed: int) -> None:
@@ -134,10 +127,25 @@ class Trainer:
             clean_stale(train_dir)
         seed_everything(cfg.seed)
         model.train()
+        plan = fsdp_plan()
+        self.sharded = shards_here(plan)
+        if self.sharded:
+            if resolve_precision(cfg.precision) == "fp16":
+                raise BitDistillError(
+                    f"[{desc}] train.precision: fp16 needs a gradient scaler, which the FSDP launch does not "
+                    "run; use bf16 or fp32"
+                )
+            model = shard(model, accelerator.device, plan)  # before the optimizer: it holds the shards
+            if self.main:
+                print(f"[{desc}] FSDP: the model is sharded over {accelerator.num_processes} processes, "
+                      "one unit per decoder layer", file=sys.stderr)  # fmt: skip
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, cfg.steps))
-        # The scheduler stays outside prepare(): accelerate would step it once per process.
-        self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
+        # The scheduler stays outside prepare(): accelerate would step it once per process. A sharded model
+        # stays outside too (sharding.py says why); the Accelerator still does autocast, backward, clipping.
+        if not self.sharded:
+            model, self.optimizer = accelerator.prepare(model, self.optimizer)
+        self.model = model
         self.raw_model = accelerator.unwrap_model(self.model)
         self.state = TrainState()
         self.last_ckpt = self._resume()
@@ -200,7 +208,7 @@ class Trainer:
                 return (step if step.tokens else None), True
             batch = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             sync = micro == accum - 1
-            ctx = self.accelerator.no_sync(self.model) if not sync else nullcontext()
+            ctx = nullcontext() if sync else self._no_sync()
             with ctx, self.accelerator.autocast():
                 loss, parts = self.loss_fn(self.model, batch)
             # The mean over processes: rank 0 logs the global loss, and a non-finite loss on any rank
@@ -214,6 +222,10 @@ class Trainer:
             for k, v in parts.items():
                 step.parts[k] = step.parts.get(k, 0.0) + float(v) / accum
         return step, False
+
+    def _no_sync(self):
+        """Skip this micro-step's gradient all-reduce (reduce-scatter when sharded) until the last one."""
+        return gradient_sync_off(self.model) if self.sharded else self.accelerator.no_sync(self.model)
 
     def _require_finite(self, value: float, parts: dict[str, float]) -> None:
         if math.isfinite(value):
@@ -269,23 +281,33 @@ class Trainer:
         finally:
             self.raw_model.train()
             set_rng_state(saved)
-        return {k: float(v) for k, v in result.items()}
+        # Numbers only: a metric's confidence interval (a list) is for reports, not for the log or selection.
+        return {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
 
     def _keep_if_best(self, metrics: dict[str, float]) -> None:
-        if self.metric not in metrics or not self.main:
+        # Every rank holds the same gathered metrics, so all decide alike (a sharded model gathers on all).
+        if self.metric not in metrics:
             return
         value = metrics[self.metric]
         if self.state.improves(value, self.greater_is_better):
             self.state.best_metric, self.state.best_step = value, self.state.step
-            from safetensors.torch import save_model
+            weights = weights_for_saving(self.raw_model)
+            if self.main:
+                from ..model.io import write_weights
 
-            with atomic_file(self.best_path) as tmp:
-                save_model(self.raw_model, str(tmp))
+                with atomic_file(self.best_path) as tmp:
+                    write_weights(weights, tmp)
 
     def _checkpoint(self) -> Path:
-        # The main process publishes the directory first; the other ranks then add their RNG state.
+        # The main process publishes the directory first; the other ranks then add their RNG state. A sharded
+        # model's weights and optimizer state are gathered first, by every rank, onto rank 0.
         at, acc = self.state.step, self.accelerator
-        args = (self.train_dir, at, self.raw_model, self.optimizer, self.scheduler, self.state.to_dict())
+        weights = weights_for_saving(self.raw_model)
+        if self.sharded:
+            optim = gather_optimizer(self.raw_model, self.optimizer)
+        else:
+            optim = self.optimizer.state_dict() if self.main else {}
+        args = (self.train_dir, at, weights, optim, self.scheduler, self.state.to_dict())
         kwargs = dict(keep=self.cfg.keep_checkpoints, rank=acc.process_index)
         if self.main:
             path = save_checkpoint(
@@ -302,10 +324,8 @@ class Trainer:
             # Resumed after the final checkpoint of a run whose eval was lost: evaluate once more.
             self.state.eval = self._evaluate()
         if self.cfg.select == "best" and self.best_path.is_file():
-            from safetensors.torch import load_model
-
-            load_model(self.raw_model, str(self.best_path), strict=False)
-            if hasattr(self.raw_model, "tie_weights"):
+            load_weights(self.raw_model, self.best_path)
+            if hasattr(self.raw_model, "tie_weights") and not self.sharded:  # sharding keeps the tie
                 self.raw_model.tie_weights()
         self.raw_model.eval()
         return self.state.result()
@@ -329,7 +349,8 @@ def train(
     `batches.iterate(start_micro_step)` yields micro-batches (dicts of tensors); the loop moves them to
     the device. Returns the statistics of the whole stage (resumed parts included); on return `model`
     holds the selected weights (`cfg.select`). `fault(point)` is called at each step and checkpoint write
-    (crash tests); by default it kills at the points BITDISTILL_FAULT lists, read once here.
+    (crash tests); by default it kills at the points BITDISTILL_FAULT lists, read once here. Under an FSDP
+    launch `model` is sharded in place and stays so: save it with `weights_for_saving` (train/sharding.py).
     """
     cfg.validate()
     fault = fault or kill_at(read_env().fault_points)

@@ -9,6 +9,7 @@ for the paper's ablations.
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import torch
@@ -119,8 +120,22 @@ def run_distill(recipe: Recipe) -> dict[str, Any]:
     loss_fn, settings = make_distill_loss(recipe, student, teacher, data.task.kind)
     if auto:
         settings["layer_choice"] = auto
-    # The teacher must sit where the student's batches go; train_task_model moves the student.
-    from ...train.loop import make_accelerator
-
-    teacher.to(make_accelerator(recipe.train_config("distill").precision).device)
+    place_teacher(recipe, teacher)
     return train_task_model(recipe, "distill", student, tok, data, loss_fn, {"distill": settings})
+
+
+def place_teacher(recipe: Recipe, teacher) -> None:
+    """Put the teacher where the student's batches go (train_task_model moves the student): whole on every
+    process, or sharded over them (`distill.teacher_sharding: sharded`, with more than one process; its
+    forward, run by every rank on every micro-step, gathers one layer at a time)."""
+    from ...train.distributed import rank_and_world
+    from ...train.loop import make_accelerator
+    from ...train.sharding import fsdp_plan, shard
+
+    device = make_accelerator(recipe.train_config("distill").precision).device
+    teacher.to(device)
+    rank, world = rank_and_world()
+    if recipe.distill.teacher_sharding == "sharded" and world > 1:
+        shard(teacher, device, fsdp_plan())
+        if rank == 0:
+            print(f"[distill] the teacher is sharded over {world} processes", file=sys.stderr)

@@ -22,6 +22,7 @@ from ...distill.losses import causal_lm_loss
 from ...model.io import save
 from ...train.batches import StreamBatches
 from ...train.loop import make_accelerator, result_dict, train
+from ...train.sharding import weights_for_saving
 from ..markers import stage_dir, write_stage
 from ..models import convert, load_model_dir_or_spec
 
@@ -82,8 +83,9 @@ def run_continue_pretrain(recipe: Recipe) -> dict[str, Any]:
         model, batches, lm_loss, cfg, out / "train", desc="continue_pretrain", accelerator=accelerator
     )
     model_dir = out / "model"
+    weights = weights_for_saving(model)  # a sharded model's full weights, gathered by every rank
     if accelerator.is_main_process:
-        save(accelerator.unwrap_model(model), model_dir, tokenizer=tok)
+        save(accelerator.unwrap_model(model), model_dir, tokenizer=tok, weights=weights)
         write_stage(
             out,
             {

@@ -19,6 +19,7 @@ from ...data.task_record import record_task
 from ...distill.losses import task_ce
 from ...model.io import save
 from ...train.loop import LossFn, make_accelerator, result_dict, train
+from ...train.sharding import weights_for_saving
 from ..dev_eval import dev_metrics, eval_metric
 from ..markers import read_stage, stage_dir, write_stage
 from ..models import convert, load_model_dir_or_spec
@@ -57,10 +58,11 @@ def train_task_model(
         greater_is_better=greater, desc=stage, accelerator=accelerator,
     )  # fmt: skip
     model_dir = out / "model"
+    weights = weights_for_saving(model)  # a sharded model's full weights, gathered by every rank
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(model)
         record_task(trained.config, data.task)  # classify/serve/pack read the task from the model itself
-        save(trained, model_dir, tokenizer=tokenizer)
+        save(trained, model_dir, tokenizer=tokenizer, weights=weights)
         record = {
             "stage": stage,
             "model_dir": str(model_dir),
