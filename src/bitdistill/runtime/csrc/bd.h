@@ -72,12 +72,15 @@ void bd_silu_mul(float *g, const float *u, int n);  /* g = silu(g) * u */
 /* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
 void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out); /* q.k[j]*scale */
 void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd); /* o[hd] = sum_j p[j] v[j] */
-void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
-void bd_unpack4(const uint8_t *w, int nb, uint8_t *u);
-void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);
-void bd_ugemm4(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out); /* out [nt][4] */
-void bd_idot4(const int8_t *w, int k, const int8_t *x, int32_t out[4]);
-void bd_fdot4(const void *w, int dtype, int k, const float *x, float out[4]);
+/* Dot-product kernels are named <shape>_<activation>_<weight>: dot4 = 4 weight rows against one token, dot = one
+ * row, gemm4 = 4 rows against several tokens. Types: i8 int8, f32 float, t2 packed 2-bit ternary codes (the layout
+ * above), u8 unpacked codes one per byte, q4 the BD_Q4 groups, fp float weights (fp32/fp16/bf16 by dtype). */
+void bd_dot4_i8_t2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
+void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u);
+void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);
+void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out); /* out [nt][4] */
+void bd_dot4_i8_i8(const int8_t *w, int k, const int8_t *x, int32_t out[4]);
+void bd_dot4_f32_fp(const void *w, int dtype, int k, const float *x, float out[4]);
 void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k, float *out);
 
 /* Row-group range [g0, g1) of a ternary linear, T tokens; out float [T][n] (scaled, biased). */
@@ -87,7 +90,7 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
 /* q4: xq rows zero padded to ceil(k/64)*64 with group sums xg [T][ceil(k/64)] (bd_q4_group_sums). */
 void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, int r0, int r1, const float *x,
                    const int8_t *xq, const float *xs, const int32_t *xg, int T, float *y);
-float bd_q4dot(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg);
+float bd_dot_i8_q4(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg);
 void bd_q4_group_sums(const int8_t *x, int ng, int32_t *xg);
 
 #endif

@@ -539,7 +539,7 @@ void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int
     for (int t = 0; t < T; t++) bd_quantize_row(x + (size_t)t * k, k, kp, xq + (size_t)t * kp, &s[t], &sum[t]);
 }
 
-/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill path (unpack + bd_ugemm4 over all T). */
+/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill path (unpack + bd_gemm4_i8_u8 over all T). */
 void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, int32_t *acc, int gemm) {
     const int nb = kp / BD_BLOCK, ng = (n + 3) / 4;
     uint8_t *u = gemm ? malloc((size_t)4 * kp) : NULL;
@@ -547,8 +547,8 @@ void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, in
     for (int g = 0; g < ng; g++) {
         const uint8_t *wg = w + (size_t)g * kp;
         if (u) {
-            bd_unpack4(wg, nb, u);
-            bd_ugemm4(u, kp, xq, T, ua);
+            bd_unpack4_t2(wg, nb, u);
+            bd_gemm4_i8_u8(u, kp, xq, T, ua);
         }
         for (int t = 0; t < T; t++) {
             const int8_t *xt = xq + (size_t)t * kp;
@@ -557,7 +557,7 @@ void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, in
             if (u)
                 memcpy(a, ua + 4 * t, sizeof a);
             else
-                bd_tdot4(wg, xt, nb, a);
+                bd_dot4_i8_t2(wg, xt, nb, a);
             for (int r = 0; r < 4 && g * 4 + r < n; r++) acc[(size_t)t * n + g * 4 + r] = a[r] - xsum;
         }
     }
