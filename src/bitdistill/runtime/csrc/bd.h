@@ -6,7 +6,7 @@
  * Codes are weight + 1 (0, 1, 2), so a dot product is sum(code * x) - sum(x).
  *
  * Every SIMD routine has a scalar twin computing the same integers; bd_set_simd(0) forces the scalar path,
- * bd_set_simd(1) caps at AVX2 (levels: 0 scalar, 1 AVX2/FMA, 2 AVX-512 VNNI; -1 = the CPU's best).
+ * bd_set_simd(1) caps at AVX2 (levels: 0 scalar, 1 AVX2/FMA, 2 AVX-512 VNNI; -1 = the CPU's best, the default).
  * The structs below are mirrored field by field by ctypes in bitdistill/runtime/native.py.
  */
 #ifndef BD_H
@@ -58,6 +58,11 @@ typedef struct {
     const float *final_norm;
     const bd_layer *layers;
 } bd_model;
+
+/* engine.c: phase profiling (off unless set; the library reads no environment variables) */
+void bd_set_profile(int on);
+void bd_profile_reset(void);
+void bd_profile_dump(void);
 
 /* kernels.c */
 int bd_simd_level(void);

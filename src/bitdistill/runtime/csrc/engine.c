@@ -75,12 +75,13 @@ static void barrier_wait(bd_barrier *b, int n, int *local_sense) {
     }
 }
 
-/* BITDISTILL_PROFILE=1: per-thread time per phase (rdtsc), printed to stderr by bd_profile_dump(). */
+/* bd_set_profile(1) (native.py passes BITDISTILL_PROFILE): per-thread time per phase (rdtsc), printed to
+ * stderr by bd_profile_dump(). Off by default. */
 enum { P_PREP, P_QKV, P_ATTN, P_O, P_FFN, P_DOWN, P_RESID, P_BAR, P_HEADPREP, P_HEAD, P_EMB, P_N };
 static const char *P_NAMES[P_N] = {"norm+quant", "q/k/v", "attention", "o_proj", "gate/up+act", "down",
                                    "residual", "barrier wait", "final norm", "lm head", "embed"};
 static unsigned long long g_prof[8][P_N];
-static int g_prof_on = -1;
+static int g_prof_on = 0;
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
 #define TICK() (g_prof_on ? __rdtsc() : 0ULL)
@@ -89,10 +90,12 @@ static int g_prof_on = -1;
 #endif
 #define PROF(ph) do { if (g_prof_on && tid < 8) { unsigned long long _t = TICK(); g_prof[tid][ph] += _t - *pt; *pt = _t; } } while (0)
 
+void bd_set_profile(int on) { g_prof_on = on != 0; }
+
 void bd_profile_reset(void) { memset(g_prof, 0, sizeof g_prof); }
 
 void bd_profile_dump(void) {
-    if (g_prof_on <= 0) return;
+    if (!g_prof_on) return;
     for (int t = 0; t < 8; t++) {
         unsigned long long tot = 0;
         for (int p = 0; p < P_N; p++) tot += g_prof[t][p];
@@ -451,10 +454,6 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
         if (out_rows[i] < 0 || out_rows[i] >= T) return -4;
     const int H = m->hidden, V = m->vocab;
     atomic_store(&st->next_ticket, 0);
-    if (g_prof_on < 0) {
-        const char *e = getenv("BITDISTILL_PROFILE");
-        g_prof_on = e && *e && strcmp(e, "0") != 0;
-    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif

@@ -28,7 +28,7 @@
 static float f16_to_f32(uint16_t h);
 
 static int g_simd = -1;
-static int g_simd_cap = -1; /* upper bound requested by bd_set_simd / BITDISTILL_SIMD, -1 = none */
+static int g_simd_cap = -1; /* upper bound requested by bd_set_simd (native.py passes BITDISTILL_SIMD), -1 = none */
 
 static int cpu_level(void) {
 #if BD_X86
@@ -50,20 +50,14 @@ static int simd_decide(void);
 static inline int simd_on(void) { return g_simd >= 0 ? g_simd : simd_decide(); }
 
 static int simd_decide(void) {
-    int cap = g_simd_cap;
-    if (cap < 0) {
-        const char *env = getenv("BITDISTILL_SIMD");
-        if (env && (strcmp(env, "scalar") == 0 || strcmp(env, "0") == 0)) cap = 0;
-        else if (env && (strcmp(env, "avx2") == 0 || strcmp(env, "1") == 0)) cap = 1;
-    }
     int lvl = cpu_level();
-    g_simd = cap >= 0 && cap < lvl ? cap : lvl;
+    g_simd = g_simd_cap >= 0 && g_simd_cap < lvl ? g_simd_cap : lvl;
     return g_simd;
 }
 
 int bd_simd_level(void) { return simd_on(); }
 
-/* level < 0: the best the CPU has (BITDISTILL_SIMD still applies); otherwise at most `level`. */
+/* level < 0: the best the CPU has; otherwise at most `level`. */
 void bd_set_simd(int level) {
     g_simd_cap = level;
     g_simd = -1;
