@@ -77,6 +77,7 @@ void bd_silu_mul(float *g, const float *u, int n);  /* g = silu(g) * u */
 /* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
 void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out); /* q.k[j]*scale */
 void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd); /* o[hd] = sum_j p[j] v[j] */
+void bd_softmax(float *s, int n); /* s = exp(s - max s) / sum, in place */
 /* Dot-product kernels are named <shape>_<activation>_<weight>: dot4 = 4 weight rows against one token, dot = one
  * row, gemm4 = 4 rows against several tokens. Types: i8 int8, f32 float, t2 packed 2-bit ternary codes (the layout
  * above), u8 unpacked codes one per byte, q4 the BD_Q4 groups, fp float weights (fp32/fp16/bf16 by dtype). */

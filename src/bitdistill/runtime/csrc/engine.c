@@ -380,19 +380,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
                 float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
                 if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
                 rope(qh, cs + (size_t)t * hd, hd);
-                float mx = -INFINITY;
                 bd_scores(qh, kb + (size_t)lo * hd * es, half, hi - lo + 1, hd, m->attn_scale, sc + lo);
-                for (int j = lo; j <= hi; j++) {
-                    float s = sc[j];
-                    if (m->attn_softcap > 0.0f) sc[j] = s = tanhf(s / m->attn_softcap) * m->attn_softcap;
-                    if (s > mx) mx = s;
-                }
-                float sum = 0.0f;
-                for (int j = lo; j <= hi; j++) {
-                    sc[j] = expf(sc[j] - mx);
-                    sum += sc[j];
-                }
-                for (int j = lo; j <= hi; j++) sc[j] = sc[j] / sum;
+                if (m->attn_softcap > 0.0f)
+                    for (int j = lo; j <= hi; j++) sc[j] = tanhf(sc[j] / m->attn_softcap) * m->attn_softcap;
+                bd_softmax(sc + lo, hi - lo + 1);
                 bd_wsum(st->att + (size_t)t * qd + (size_t)hh * hd, sc + lo, vb + (size_t)lo * hd * es, half,
                         hi - lo + 1, hd);
             }
@@ -527,10 +518,7 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
 void bd_attend_test(const float *q, const void *k, const void *v, int n, int hd, float scale, int kv16, float *sc,
                     float *o) {
     bd_scores(q, k, kv16, n, hd, scale, sc);
-    float mx = -INFINITY, sum = 0.0f;
-    for (int j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
-    for (int j = 0; j < n; j++) sum += (sc[j] = expf(sc[j] - mx));
-    for (int j = 0; j < n; j++) sc[j] = sc[j] / sum;
+    bd_softmax(sc, n);
     bd_wsum(o, sc, v, kv16, n, hd);
 }
 

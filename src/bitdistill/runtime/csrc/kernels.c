@@ -260,8 +260,28 @@ BD_AVX2 static void to_f16_avx2(const float *x, uint16_t *h, int n) {
     for (; i < n; i++) h[i] = f32_to_f16(x[i]);
 }
 
+/* the lane sums of 8 float vectors as one vector [sum(s[0]), ..., sum(s[7])] (as group_sums8) */
+BD_AVX2 static inline __m256 group_sums8_f32(const __m256 s[8]) {
+    __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    __m256 c = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, c, 0x20), _mm256_permute2f128_ps(a, c, 0x31));
+}
+
+/* Eight keys at a time, their eight dot products reduced by one hadd tree and stored as one vector: with
+ * head_dim 64 a lone key is only 8 FMAs, and reducing each with its own horizontal sum cost as much again. */
 BD_AVX2 static void scores_avx2(const float *q, const void *k, int half, int n, int hd, float scale, float *out) {
-    for (int j = 0; j < n; j++) {
+    int j = 0;
+    if (hd % 8 == 0)
+        for (; j + 8 <= n; j += 8) {
+            __m256 s[8];
+            for (int u = 0; u < 8; u++) s[u] = _mm256_setzero_ps();
+            for (int i = 0; i < hd; i += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + i);
+                for (int u = 0; u < 8; u++) s[u] = _mm256_fmadd_ps(qv, kv8(k, half, (size_t)(j + u) * hd + i), s[u]);
+            }
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(group_sums8_f32(s), _mm256_set1_ps(scale)));
+        }
+    for (; j < n; j++) {
         size_t r = (size_t)j * hd;
         __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
         int i = 0;
@@ -279,7 +299,9 @@ BD_AVX2 static void scores_avx2(const float *q, const void *k, int half, int n, 
 }
 
 /* o = sum_j p[j] v[j] with the output held in registers across all keys (an axpy per key would load and
- * store o every time), and each v row read once, front to back: 128 columns per pass. */
+ * store o every time), and each v row read once, front to back: 128 columns per pass, then 64 (head_dim 64
+ * in one pass of eight independent FMA chains: eight 8-column passes of one chain each were bound by the FMA
+ * latency), then 8. The 64-column pass names its registers: GCC kept a loop over an array of them in memory. */
 BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half, int n, int hd) {
     int d0 = 0;
     for (; d0 + 128 <= hd; d0 += 128) {
@@ -291,6 +313,24 @@ BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half,
             for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, kv8(v, half, r + 8 * i), a[i]);
         }
         for (int i = 0; i < 16; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
+    }
+    if (d0 + 64 <= hd) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (int j = 0; j < n; j++) {
+            size_t r = (size_t)j * hd + d0;
+            __m256 pj = _mm256_broadcast_ss(p + j);
+            a0 = _mm256_fmadd_ps(pj, kv8(v, half, r), a0);
+            a1 = _mm256_fmadd_ps(pj, kv8(v, half, r + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, kv8(v, half, r + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, kv8(v, half, r + 24), a3);
+            a4 = _mm256_fmadd_ps(pj, kv8(v, half, r + 32), a4);
+            a5 = _mm256_fmadd_ps(pj, kv8(v, half, r + 40), a5);
+            a6 = _mm256_fmadd_ps(pj, kv8(v, half, r + 48), a6);
+            a7 = _mm256_fmadd_ps(pj, kv8(v, half, r + 56), a7);
+        }
+        const __m256 a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
+        d0 += 64;
     }
     for (; d0 + 8 <= hd; d0 += 8) {
         __m256 a = _mm256_setzero_ps();
@@ -407,6 +447,50 @@ void bd_silu_mul(float *g, const float *u, int n) {
     }
 #endif
     silu_mul_scalar(g, u, n);
+}
+
+/* ---- attention softmax over a head's scores, in place: exp(s - max) / sum ---- */
+
+/* exp is the Cephes routine above (exp_avx2 lane by lane equals exp_scalar); the sum's order differs */
+static void softmax_scalar(float *s, int n) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    for (int j = 0; j < n; j++) sum += (s[j] = exp_scalar(s[j] - mx));
+    for (int j = 0; j < n; j++) s[j] = s[j] / sum;
+}
+
+#if BD_X86
+BD_AVX2 static void softmax_avx2(float *s, int n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+    float buf[8], mx = -INFINITY;
+    _mm256_storeu_ps(buf, m);
+    for (int i = 0; i < 8; i++) mx = buf[i] > mx ? buf[i] : mx;
+    for (; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum_f32(acc);
+    for (int i = j; i < n; i++) sum += (s[i] = exp_scalar(s[i] - mx));
+    const __m256 vs = _mm256_set1_ps(sum);
+    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, _mm256_div_ps(_mm256_loadu_ps(s + j), vs));
+    for (; j < n; j++) s[j] = s[j] / sum;
+}
+#endif
+
+void bd_softmax(float *s, int n) {
+#if BD_X86
+    if (simd_on()) {
+        softmax_avx2(s, n);
+        return;
+    }
+#endif
+    softmax_scalar(s, n);
 }
 
 /* ---- ternary: 4 interleaved rows x nb blocks, raw code sums (caller subtracts sum(x)) ---- */
