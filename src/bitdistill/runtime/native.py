@@ -86,6 +86,9 @@ def lib() -> C.CDLL:
     L.bd_simd_level.restype = i32
     L.bd_set_simd.argtypes = [i32]
     L.bd_set_profile.argtypes = [i32]
+    L.bd_profile_phase_name.restype = C.c_char_p
+    L.bd_profile_phase_name.argtypes = [i32]
+    L.bd_profile_read.argtypes = [vp, i32]
     L.bd_has_openmp.restype = i32
     L.bd_max_threads.restype = i32
     L.bd_quantize.argtypes = [vp, i32, i32, i32, vp, vp, vp]
@@ -164,3 +167,14 @@ def default_threads() -> int:
     if env is not None:
         return env
     return max(1, min(lib().bd_max_threads(), usable_cores()))
+
+
+def profile_ticks(threads: int) -> dict[str, list[int]]:
+    """Per-phase rdtsc ticks of each thread since the last `lib().bd_profile_reset()`, as
+    {phase name: [ticks of thread 0, 1, ...]} (counted only while profiling is on: BITDISTILL_PROFILE=1 or
+    `lib().bd_set_profile(1)`; at most 8 threads)."""
+    L, n = lib(), min(threads, 8)
+    phases = L.bd_profile_phases()
+    out = np.zeros((n, phases), np.uint64)
+    L.bd_profile_read(ptr(out), n)
+    return {L.bd_profile_phase_name(p).decode(): out[:, p].tolist() for p in range(phases)}

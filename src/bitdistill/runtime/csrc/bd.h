@@ -63,6 +63,9 @@ typedef struct {
 void bd_set_profile(int on);
 void bd_profile_reset(void);
 void bd_profile_dump(void);
+int bd_profile_phases(void);
+const char *bd_profile_phase_name(int p);
+void bd_profile_read(unsigned long long *out, int n_threads); /* out [n_threads][bd_profile_phases()] */
 
 /* kernels.c */
 int bd_simd_level(void);

@@ -92,6 +92,15 @@ static int g_prof_on = 0;
 
 void bd_set_profile(int on) { g_prof_on = on != 0; }
 
+int bd_profile_phases(void) { return P_N; }
+
+const char *bd_profile_phase_name(int p) { return p >= 0 && p < P_N ? P_NAMES[p] : NULL; }
+
+/* the counters as data: out[t][p] = rdtsc ticks of phase p on thread t, for threads t < min(n_threads, 8) */
+void bd_profile_read(unsigned long long *out, int n_threads) {
+    for (int t = 0; t < n_threads && t < 8; t++) memcpy(out + (size_t)t * P_N, g_prof[t], sizeof g_prof[t]);
+}
+
 void bd_profile_reset(void) { memset(g_prof, 0, sizeof g_prof); }
 
 void bd_profile_dump(void) {
