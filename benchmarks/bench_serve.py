@@ -32,9 +32,11 @@ from pathlib import Path
 
 from _verb import RESULTS
 
-# As `bitdistill classify` and the server (bitdistill.cli sets it): the baseline must not get spinning
-# OpenMP threads that the CLI and the server do not have. Set before the runtime loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from bitdistill.env import SIMD, set_openmp_defaults
+
+# As `bitdistill classify` and the server: the baseline must not get spinning OpenMP threads that the CLI
+# and the server do not have. Set before the runtime loads.
+set_openmp_defaults()
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -212,7 +214,7 @@ def machine() -> dict:
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
-    return {"cpus": os.cpu_count(), "simd": SIMD_NAMES[simd_level()], "BITDISTILL_SIMD": os.environ.get("BITDISTILL_SIMD"),
+    return {"cpus": os.cpu_count(), "simd": SIMD_NAMES[simd_level()], "BITDISTILL_SIMD": os.environ.get(SIMD),
             "cpu_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512vnni"}),
             "loadavg": list(os.getloadavg())}  # fmt: skip
 

@@ -390,3 +390,28 @@ def test_thread_picker_uses_the_faster_count_and_keeps_probing() -> None:
     calls = [pick.threads("decode") for _ in range(ThreadPicker.PROBE)]
     assert calls.count(1) == 1  # the next probe still times one thread
     assert ThreadPicker(1).threads("decode") == 1
+
+
+def test_profile_counts_phases_only_when_on(tmp_path) -> None:
+    """The per-phase counters (BITDISTILL_PROFILE, passed in by native.lib()) stay at zero while profiling is
+    off, and count every phase a decode step runs once it is on; results do not change either way."""
+    from bitdistill.runtime.native import lib, profile_ticks
+
+    pack_model(_model("llama", subln=True), tmp_path / "p", head_dtype="q4")
+    engine = load(tmp_path / "p", threads=1)
+    engine.reset(16)
+    L = lib()
+    L.bd_set_profile(0)
+    L.bd_profile_reset()
+    off = engine.forward([4, 8, 15])
+    assert all(t == [0] for t in profile_ticks(1).values())
+    L.bd_set_profile(1)
+    try:
+        engine.reset(16)
+        on = engine.forward([4, 8, 15])
+        ticks = profile_ticks(1)
+    finally:
+        L.bd_set_profile(0)
+    np.testing.assert_array_equal(off, on)
+    ran = ("norm+quant", "q/k/v", "attention", "o_proj", "gate/up+act", "down", "lm head")
+    assert all(ticks[p][0] > 0 for p in ran) and set(ran) < set(ticks)

@@ -3,9 +3,15 @@ an argument: it sees every step and every checkpoint write, and the environment 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
-from bitdistill.env import Env, read_env
+from bitdistill.env import Env, read_env, set_openmp_defaults
+from bitdistill.errors import BitDistillError
 from bitdistill.train import ShuffledBatches, train
 from test_train_loop import collate, config, dataset, lm_loss, tiny_model
 
@@ -33,3 +39,52 @@ def test_without_a_hook_the_loop_runs_through_unlisted_points(tmp_path, monkeypa
     batches = ShuffledBatches(dataset(), 4, collate, seed=1)
     result = train(tiny_model(), batches, lm_loss, config(steps=2), tmp_path, desc="t")
     assert result.steps == 2
+
+
+def test_read_env_parses_the_native_runtime_settings():
+    env = read_env({"BITDISTILL_SIMD": " AVX2 ", "BITDISTILL_PROFILE": "1", "BITDISTILL_RUNTIME_LIB": "/x/lib.so"})
+    assert (env.simd, env.profile, env.runtime_lib) == (1, True, "/x/lib.so")
+    assert [read_env({"BITDISTILL_SIMD": v}).simd for v in ("scalar", "0", "avx512-vnni", "vnni", "")] == [
+        0, 0, 2, 2, None]  # fmt: skip
+    assert read_env({"BITDISTILL_PROFILE": "0"}).profile is False
+    with pytest.raises(BitDistillError, match=r"BITDISTILL_SIMD='sse9'.*scalar, avx2 or avx512-vnni"):
+        read_env({"BITDISTILL_SIMD": "sse9"})
+
+
+def test_openmp_default_is_passive_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    set_openmp_defaults()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    set_openmp_defaults()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def _native(code: str, **env: str) -> subprocess.CompletedProcess:
+    """`code` run in a fresh interpreter (the library reads its settings once, when it loads)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BITDISTILL_")} | env
+    return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60)
+
+
+def test_the_native_library_gets_its_simd_cap_from_env_py():
+    from bitdistill.runtime.native import SIMD_AVX2, lib
+
+    best = lib().bd_simd_level()
+    code = ("from bitdistill.runtime.native import set_simd, simd_level as s\n"
+            "a = s(); set_simd(2); b = s(); set_simd(True); print(a, b, s())")  # fmt: skip
+    out = _native(code, BITDISTILL_SIMD="scalar")
+    # scalar from the variable; an explicit cap overrides it; True returns to the variable's cap
+    assert out.stdout.split() == ["0", str(best), "0"], out.stderr
+    if best >= SIMD_AVX2:
+        assert _native(code, BITDISTILL_SIMD="avx2").stdout.split() == ["1", str(best), "1"]
+    bad = _native("from bitdistill.runtime.native import lib; lib()", BITDISTILL_SIMD="sse9")
+    assert bad.returncode != 0 and "BITDISTILL_SIMD='sse9'" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm")
+def test_the_c_library_reads_no_environment_variables():
+    from bitdistill.runtime.native import _find_library
+
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(_find_library(None))],
+                               capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert "getenv" not in undefined and "secure_getenv" not in undefined

@@ -212,7 +212,7 @@ def test_f16_conversion_rounds_like_numpy(simd) -> None:
 
 
 @pytest.mark.parametrize("kv16", [False, True])
-@pytest.mark.parametrize("n,hd", [(1, 16), (37, 128), (9, 80), (5, 256)])
+@pytest.mark.parametrize("n,hd", [(1, 16), (37, 128), (9, 80), (5, 256), (203, 64), (16, 96)])
 def test_attention_helpers(simd, kv16: bool, n: int, hd: int) -> None:
     """softmax(q.k * scale) v over a cache in float or half: the kernels against numpy in float64."""
     rng = np.random.default_rng(n + hd)

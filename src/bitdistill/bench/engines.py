@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from .._spread import format_spread, spread
+from .llama_bench import ENGINE_PREFIX as LLAMA_BENCH
+from .llama_bench import run_llama_bench
 
 WORKER = Path(__file__).with_name("_worker.py")
 QWEN3_SHAPE = dict(
@@ -116,10 +118,12 @@ def run_bench(
     log=print,
     out: Path | None = None,
     roofline: bool = False,
+    llama_bench: Path | None = None,
 ) -> dict:
     """Run every engine in its own subprocess; return the results dict (also what the JSON holds).
     roofline: measure the machine's read bandwidth first and give each runtime engine's decode speed as a
-    fraction of bandwidth / bytes read per token (see roofline.py)."""
+    fraction of bandwidth / bytes read per token (see roofline.py). llama_bench: the llama-bench binary the
+    llama-bench-* engines run (llama_bench.py)."""
     work = Path(work or Path("runs") / "bench" / spec.replace("/", "_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -141,20 +145,11 @@ def run_bench(
         "engines": {},
     }
     bw = _measure_bandwidth(threads, results, log) if roofline else None
-    common = [
-        "--threads",
-        str(threads),
-        "--prefill",
-        str(prefill),
-        "--decode",
-        str(decode),
-        "--runs",
-        str(runs),
-    ]
+    workload = {"threads": threads, "prefill": prefill, "decode": decode, "runs": runs}
     for eng in engines:
         log(f"running {eng} ...")
         load_before = os.getloadavg()
-        r = _run_engine(eng, spec, work, packed, head_dtype, common)
+        r = _run_engine(eng, spec, work, packed, head_dtype, workload, llama_bench)
         r["loadavg_before"] = load_before
         r["loadavg_after"] = os.getloadavg()
         r["decode_tok_s"] = spread(r.pop("decode"))
@@ -177,8 +172,12 @@ def run_bench(
     return results
 
 
-def _run_engine(eng: str, spec: str, work: Path, packed: dict, head_dtype: str, common: list[str]) -> dict:
-    """One engine's worker run (decode/prefill tokens/s per run, peak RSS) plus its model sizes."""
+def _run_engine(
+    eng: str, spec: str, work: Path, packed: dict, head_dtype: str, workload: dict, llama_bench: Path | None
+) -> dict:
+    """One engine's worker run (decode/prefill tokens/s per run, peak RSS) plus its model sizes.
+    workload: threads, prefill, decode, runs."""
+    common = [a for k, v in workload.items() for a in (f"--{k}", str(v))]
     if eng.startswith("runtime-"):
         bits, head = runtime_engine(eng, head_dtype)
         r = _run_worker(["runtime", str(packed[head][bits]), *common], timeout=3600)
@@ -187,10 +186,14 @@ def _run_engine(eng: str, spec: str, work: Path, packed: dict, head_dtype: str, 
         r["linear_bytes"] = cfg["linear_bytes_on_disk"]
         r["linear_fp16_bytes"] = 2 * cfg["linear_params"]
         r["linear_ratio_vs_fp16"] = r["linear_fp16_bytes"] / r["linear_bytes"]
+    elif eng.startswith(LLAMA_BENCH):
+        gguf = prepare_llamacpp(spec, work, eng[len(LLAMA_BENCH) :])
+        r = run_llama_bench(llama_bench, gguf, **workload)
+        r["gguf_bytes"], r["head_dtype"] = gguf.stat().st_size, "Q4_0"
     elif eng.startswith("llamacpp-"):
         gguf = prepare_llamacpp(spec, work, eng.split("-", 1)[1])
         r = _run_worker(["llamacpp", str(gguf), *common], timeout=3600)
-        r["gguf_bytes"] = gguf.stat().st_size
+        r["gguf_bytes"], r["head_dtype"] = gguf.stat().st_size, "Q4_0"
     else:
         r = _run_worker(["torch", spec, *common, "--dtype", eng.split("-", 1)[1]], timeout=3600)
     return r

@@ -15,14 +15,12 @@ import pkgutil
 import shutil
 import sys
 
-# Idle OpenMP threads sleep instead of spinning. libgomp reads this once, when torch loads it, so it is set
-# before any command imports torch. With libgomp's default (spin ~300k iterations at every barrier) one
-# other busy process on a 2-core machine made fp32 training steps 3.2x slower at twice the CPU time; with
-# passive waiting 1.5x. Idle, the two were within this VM's noise (docs/pipeline.md, "Threads").
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from ..env import set_openmp_defaults
 
-from .. import __version__
-from ..errors import BitDistillError
+set_openmp_defaults()  # before any command imports torch (libgomp reads it once; see the function)
+
+from .. import __version__  # noqa: E402
+from ..errors import BitDistillError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

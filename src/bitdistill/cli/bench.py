@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 ENGINES = (
@@ -13,6 +14,7 @@ ENGINES = (
     "torch-fp32",
     "torch-bf16",
     "llamacpp-tq2_0",
+    "llama-bench-tq2_0",
 )
 HEADS = ("int8", "q4", "fp16", "bf16", "fp32")  # = runtime.dense_dtypes.DENSE_DTYPES (see cli/pack.py)
 
@@ -44,6 +46,9 @@ def register(subparsers) -> None:
                    "--classify, the head of the torch model whose predictions are the reference)")  # fmt: skip
     p.add_argument("--work", default=None, help="where packed models are cached (default runs/bench/MODEL)")
     p.add_argument("--out", default=None, help="JSON output (default runs/bench/MODEL.json)")
+    p.add_argument("--llama-bench", default=None, metavar="PATH",
+                   help="llama.cpp's llama-bench binary for the llama-bench-tq2_0 engine (TQ2_0 linears, Q4_0 "
+                   "head; default: llama-bench on PATH; skipped with a message when there is none)")  # fmt: skip
     p.add_argument("--roofline", action="store_true",
                    help="measure the machine's read bandwidth in the same run and print each runtime engine's "
                    "decode speed as a fraction of bandwidth / bytes read per token")  # fmt: skip
@@ -74,15 +79,23 @@ def run(args: argparse.Namespace) -> int:
         return run_scaling(args)
     args.runs = 5 if args.runs is None else args.runs
     from ..bench.engines import format_table, llamacpp_engines, run_bench, write_json
+    from ..bench.llama_bench import find_llama_bench
 
+    llama_bench = find_llama_bench(args.llama_bench)
     if args.engines is None:
-        engines = ENGINES[:6] + llamacpp_engines()
+        engines = ENGINES[:6] + llamacpp_engines() + ((ENGINES[-1],) if llama_bench else ())
     else:
         engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     runtime = {f"runtime-{b}-{h}" for b in ("2", "1.58") for h in HEADS}
     bad = [e for e in engines if e not in ENGINES and e not in runtime]
     if bad:
         raise BitDistillError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
+    if llama_bench is None and ENGINES[-1] in engines:
+        print(f"skipping {ENGINES[-1]}: no llama-bench on PATH; give --llama-bench PATH to include llama.cpp",
+              file=sys.stderr)  # fmt: skip
+        engines = tuple(e for e in engines if e != ENGINES[-1])
+    if not engines:
+        raise BitDistillError("--engines: no engine left to run")
     if min(args.prefill, args.decode, args.runs) < 1:
         raise BitDistillError("--prefill, --decode and --runs must be at least 1")
     from .._threads import check_threads
@@ -92,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_bench(
         args.model, args.threads, args.prefill, args.decode, args.runs, engines,
         Path(args.work) if args.work else None, args.head_dtype, out=out, roofline=args.roofline,
+        llama_bench=llama_bench,
     )  # fmt: skip
     table = format_table(res)
     print(table)

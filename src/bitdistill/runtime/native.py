@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..env import read_env, set_openmp_defaults
 from ..errors import BitDistillError
 
 F32, F16, BF16, I8, Q4 = 0, 1, 2, 3, 4
@@ -54,9 +55,8 @@ class Model(C.Structure):
     ]  # fmt: skip
 
 
-def _find_library() -> Path:
+def _find_library(override: str | None) -> Path:
     here = Path(__file__).resolve().parent
-    override = os.environ.get("BITDISTILL_RUNTIME_LIB")
     if override:
         return Path(override)
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -70,21 +70,25 @@ def _find_library() -> Path:
 
 
 _LIB: C.CDLL | None = None
+_SIMD_DEFAULT = -1  # the level cap BITDISTILL_SIMD asked for when the library loaded (-1: the CPU's best)
 
 
 def lib() -> C.CDLL:
-    """The loaded library with argument/return types declared (loaded once)."""
-    global _LIB
+    """The loaded library with argument/return types declared and the BITDISTILL_* settings passed in
+    (loaded once; the C code reads no environment variables)."""
+    global _LIB, _SIMD_DEFAULT
     if _LIB is not None:
         return _LIB
-    # Idle OpenMP workers sleep between calls instead of spinning: a decode step wakes them once, and on a
-    # shared machine a spinning idle thread steals the core the Python thread needs. The engine's own
-    # barriers inside a step spin briefly then yield (engine.c). Users may override the variable.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    L = C.CDLL(str(_find_library()))
+    set_openmp_defaults()  # before libgomp initialises, which loading the library may do
+    env = read_env()
+    L = C.CDLL(str(_find_library(env.runtime_lib)))
     vp, i32 = C.c_void_p, C.c_int
     L.bd_simd_level.restype = i32
     L.bd_set_simd.argtypes = [i32]
+    L.bd_set_profile.argtypes = [i32]
+    L.bd_profile_phase_name.restype = C.c_char_p
+    L.bd_profile_phase_name.argtypes = [i32]
+    L.bd_profile_read.argtypes = [vp, i32]
     L.bd_has_openmp.restype = i32
     L.bd_max_threads.restype = i32
     L.bd_quantize.argtypes = [vp, i32, i32, i32, vp, vp, vp]
@@ -107,6 +111,9 @@ def lib() -> C.CDLL:
     L.bd_read_xor.argtypes = [vp, C.c_size_t, i32]
     L.bd_read_xor.restype = C.c_uint64
     L.bd_attend_test.argtypes = [vp, vp, vp, i32, i32, C.c_float, i32, vp, vp]
+    _SIMD_DEFAULT = -1 if env.simd is None else env.simd
+    L.bd_set_simd(_SIMD_DEFAULT)
+    L.bd_set_profile(int(env.profile))
     _LIB = L
     return L
 
@@ -133,9 +140,11 @@ SIMD_NAMES = {SIMD_SCALAR: "scalar", SIMD_AVX2: "avx2", SIMD_VNNI: "avx512-vnni"
 
 
 def set_simd(level: bool | int = True) -> None:
-    """Cap the kernels' SIMD level (for tests): True = the best the CPU has, False/0 = portable scalar,
-    1 = AVX2/FMA, 2 = AVX-512 VNNI. A cap above what the CPU supports gives the CPU's best."""
-    lib().bd_set_simd(-1 if level is True else int(level))
+    """Cap the kernels' SIMD level (for tests): True = this process's default (BITDISTILL_SIMD's cap if
+    set, else the best the CPU has), False/0 = portable scalar, 1 = AVX2/FMA, 2 = AVX-512 VNNI. A cap above
+    what the CPU supports gives the CPU's best."""
+    L = lib()
+    L.bd_set_simd(_SIMD_DEFAULT if level is True else int(level))
 
 
 def simd_level() -> int:
@@ -158,3 +167,14 @@ def default_threads() -> int:
     if env is not None:
         return env
     return max(1, min(lib().bd_max_threads(), usable_cores()))
+
+
+def profile_ticks(threads: int) -> dict[str, list[int]]:
+    """Per-phase rdtsc ticks of each thread since the last `lib().bd_profile_reset()`, as
+    {phase name: [ticks of thread 0, 1, ...]} (counted only while profiling is on: BITDISTILL_PROFILE=1 or
+    `lib().bd_set_profile(1)`; at most 8 threads)."""
+    L, n = lib(), min(threads, 8)
+    phases = L.bd_profile_phases()
+    out = np.zeros((n, phases), np.uint64)
+    L.bd_profile_read(ptr(out), n)
+    return {L.bd_profile_phase_name(p).decode(): out[:, p].tolist() for p in range(phases)}

@@ -6,7 +6,7 @@
  * Codes are weight + 1 (0, 1, 2), so a dot product is sum(code * x) - sum(x).
  *
  * Every SIMD routine has a scalar twin computing the same integers; bd_set_simd(0) forces the scalar path,
- * bd_set_simd(1) caps at AVX2 (levels: 0 scalar, 1 AVX2/FMA, 2 AVX-512 VNNI; -1 = the CPU's best).
+ * bd_set_simd(1) caps at AVX2 (levels: 0 scalar, 1 AVX2/FMA, 2 AVX-512 VNNI; -1 = the CPU's best, the default).
  * The structs below are mirrored field by field by ctypes in bitdistill/runtime/native.py.
  */
 #ifndef BD_H
@@ -59,6 +59,14 @@ typedef struct {
     const bd_layer *layers;
 } bd_model;
 
+/* engine.c: phase profiling (off unless set; the library reads no environment variables) */
+void bd_set_profile(int on);
+void bd_profile_reset(void);
+void bd_profile_dump(void);
+int bd_profile_phases(void);
+const char *bd_profile_phase_name(int p);
+void bd_profile_read(unsigned long long *out, int n_threads); /* out [n_threads][bd_profile_phases()] */
+
 /* kernels.c */
 int bd_simd_level(void);
 void bd_set_simd(int level);
@@ -72,12 +80,16 @@ void bd_silu_mul(float *g, const float *u, int n);  /* g = silu(g) * u */
 /* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
 void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out); /* q.k[j]*scale */
 void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd); /* o[hd] = sum_j p[j] v[j] */
-void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
-void bd_unpack4(const uint8_t *w, int nb, uint8_t *u);
-void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);
-void bd_ugemm4(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out); /* out [nt][4] */
-void bd_idot4(const int8_t *w, int k, const int8_t *x, int32_t out[4]);
-void bd_fdot4(const void *w, int dtype, int k, const float *x, float out[4]);
+void bd_softmax(float *s, int n); /* s = exp(s - max s) / sum, in place */
+/* Dot-product kernels are named <shape>_<activation>_<weight>: dot4 = 4 weight rows against one token, dot = one
+ * row, gemm4 = 4 rows against several tokens. Types: i8 int8, f32 float, t2 packed 2-bit ternary codes (the layout
+ * above), u8 unpacked codes one per byte, q4 the BD_Q4 groups, fp float weights (fp32/fp16/bf16 by dtype). */
+void bd_dot4_i8_t2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
+void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u);
+void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);
+void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out); /* out [nt][4] */
+void bd_dot4_i8_i8(const int8_t *w, int k, const int8_t *x, int32_t out[4]);
+void bd_dot4_f32_fp(const void *w, int dtype, int k, const float *x, float out[4]);
 void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k, float *out);
 
 /* Row-group range [g0, g1) of a ternary linear, T tokens; out float [T][n] (scaled, biased). */
@@ -87,7 +99,7 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
 /* q4: xq rows zero padded to ceil(k/64)*64 with group sums xg [T][ceil(k/64)] (bd_q4_group_sums). */
 void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, int r0, int r1, const float *x,
                    const int8_t *xq, const float *xs, const int32_t *xg, int T, float *y);
-float bd_q4dot(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg);
+float bd_dot_i8_q4(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg);
 void bd_q4_group_sums(const int8_t *x, int ng, int32_t *xg);
 
 #endif

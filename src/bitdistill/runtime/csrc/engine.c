@@ -75,12 +75,13 @@ static void barrier_wait(bd_barrier *b, int n, int *local_sense) {
     }
 }
 
-/* BITDISTILL_PROFILE=1: per-thread time per phase (rdtsc), printed to stderr by bd_profile_dump(). */
+/* bd_set_profile(1) (native.py passes BITDISTILL_PROFILE): per-thread time per phase (rdtsc), printed to
+ * stderr by bd_profile_dump(). Off by default. */
 enum { P_PREP, P_QKV, P_ATTN, P_O, P_FFN, P_DOWN, P_RESID, P_BAR, P_HEADPREP, P_HEAD, P_EMB, P_N };
 static const char *P_NAMES[P_N] = {"norm+quant", "q/k/v", "attention", "o_proj", "gate/up+act", "down",
                                    "residual", "barrier wait", "final norm", "lm head", "embed"};
 static unsigned long long g_prof[8][P_N];
-static int g_prof_on = -1;
+static int g_prof_on = 0;
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
 #define TICK() (g_prof_on ? __rdtsc() : 0ULL)
@@ -89,10 +90,21 @@ static int g_prof_on = -1;
 #endif
 #define PROF(ph) do { if (g_prof_on && tid < 8) { unsigned long long _t = TICK(); g_prof[tid][ph] += _t - *pt; *pt = _t; } } while (0)
 
+void bd_set_profile(int on) { g_prof_on = on != 0; }
+
+int bd_profile_phases(void) { return P_N; }
+
+const char *bd_profile_phase_name(int p) { return p >= 0 && p < P_N ? P_NAMES[p] : NULL; }
+
+/* the counters as data: out[t][p] = rdtsc ticks of phase p on thread t, for threads t < min(n_threads, 8) */
+void bd_profile_read(unsigned long long *out, int n_threads) {
+    for (int t = 0; t < n_threads && t < 8; t++) memcpy(out + (size_t)t * P_N, g_prof[t], sizeof g_prof[t]);
+}
+
 void bd_profile_reset(void) { memset(g_prof, 0, sizeof g_prof); }
 
 void bd_profile_dump(void) {
-    if (g_prof_on <= 0) return;
+    if (!g_prof_on) return;
     for (int t = 0; t < 8; t++) {
         unsigned long long tot = 0;
         for (int p = 0; p < P_N; p++) tot += g_prof[t][p];
@@ -377,19 +389,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
                 float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
                 if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
                 rope(qh, cs + (size_t)t * hd, hd);
-                float mx = -INFINITY;
                 bd_scores(qh, kb + (size_t)lo * hd * es, half, hi - lo + 1, hd, m->attn_scale, sc + lo);
-                for (int j = lo; j <= hi; j++) {
-                    float s = sc[j];
-                    if (m->attn_softcap > 0.0f) sc[j] = s = tanhf(s / m->attn_softcap) * m->attn_softcap;
-                    if (s > mx) mx = s;
-                }
-                float sum = 0.0f;
-                for (int j = lo; j <= hi; j++) {
-                    sc[j] = expf(sc[j] - mx);
-                    sum += sc[j];
-                }
-                for (int j = lo; j <= hi; j++) sc[j] = sc[j] / sum;
+                if (m->attn_softcap > 0.0f)
+                    for (int j = lo; j <= hi; j++) sc[j] = tanhf(sc[j] / m->attn_softcap) * m->attn_softcap;
+                bd_softmax(sc + lo, hi - lo + 1);
                 bd_wsum(st->att + (size_t)t * qd + (size_t)hh * hd, sc + lo, vb + (size_t)lo * hd * es, half,
                         hi - lo + 1, hd);
             }
@@ -451,10 +454,6 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
         if (out_rows[i] < 0 || out_rows[i] >= T) return -4;
     const int H = m->hidden, V = m->vocab;
     atomic_store(&st->next_ticket, 0);
-    if (g_prof_on < 0) {
-        const char *e = getenv("BITDISTILL_PROFILE");
-        g_prof_on = e && *e && strcmp(e, "0") != 0;
-    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
@@ -528,10 +527,7 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
 void bd_attend_test(const float *q, const void *k, const void *v, int n, int hd, float scale, int kv16, float *sc,
                     float *o) {
     bd_scores(q, k, kv16, n, hd, scale, sc);
-    float mx = -INFINITY, sum = 0.0f;
-    for (int j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
-    for (int j = 0; j < n; j++) sum += (sc[j] = expf(sc[j] - mx));
-    for (int j = 0; j < n; j++) sc[j] = sc[j] / sum;
+    bd_softmax(sc, n);
     bd_wsum(o, sc, v, kv16, n, hd);
 }
 
@@ -539,7 +535,7 @@ void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int
     for (int t = 0; t < T; t++) bd_quantize_row(x + (size_t)t * k, k, kp, xq + (size_t)t * kp, &s[t], &sum[t]);
 }
 
-/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill path (unpack + bd_ugemm4 over all T). */
+/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill path (unpack + bd_gemm4_i8_u8 over all T). */
 void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, int32_t *acc, int gemm) {
     const int nb = kp / BD_BLOCK, ng = (n + 3) / 4;
     uint8_t *u = gemm ? malloc((size_t)4 * kp) : NULL;
@@ -547,8 +543,8 @@ void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, in
     for (int g = 0; g < ng; g++) {
         const uint8_t *wg = w + (size_t)g * kp;
         if (u) {
-            bd_unpack4(wg, nb, u);
-            bd_ugemm4(u, kp, xq, T, ua);
+            bd_unpack4_t2(wg, nb, u);
+            bd_gemm4_i8_u8(u, kp, xq, T, ua);
         }
         for (int t = 0; t < T; t++) {
             const int8_t *xt = xq + (size_t)t * kp;
@@ -557,7 +553,7 @@ void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, in
             if (u)
                 memcpy(a, ua + 4 * t, sizeof a);
             else
-                bd_tdot4(wg, xt, nb, a);
+                bd_dot4_i8_t2(wg, xt, nb, a);
             for (int r = 0; r < 4 && g * 4 + r < n; r++) acc[(size_t)t * n + g * 4 + r] = a[r] - xsum;
         }
     }

@@ -28,7 +28,7 @@
 static float f16_to_f32(uint16_t h);
 
 static int g_simd = -1;
-static int g_simd_cap = -1; /* upper bound requested by bd_set_simd / BITDISTILL_SIMD, -1 = none */
+static int g_simd_cap = -1; /* upper bound requested by bd_set_simd (native.py passes BITDISTILL_SIMD), -1 = none */
 
 static int cpu_level(void) {
 #if BD_X86
@@ -50,20 +50,14 @@ static int simd_decide(void);
 static inline int simd_on(void) { return g_simd >= 0 ? g_simd : simd_decide(); }
 
 static int simd_decide(void) {
-    int cap = g_simd_cap;
-    if (cap < 0) {
-        const char *env = getenv("BITDISTILL_SIMD");
-        if (env && (strcmp(env, "scalar") == 0 || strcmp(env, "0") == 0)) cap = 0;
-        else if (env && (strcmp(env, "avx2") == 0 || strcmp(env, "1") == 0)) cap = 1;
-    }
     int lvl = cpu_level();
-    g_simd = cap >= 0 && cap < lvl ? cap : lvl;
+    g_simd = g_simd_cap >= 0 && g_simd_cap < lvl ? g_simd_cap : lvl;
     return g_simd;
 }
 
 int bd_simd_level(void) { return simd_on(); }
 
-/* level < 0: the best the CPU has (BITDISTILL_SIMD still applies); otherwise at most `level`. */
+/* level < 0: the best the CPU has; otherwise at most `level`. */
 void bd_set_simd(int level) {
     g_simd_cap = level;
     g_simd = -1;
@@ -266,8 +260,28 @@ BD_AVX2 static void to_f16_avx2(const float *x, uint16_t *h, int n) {
     for (; i < n; i++) h[i] = f32_to_f16(x[i]);
 }
 
+/* the lane sums of 8 float vectors as one vector [sum(s[0]), ..., sum(s[7])] (as group_sums8) */
+BD_AVX2 static inline __m256 group_sums8_f32(const __m256 s[8]) {
+    __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    __m256 c = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, c, 0x20), _mm256_permute2f128_ps(a, c, 0x31));
+}
+
+/* Eight keys at a time, their eight dot products reduced by one hadd tree and stored as one vector: with
+ * head_dim 64 a lone key is only 8 FMAs, and reducing each with its own horizontal sum cost as much again. */
 BD_AVX2 static void scores_avx2(const float *q, const void *k, int half, int n, int hd, float scale, float *out) {
-    for (int j = 0; j < n; j++) {
+    int j = 0;
+    if (hd % 8 == 0)
+        for (; j + 8 <= n; j += 8) {
+            __m256 s[8];
+            for (int u = 0; u < 8; u++) s[u] = _mm256_setzero_ps();
+            for (int i = 0; i < hd; i += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + i);
+                for (int u = 0; u < 8; u++) s[u] = _mm256_fmadd_ps(qv, kv8(k, half, (size_t)(j + u) * hd + i), s[u]);
+            }
+            _mm256_storeu_ps(out + j, _mm256_mul_ps(group_sums8_f32(s), _mm256_set1_ps(scale)));
+        }
+    for (; j < n; j++) {
         size_t r = (size_t)j * hd;
         __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
         int i = 0;
@@ -285,7 +299,9 @@ BD_AVX2 static void scores_avx2(const float *q, const void *k, int half, int n, 
 }
 
 /* o = sum_j p[j] v[j] with the output held in registers across all keys (an axpy per key would load and
- * store o every time), and each v row read once, front to back: 128 columns per pass. */
+ * store o every time), and each v row read once, front to back: 128 columns per pass, then 64 (head_dim 64
+ * in one pass of eight independent FMA chains: eight 8-column passes of one chain each were bound by the FMA
+ * latency), then 8. The 64-column pass names its registers: GCC kept a loop over an array of them in memory. */
 BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half, int n, int hd) {
     int d0 = 0;
     for (; d0 + 128 <= hd; d0 += 128) {
@@ -297,6 +313,24 @@ BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half,
             for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, kv8(v, half, r + 8 * i), a[i]);
         }
         for (int i = 0; i < 16; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
+    }
+    if (d0 + 64 <= hd) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (int j = 0; j < n; j++) {
+            size_t r = (size_t)j * hd + d0;
+            __m256 pj = _mm256_broadcast_ss(p + j);
+            a0 = _mm256_fmadd_ps(pj, kv8(v, half, r), a0);
+            a1 = _mm256_fmadd_ps(pj, kv8(v, half, r + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, kv8(v, half, r + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, kv8(v, half, r + 24), a3);
+            a4 = _mm256_fmadd_ps(pj, kv8(v, half, r + 32), a4);
+            a5 = _mm256_fmadd_ps(pj, kv8(v, half, r + 40), a5);
+            a6 = _mm256_fmadd_ps(pj, kv8(v, half, r + 48), a6);
+            a7 = _mm256_fmadd_ps(pj, kv8(v, half, r + 56), a7);
+        }
+        const __m256 a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
+        d0 += 64;
     }
     for (; d0 + 8 <= hd; d0 += 8) {
         __m256 a = _mm256_setzero_ps();
@@ -415,9 +449,53 @@ void bd_silu_mul(float *g, const float *u, int n) {
     silu_mul_scalar(g, u, n);
 }
 
+/* ---- attention softmax over a head's scores, in place: exp(s - max) / sum ---- */
+
+/* exp is the Cephes routine above (exp_avx2 lane by lane equals exp_scalar); the sum's order differs */
+static void softmax_scalar(float *s, int n) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    for (int j = 0; j < n; j++) sum += (s[j] = exp_scalar(s[j] - mx));
+    for (int j = 0; j < n; j++) s[j] = s[j] / sum;
+}
+
+#if BD_X86
+BD_AVX2 static void softmax_avx2(float *s, int n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+    float buf[8], mx = -INFINITY;
+    _mm256_storeu_ps(buf, m);
+    for (int i = 0; i < 8; i++) mx = buf[i] > mx ? buf[i] : mx;
+    for (; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum_f32(acc);
+    for (int i = j; i < n; i++) sum += (s[i] = exp_scalar(s[i] - mx));
+    const __m256 vs = _mm256_set1_ps(sum);
+    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, _mm256_div_ps(_mm256_loadu_ps(s + j), vs));
+    for (; j < n; j++) s[j] = s[j] / sum;
+}
+#endif
+
+void bd_softmax(float *s, int n) {
+#if BD_X86
+    if (simd_on()) {
+        softmax_avx2(s, n);
+        return;
+    }
+#endif
+    softmax_scalar(s, n);
+}
+
 /* ---- ternary: 4 interleaved rows x nb blocks, raw code sums (caller subtracts sum(x)) ---- */
 
-static void tdot4_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+static void dot4_i8_t2_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     int32_t a[4] = {0, 0, 0, 0};
     for (int b = 0; b < nb; b++) {
         const int8_t *xb = x + (size_t)b * BD_BLOCK;
@@ -444,7 +522,7 @@ BD_AVX2 static inline void load_block(const int8_t *xb, __m256i *x0, __m256i *x1
     *x3 = _mm256_loadu_si256((const __m256i *)(xb + 96));
 }
 
-BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+BD_AVX2 static void dot4_i8_t2_avx2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     const __m256i m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                       _mm256_setzero_si256()};
@@ -477,8 +555,8 @@ BD_AVX2 static void tdot4_avx2(const uint8_t *w, const int8_t *x, int nb, int32_
 
 /* vpdpbusd multiplies the unsigned codes by the signed activations and sums 4 products into int32 lanes in
  * one instruction (AVX2 needs maddubs + an int16 add + a periodic madd widening); two accumulators per row
- * cover its latency. Streams the row group sequentially, like tdot4_avx2. */
-BD_VNNI static void tdot4_vnni(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+ * cover its latency. Streams the row group sequentially, like dot4_i8_t2_avx2. */
+BD_VNNI static void dot4_i8_t2_vnni(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     const __m256i m3 = _mm256_set1_epi8(3);
     __m256i a[4], c[4];
     for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
@@ -498,23 +576,23 @@ BD_VNNI static void tdot4_vnni(const uint8_t *w, const int8_t *x, int nb, int32_
 }
 #endif
 
-void bd_tdot4(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+void bd_dot4_i8_t2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
 #if BD_X86
     int lvl = simd_on();
     if (lvl >= 2) {
-        tdot4_vnni(w, x, nb, out);
+        dot4_i8_t2_vnni(w, x, nb, out);
         return;
     }
     if (lvl) {
-        tdot4_avx2(w, x, nb, out);
+        dot4_i8_t2_avx2(w, x, nb, out);
         return;
     }
 #endif
-    tdot4_scalar(w, x, nb, out);
+    dot4_i8_t2_scalar(w, x, nb, out);
 }
 
 /* Expand one row group to plain codes u[4][nb*128] (column order), reused across prefill tokens. */
-static void unpack4_scalar(const uint8_t *w, int nb, uint8_t *u) {
+static void unpack4_t2_scalar(const uint8_t *w, int nb, uint8_t *u) {
     int kp = nb * BD_BLOCK;
     for (int b = 0; b < nb; b++)
         for (int r = 0; r < 4; r++) {
@@ -531,7 +609,7 @@ static void unpack4_scalar(const uint8_t *w, int nb, uint8_t *u) {
 }
 
 #if BD_X86
-BD_AVX2 static void unpack4_avx2(const uint8_t *w, int nb, uint8_t *u) {
+BD_AVX2 static void unpack4_t2_avx2(const uint8_t *w, int nb, uint8_t *u) {
     const int kp = nb * BD_BLOCK;
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int b = 0; b < nb; b++)
@@ -545,17 +623,17 @@ BD_AVX2 static void unpack4_avx2(const uint8_t *w, int nb, uint8_t *u) {
 }
 #endif
 
-void bd_unpack4(const uint8_t *w, int nb, uint8_t *u) {
+void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u) {
 #if BD_X86
     if (simd_on()) {
-        unpack4_avx2(w, nb, u);
+        unpack4_t2_avx2(w, nb, u);
         return;
     }
 #endif
-    unpack4_scalar(w, nb, u);
+    unpack4_t2_scalar(w, nb, u);
 }
 
-static void udot4_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+static void dot4_i8_u8_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
     for (int r = 0; r < 4; r++) {
         const uint8_t *ur = u + (size_t)r * kp;
         int32_t s = 0;
@@ -565,7 +643,7 @@ static void udot4_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t out[
 }
 
 #if BD_X86
-BD_AVX2 static void udot4_avx2(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+BD_AVX2 static void dot4_i8_u8_avx2(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                       _mm256_setzero_si256()};
@@ -584,7 +662,7 @@ BD_AVX2 static void udot4_avx2(const uint8_t *u, int kp, const int8_t *x, int32_
 #endif
 
 #if BD_X86
-BD_VNNI static void udot4_vnni(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+BD_VNNI static void dot4_i8_u8_vnni(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
     __m256i a[4], c[4];
     for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
     for (int i = 0; i < kp; i += 64) {
@@ -600,19 +678,19 @@ BD_VNNI static void udot4_vnni(const uint8_t *u, int kp, const int8_t *x, int32_
 }
 #endif
 
-void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
 #if BD_X86
     int lvl = simd_on(); /* kp is a multiple of 128 */
     if (lvl >= 2) {
-        udot4_vnni(u, kp, x, out);
+        dot4_i8_u8_vnni(u, kp, x, out);
         return;
     }
     if (lvl) {
-        udot4_avx2(u, kp, x, out);
+        dot4_i8_u8_avx2(u, kp, x, out);
         return;
     }
 #endif
-    udot4_scalar(u, kp, x, out);
+    dot4_i8_u8_scalar(u, kp, x, out);
 }
 
 
@@ -621,9 +699,9 @@ void bd_udot4(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
 #if BD_X86
 /* 4 rows x 2 tokens held in registers: each 32-byte load of codes feeds two tokens' maddubs, and the int16
  * partial sums are widened to int32 only once per 1024 columns (a lane gains at most 2 * 2 * 128 = 512 per
- * 32-column step, so 32 steps stay within 2^14), not after every step as udot4_avx2 does: vpmaddwd competes
+ * 32-column step, so 32 steps stay within 2^14), not after every step as dot4_i8_u8_avx2 does: vpmaddwd competes
  * with vpmaddubsw for the multiply ports. */
-BD_AVX2 static void ugemm4x2_avx2(const uint8_t *u, int kp, const int8_t *xa, const int8_t *xb, int32_t o[8]) {
+BD_AVX2 static void gemm4x2_i8_u8_avx2(const uint8_t *u, int kp, const int8_t *xa, const int8_t *xb, int32_t o[8]) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i w[8];
     for (int j = 0; j < 8; j++) w[j] = _mm256_setzero_si256();
@@ -655,19 +733,19 @@ BD_AVX2 static void ugemm4x2_avx2(const uint8_t *u, int kp, const int8_t *xa, co
 
 /* out[t][r] = sum_i u[r][i] * x[t][i] for nt tokens (rows of x kp apart): the prefill's inner kernel, one
  * unpacked row group against a block of tokens. */
-void bd_ugemm4(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out) {
+void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out) {
     int t = 0;
 #if BD_X86
     if (simd_on() == 1)
         for (; t + 2 <= nt; t += 2)
-            ugemm4x2_avx2(u, kp, x + (size_t)t * kp, x + (size_t)(t + 1) * kp, out + 4 * t);
+            gemm4x2_i8_u8_avx2(u, kp, x + (size_t)t * kp, x + (size_t)(t + 1) * kp, out + 4 * t);
 #endif
-    for (; t < nt; t++) bd_udot4(u, kp, x + (size_t)t * kp, out + 4 * t);
+    for (; t < nt; t++) bd_dot4_i8_u8(u, kp, x + (size_t)t * kp, out + 4 * t);
 }
 
 /* ---- int8 x int8 (LM head): 4 consecutive rows of a row-major [n][k] matrix ---- */
 
-static void idot4_scalar(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
+static void dot4_i8_i8_scalar(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
     for (int r = 0; r < 4; r++) {
         const int8_t *wr = w + (size_t)r * k;
         int32_t s = 0;
@@ -680,7 +758,7 @@ static void idot4_scalar(const int8_t *w, int k, const int8_t *x, int32_t out[4]
 /* One row after the other, not the 4 rows side by side: the rows are contiguous, so this reads the matrix
  * as one sequential stream that the hardware prefetcher follows at full speed (4 interleaved 1 KiB streams
  * ran at a third of the bandwidth: each is too short for the prefetcher to lock on). */
-BD_AVX2 static void idot4_avx2(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
+BD_AVX2 static void dot4_i8_i8_avx2(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
     /* maddubs needs one unsigned operand: |x| times w carrying x's sign (x, w in [-127, 127]) */
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < 4; r++) {
@@ -704,20 +782,20 @@ BD_AVX2 static void idot4_avx2(const int8_t *w, int k, const int8_t *x, int32_t 
 }
 #endif
 
-void bd_idot4(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
+void bd_dot4_i8_i8(const int8_t *w, int k, const int8_t *x, int32_t out[4]) {
 #if BD_X86
     if (simd_on()) {
-        idot4_avx2(w, k, x, out);
+        dot4_i8_i8_avx2(w, k, x, out);
         return;
     }
 #endif
-    idot4_scalar(w, k, x, out);
+    dot4_i8_i8_scalar(w, k, x, out);
 }
 
 /* ---- 4-bit grouped (q4) x int8 (LM head): one row, int32 per group, float across groups ---- */
 
 /* xg: per-64-column sums of x (the codes are offset by 8: sum((c-8)x) = sum(cx) - 8 sum(x)) */
-static float q4dot_scalar(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
+static float dot_i8_q4_scalar(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
     float acc = 0.0f;
     for (int g = 0; g < ng; g++) {
         const uint8_t *wg = w + (size_t)g * 32;
@@ -734,7 +812,7 @@ static float q4dot_scalar(const uint8_t *w, const float *d, int ng, const int8_t
  * one vector of 8 exact group sums, from which 8 sum(x) are subtracted and which meets the 8 contiguous
  * scales in one convert + FMA (per-group broadcasts and FMAs made the kernel compute bound at ~17 GB/s). */
 
-BD_AVX2 static float q4dot_avx2(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
+BD_AVX2 static float dot_i8_q4_avx2(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
     int g = 0;
@@ -753,19 +831,19 @@ BD_AVX2 static float q4dot_avx2(const uint8_t *w, const float *d, int ng, const 
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_loadu_ps(d + g), acc);
     }
     float r = hsum_f32(acc);
-    if (g < ng) r += q4dot_scalar(w + (size_t)g * 32, d + g, ng - g, x + (size_t)g * BD_Q4_GROUP, xg + g);
+    if (g < ng) r += dot_i8_q4_scalar(w + (size_t)g * 32, d + g, ng - g, x + (size_t)g * BD_Q4_GROUP, xg + g);
     return r;
 }
 
 #endif
 
 /* sum(d_g * sum_j (c_j - 8) x_j) over the row's groups; x zero-padded to ng * 64 */
-float bd_q4dot(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
+float bd_dot_i8_q4(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg) {
 #if BD_X86
     /* AVX2 on VNNI machines too: a vpdpbusd variant measured no faster single-threaded and slower on 2 threads */
-    if (simd_on()) return q4dot_avx2(w, d, ng, x, xg);
+    if (simd_on()) return dot_i8_q4_avx2(w, d, ng, x, xg);
 #endif
-    return q4dot_scalar(w, d, ng, x, xg);
+    return dot_i8_q4_scalar(w, d, ng, x, xg);
 }
 
 /* per-group sums of a zero-padded int8 row (ng groups of 64) */
@@ -815,7 +893,7 @@ static inline float load_f(const void *w, int dtype, size_t i) {
     return bf16_to_f32(((const uint16_t *)w)[i]);
 }
 
-static void fdot4_scalar(const void *w, int dtype, int k, const float *x, float out[4]) {
+static void dot4_f32_fp_scalar(const void *w, int dtype, int k, const float *x, float out[4]) {
     for (int r = 0; r < 4; r++) {
         float s = 0.0f;
         for (int i = 0; i < k; i++) s += load_f(w, dtype, (size_t)r * k + i) * x[i];
@@ -831,8 +909,8 @@ BD_AVX2 static inline __m256 load8(const void *w, int dtype, size_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-BD_AVX2 static void fdot4_avx2(const void *w, int dtype, int k, const float *x, float out[4]) {
-    /* row by row for a sequential stream (see idot4_avx2); two accumulators hide the FMA latency */
+BD_AVX2 static void dot4_f32_fp_avx2(const void *w, int dtype, int k, const float *x, float out[4]) {
+    /* row by row for a sequential stream (see dot4_i8_i8_avx2); two accumulators hide the FMA latency */
     for (int r = 0; r < 4; r++) {
         size_t base = (size_t)r * k;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -849,14 +927,14 @@ BD_AVX2 static void fdot4_avx2(const void *w, int dtype, int k, const float *x, 
 }
 #endif
 
-void bd_fdot4(const void *w, int dtype, int k, const float *x, float out[4]) {
+void bd_dot4_f32_fp(const void *w, int dtype, int k, const float *x, float out[4]) {
 #if BD_X86
     if (simd_on()) {
-        fdot4_avx2(w, dtype, k, x, out);
+        dot4_f32_fp_avx2(w, dtype, k, x, out);
         return;
     }
 #endif
-    fdot4_scalar(w, dtype, k, x, out);
+    dot4_f32_fp_scalar(w, dtype, k, x, out);
 }
 
 static size_t dtype_size(int dtype) { return dtype == BD_F32 ? 4 : dtype == BD_I8 ? 1 : 2; }
@@ -906,7 +984,7 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
                     const int8_t *xg = xt + (size_t)G * gb * BD_BLOCK;
                     int32_t gs = 0;
                     for (int i = 0; i < gb * BD_BLOCK; i++) gs += xg[i];
-                    bd_tdot4(wg + (size_t)G * gb * BD_BLOCK, xg, gb, a);
+                    bd_dot4_i8_t2(wg + (size_t)G * gb * BD_BLOCK, xg, gb, a);
                     for (int r = 0; r < 4; r++) {
                         int row = g * 4 + r;
                         if (row < n) accf[r] += (float)(a[r] - gs) * L->scale[(size_t)row * ng + G];
@@ -925,14 +1003,14 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
     if (T == 1 || !ubuf) { /* decode: stream the packed rows once (GEMV) */
         for (int g = g0; g < g1; g++)
             for (int t = 0; t < T; t++) {
-                bd_tdot4(L->w + (size_t)g * kp, xq + (size_t)t * kp, nb, a);
+                bd_dot4_i8_t2(L->w + (size_t)g * kp, xq + (size_t)t * kp, nb, a);
                 for (int r = 0; r < 4 && g * 4 + r < n; r++)
                     y[(size_t)t * n + g * 4 + r] = finish(L, g * 4 + r, a[r] - xsum[t], xs[t]);
             }
         return;
     }
     /* prefill as GEMM: blocks of tokens whose activations stay in L2 (~192 KiB), and inside a block each row
-     * group is unpacked once and multiplied with every token of the block (bd_ugemm4's register tiles) */
+     * group is unpacked once and multiplied with every token of the block (bd_gemm4_i8_u8's register tiles) */
     enum { TB_MAX = 128 };
     int tb = 196608 / kp;
     tb = tb < 8 ? 8 : tb > TB_MAX ? TB_MAX : tb;
@@ -943,8 +1021,8 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
         if (L->scale_kind == BD_SCALE_TENSOR)
             for (int t = 0; t < nt; t++) f[t] = L->scale[0] / xs[t0 + t];
         for (int g = g0; g < g1; g++) {
-            bd_unpack4(L->w + (size_t)g * kp, nb, ubuf);
-            bd_ugemm4(ubuf, kp, xq + (size_t)t0 * kp, nt, acc);
+            bd_unpack4_t2(L->w + (size_t)g * kp, nb, ubuf);
+            bd_gemm4_i8_u8(ubuf, kp, xq + (size_t)t0 * kp, nt, acc);
             const int rows = n - g * 4 < 4 ? n - g * 4 : 4;
             for (int t = 0; t < nt; t++) {
                 float *yt = y + (size_t)(t0 + t) * n + g * 4;
@@ -966,7 +1044,7 @@ void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, 
         for (int r = r0; r < r1; r++) {
             const uint8_t *wr = (const uint8_t *)w + (size_t)r * ng * 32;
             for (int t = 0; t < T; t++)
-                y[(size_t)t * n + r] = bd_q4dot(wr, rscale + (size_t)r * ng, ng, xq + t * kq, xg + (size_t)t * ng) / xs[t];
+                y[(size_t)t * n + r] = bd_dot_i8_q4(wr, rscale + (size_t)r * ng, ng, xq + t * kq, xg + (size_t)t * ng) / xs[t];
         }
         return;
     }
@@ -978,11 +1056,11 @@ void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, 
             if (m == 4) {
                 if (dtype == BD_I8) {
                     int32_t a[4];
-                    bd_idot4((const int8_t *)wr, k, xq + (size_t)t * k, a);
+                    bd_dot4_i8_i8((const int8_t *)wr, k, xq + (size_t)t * k, a);
                     for (int i = 0; i < 4; i++) y[(size_t)t * n + r + i] = (float)a[i] * (rscale[r + i] / xs[t]);
                 } else {
                     float f[4];
-                    bd_fdot4(wr, dtype, k, x + (size_t)t * k, f);
+                    bd_dot4_f32_fp(wr, dtype, k, x + (size_t)t * k, f);
                     for (int i = 0; i < 4; i++) y[(size_t)t * n + r + i] = f[i];
                 }
             } else { /* ragged tail rows: plain loops */

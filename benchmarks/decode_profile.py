@@ -1,0 +1,137 @@
+"""Where a decode token's time goes, per phase, and A/B of runtime library builds in one run.
+
+    python benchmarks/decode_profile.py PACKED --threads 1,2 --runs 5
+    python benchmarks/decode_profile.py PACKED --lib before=/tmp/before.so --lib after=src/.../_bdrt*.so
+
+Each measurement is its own process (the library is chosen by BITDISTILL_RUNTIME_LIB and read once at load):
+a --prefill-token random prompt, then --decode greedy tokens with BITDISTILL_PROFILE=1, --runs + 1 times
+(the first is a warm-up), with exactly --threads threads on every call (the engine's ThreadPicker, which may
+run a call on one thread, is bypassed, so the thread counts compared are the ones named). Libraries and
+thread counts alternate run by run, so a change in the machine's load hits all of them alike. Prints decode
+tokens/s (median [min-max]) and, per phase, milliseconds per token on thread 0 (rdtsc ticks scaled by the
+run's wall time) with every thread's barrier wait; writes JSON (--out). A library without the profile
+counters (older builds) gets the speed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _verb import RESULTS
+
+
+def worker(packed: str, threads: int, prefill: int, decode: int, runs: int) -> dict:
+    import numpy as np
+
+    from bitdistill.runtime.engine import load
+    from bitdistill.runtime.native import SIMD_NAMES, lib, profile_ticks, simd_level
+
+    engine = load(packed, threads=threads)
+    engine._pick.threads = lambda kind: engine.threads  # the named count on every call (see the docstring)
+    has_profile = hasattr(lib(), "bd_profile_read")
+    prompt = np.random.default_rng(0).integers(0, engine.arch["vocab"], prefill).tolist()
+    speeds, ticks = [], None
+    for _ in range(runs + 1):
+        engine.reset(prefill + decode + 1)
+        logits = engine.forward(prompt)
+        lib().bd_profile_reset()
+        t = time.perf_counter()
+        for _ in range(decode):
+            logits = engine.forward([int(np.argmax(logits))])
+        speeds.append(decode / (time.perf_counter() - t))
+        ticks = profile_ticks(threads) if has_profile else None
+    res = {"decode_tok_s": speeds[1:], "simd": SIMD_NAMES[simd_level()], "threads": engine.threads}
+    if ticks:  # last run: each phase's share of thread 0's ticks, times that run's ms per token
+        total = sum(v[0] for v in ticks.values())
+        ms = 1e3 / speeds[-1]
+        res["phase_ms"] = {k: [ms * t / total for t in v] for k, v in ticks.items()}
+    return res
+
+
+def measure(libs: dict[str, str | None], packed: str, threads: list[int], args) -> dict:
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for name, path in libs.items():
+            for n in threads:
+                env = {k: v for k, v in os.environ.items() if k != "BITDISTILL_RUNTIME_LIB"}
+                env |= {"BITDISTILL_PROFILE": "1"} | ({"BITDISTILL_RUNTIME_LIB": path} if path else {})
+                cmd = [sys.executable, __file__, packed, "--worker", "--threads", str(n), "--prefill",
+                       str(args.prefill), "--decode", str(args.decode), "--runs", str(args.runs)]  # fmt: skip
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                runs.setdefault(f"{name} {n}", []).append(json.loads(out.stdout.splitlines()[-1]))
+    return runs
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    out = {}
+    for key, rs in runs.items():
+        speeds = [s for r in rs for s in r["decode_tok_s"]]
+        entry = {"decode_tok_s": {"median": statistics.median(speeds), "min": min(speeds), "max": max(speeds),
+                                  "runs": speeds}, "simd": rs[0]["simd"]}  # fmt: skip
+        if "phase_ms" in rs[0]:
+            phases = rs[0]["phase_ms"]
+            entry["phase_ms"] = {p: [statistics.median(r["phase_ms"][p][t] for r in rs) for t in range(len(v))]
+                                 for p, v in phases.items()}  # fmt: skip
+        out[key] = entry
+    return out
+
+
+def table(summary: dict) -> str:
+    lines = ["| build, threads | decode tok/s | ms/token |", "|---|---|---|"]
+    for key, e in summary.items():
+        d = e["decode_tok_s"]
+        lines.append(f"| {key} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {1e3 / d['median']:.2f} |")
+    prof = {k: e["phase_ms"] for k, e in summary.items() if "phase_ms" in e}
+    if prof:
+        keys = list(prof)
+        lines += ["", "ms per token on thread 0 (barrier wait: every thread)", "",
+                  "| phase | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]  # fmt: skip
+        for phase in next(iter(prof.values())):
+            cells = []
+            for k in keys:
+                v = prof[k][phase]
+                cells.append(" / ".join(f"{x:.3f}" for x in v) if phase == "barrier wait" else f"{v[0]:.3f}")
+            lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("packed")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--prefill", type=int, default=128)
+    p.add_argument("--decode", type=int, default=128)
+    p.add_argument("--runs", type=int, default=3, help="timed runs per process (after one warm-up)")
+    p.add_argument("--rounds", type=int, default=3, help="processes per build and thread count, alternating")
+    p.add_argument("--lib", action="append", default=[], metavar="NAME=PATH",
+                   help="a runtime library build to compare (default: the installed one)")  # fmt: skip
+    p.add_argument("--out", default=str(RESULTS / "decode-profile.json"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.packed, int(args.threads), args.prefill, args.decode, args.runs)))
+        return 0
+    libs = dict(spec.split("=", 1) for spec in args.lib) or {"installed": None}
+    threads = [int(t) for t in args.threads.split(",")]
+    load_start = os.getloadavg()
+    summary = summarize(measure(libs, args.packed, threads, args))
+    res = {"packed": args.packed, "prefill": args.prefill, "decode": args.decode, "libs": libs,
+           "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "results": summary}  # fmt: skip
+    print(f"load avg {load_start[0]:.1f} -> {res['loadavg_end'][0]:.1f}; SIMD "
+          f"{next(iter(summary.values()))['simd']}\n")  # fmt: skip
+    print(table(summary))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
