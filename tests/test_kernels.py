@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bitdistill.quant import BitLinear
+from bitdistill.quant.bit_layout import pack_2bit, quantize_rows_int8
 from bitdistill.quant.numerics import quantize_activation, ternarize
-from bitdistill.quant.packing import pack_2bit, quantize_rows_int8
 from bitdistill.runtime import kernels
 from bitdistill.runtime.dense_dtypes import dequantize_dense, quantize_rows_q4
 from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, lib, ptr, set_simd, simd_level

@@ -1,6 +1,6 @@
 """Ternary weight / int8 activation numerics and the BitLinear layer.
 
-Names are imported on first use, so torch-free parts (packing, the native runtime, the CLI's option lists)
+Names are imported on first use, so torch-free parts (bit layouts, the native runtime, the CLI's option lists)
 load without torch.
 """
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._threads import check_threads
 from ..errors import BitDistillError
-from ..quant.packing import BLOCK, ROWS, packed_2bit_shape
+from ..quant.bit_layout import BLOCK, ROWS, packed_2bit_shape
 from .dense_dtypes import DENSE, dense_scale_name
 from .native import (
     ACT_GELU,

@@ -10,7 +10,7 @@ import ctypes as C
 
 import numpy as np
 
-from ..quant.packing import BLOCK, ROWS, packed_2bit_shape
+from ..quant.bit_layout import BLOCK, ROWS, packed_2bit_shape
 from .dense_dtypes import DENSE
 from .native import SCALE_CHANNEL, SCALE_GROUP, SCALE_TENSOR, Linear, fptr, lib, ptr
 

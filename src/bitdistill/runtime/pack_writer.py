@@ -14,7 +14,7 @@ import numpy as np
 
 from .._fs import atomic_dir
 from ..errors import BitDistillError
-from ..quant.packing import BLOCK, pack_2bit, pack_base3, quantize_rows_int8
+from ..quant.bit_layout import BLOCK, pack_2bit, pack_base3, quantize_rows_int8
 from .dense_dtypes import DENSE_DTYPES, dense_scale_name, quantize_rows_q4
 from .packed import (
     ACTS,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BitDistillError
-from ..quant.packing import (
+from ..quant.bit_layout import (
     BLOCK,
     base3_to_2bit,
     has_invalid_2bit_code,
@@ -351,7 +351,7 @@ def load_packed(path: str | os.PathLike) -> PackedModel:
 
 def unpack_weight(pm: PackedModel, layer: int, name: str) -> np.ndarray:
     """The exact int8 ternary matrix of one linear (for checks and export)."""
-    from ..quant.packing import unpack_2bit
+    from ..quant.bit_layout import unpack_2bit
 
     n, k = _linear_dims(pm.arch)[name]
     return unpack_2bit(pm.tensors[f"layers.{layer}.{name}.packed"], n, k)

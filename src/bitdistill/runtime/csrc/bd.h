@@ -1,6 +1,6 @@
 /* bitdistill native runtime: shared declarations.
  *
- * Ternary weights use the 2-bit interleaved layout documented in bitdistill/quant/packing.py:
+ * Ternary weights use the 2-bit interleaved layout documented in bitdistill/quant/bit_layout.py:
  * uint8 [Np/4][Kp], Np = rows rounded up to 4, Kp = columns rounded up to 128; inside a row group,
  * block b of row r is the 32 bytes at b*128 + r*32, byte j holding columns b*128 + j + 32*i in bits 2i.
  * Codes are weight + 1 (0, 1, 2), so a dot product is sum(code * x) - sum(x).

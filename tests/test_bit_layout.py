@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from bitdistill.errors import BitDistillError
-from bitdistill.quant.numerics import ternarize
-from bitdistill.quant.packing import (
+from bitdistill.quant.bit_layout import (
     base3_to_2bit,
     has_invalid_2bit_code,
     pack_2bit,
@@ -19,6 +18,7 @@ from bitdistill.quant.packing import (
     unpack_2bit,
     unpack_base3,
 )
+from bitdistill.quant.numerics import ternarize
 
 ODD_SHAPES = [(1, 1), (3, 7), (5, 129), (7, 255), (13, 300), (4, 128), (17, 5), (2, 641)]
 

@@ -1,4 +1,4 @@
-"""Bit packing of ternary weights, and int8 per-row quantization of embeddings / LM heads.
+"""Bit layouts of ternary weights (2-bit kernel layout, base-3 storage); int8 per-row quantization of heads.
 
 Two ternary encodings, both lossless for W_q ∈ {-1, 0, +1} (code c = W_q + 1 ∈ {0, 1, 2}):
 
