@@ -26,7 +26,7 @@ class Launch:
     fsdp: bool = False
     reshard_after_forward: bool = True
     offload_params: bool = False
-    source: str = "no accelerate/torchrun launch"
+    source: str = ""  # where the plan learnt it, for its header
 
     @property
     def shards(self) -> bool:
@@ -44,7 +44,7 @@ class Launch:
             how = f"data parallel (DDP, replicated) over {self.processes} processes"
         else:
             how = "one process"
-        return f"{how}; from {self.source}"
+        return f"{how}; from {self.source}" if self.source else how
 
 
 ONE_PROCESS = Launch()
@@ -57,7 +57,8 @@ def launch_from_environment() -> Launch:
 
     world = launched_world_size()
     plan = fsdp_plan()  # raises the loop's own one-line error for fsdp_version 1
-    source = "the accelerate launch environment" if world > 1 or plan is not None else Launch.source
+    launched = world > 1 or plan is not None
+    source = "the accelerate launch environment" if launched else "no accelerate/torchrun launch"
     if plan is None:
         return Launch(processes=world, source=source)
     return Launch(world, True, plan.reshard_after_forward, plan.offload_params, source)
