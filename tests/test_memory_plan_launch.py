@@ -145,7 +145,9 @@ def test_check_plans_fsdp_from_the_flags(monkeypatch, capsys):
     # weights 596049920x4/2 + 155583488x4 = 1814433792 B = 1.69 GiB, AdamW 596049920x8/2 B = 2.22 GiB.
     line = next(x for x in out.splitlines() if x.strip().startswith("memory per device (bitnet_sft)"))
     assert "weights 1.69 GiB + grads 1.69 GiB + AdamW 2.22 GiB + activations" in line, line
-    assert "x 2 processes" in out
+    # Continued pre-training's length is its 10B-token budget over the global batch, as stages/pretrain.py
+    # computes it: ceil(10e9 / (4 x 8 accum x 2 processes x 2048)) = 76294 steps.
+    assert "76294 steps x 4 (x8 accum) blocks of 2048 x 2 processes" in out
     code, out, _ = check(capsys, "--num-processes", "2")
     assert "  launch: data parallel (DDP, replicated) over 2 processes; from --num-processes" in out
     assert "weights 2.22 GiB + grads 2.22 GiB + AdamW 4.44 GiB" in out  # 596049920 x 4 and x 8

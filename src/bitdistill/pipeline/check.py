@@ -250,16 +250,15 @@ def _check_data(recipe: Recipe, stages: list[str], evaluate: bool) -> None:
 def _steps(recipe: Recipe, stage: str, processes: int) -> tuple[int, str]:
     cfg = recipe.train_config(stage)
     batch = f"{cfg.batch_size}" + (f" (x{cfg.grad_accum} accum)" if cfg.grad_accum > 1 else "")
-    if processes > 1:
-        batch += f" x {processes} processes"
+    each = f" x {processes} processes" if processes > 1 else ""
     if stage != "continue_pretrain":
-        return cfg.steps, batch
+        return cfg.steps, batch + each
     corpus = recipe.continue_pretrain.corpus
     # As stages/pretrain.py: the token budget over the global batch of every process.
     per_step = cfg.batch_size * cfg.grad_accum * processes * corpus.block_size
     budget = max(1, math.ceil(corpus.tokens / per_step))
     steps = cfg.steps if "steps" in {**recipe.train, **recipe.continue_pretrain.train} else budget
-    return min(steps, budget), f"{batch} blocks of {corpus.block_size}"
+    return min(steps, budget), f"{batch} blocks of {corpus.block_size}{each}"
 
 
 def _status(state) -> str:
