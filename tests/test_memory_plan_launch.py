@@ -187,3 +187,18 @@ def test_launch_flags_without_check_are_refused_before_anything_runs(capsys, tmp
     assert code == 2 and len(err) == 1
     assert "--num-processes/--fsdp only plan a launch, with --check" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_the_warning_over_a_device_advises_what_the_launch_can_still_change():
+    from bitdistill.pipeline.memory import Device, device_lines
+
+    gib = 2**30
+    small = [Device("cuda:0 small", 80 * gib)]
+    (ddp,) = device_lines({"distill": 103 * gib}, small, Launch(8))[1:]
+    assert ddp.startswith("  warning: distill needs ~103.00 GiB per device, more than the 80.00 GiB of cuda:0")
+    assert "FSDP over several GPUs (configs/accelerate/fsdp.yaml)" in ddp
+    (fsdp,) = device_lines({"distill": 103 * gib}, small, Launch(8, fsdp=True))[1:]
+    assert "or use more GPUs or GPUs with more memory" in fsdp and "fsdp.yaml" not in fsdp
+    assert device_lines({"distill": 23 * gib}, small, Launch(8, fsdp=True)) == [
+        "  devices: 1 visible, smallest cuda:0 small with 80.00 GiB"
+    ]
