@@ -30,6 +30,15 @@ def register(subparsers) -> None:
         "numbers, finished stages against the recipe) and print the plan; train nothing, write nothing",
     )  # fmt: skip
     p.add_argument(
+        "--num-processes", metavar="N",
+        help="with --check: plan memory per device for N processes (GPUs) instead of this launch's (under "
+        "`accelerate launch` the plan reads the launch's own)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fsdp", action="store_true",
+        help="with --check: plan for FSDP2 sharding over the processes (configs/accelerate/fsdp.yaml)",
+    )
+    p.add_argument(
         "--restart", metavar="STAGE[,STAGE]|all",
         help="retrain these stages from scratch: their old outputs are removed first (ablations: every "
         "ablation row; all: every stage and row)",
@@ -40,6 +49,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import STAGES, load_recipe
     from ..errors import BitDistillError
+    from ..pipeline.launch import planned_launch
     from ..pipeline.run import parse_restart
     from ..report import run_recipe
 
@@ -53,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         if s not in known:
             raise BitDistillError(f"--only: {s!r} is not one of {', '.join(known)}")
     restart = parse_restart(args.restart)
-    result = run_recipe(recipe, only, restart, check_only=args.check)
+    planned = args.num_processes is not None or args.fsdp
+    launch = planned_launch(args.num_processes, args.fsdp) if planned else None
+    result = run_recipe(recipe, only, restart, check_only=args.check, launch=launch)
     if args.check:
         print("\n".join(result["plan"]))
         print("check: ok")

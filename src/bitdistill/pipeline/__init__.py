@@ -6,6 +6,7 @@ The recipe's schema itself is plain data in bitdistill.config, re-exported here 
 """
 
 from ..config import PAPER_WEIGHTS, STAGES, Recipe, load_recipe, parse_recipe
+from .launch import Launch
 from .run import run_recipe, run_stage
 
-__all__ = ["PAPER_WEIGHTS", "STAGES", "Recipe", "load_recipe", "parse_recipe", "run_recipe", "run_stage"]
+__all__ = ["PAPER_WEIGHTS", "STAGES", "Launch", "Recipe", "load_recipe", "parse_recipe", "run_recipe", "run_stage"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config.choices import STAGES
 from ..config.recipe import Recipe
 from ..errors import BitDistillError, require_finite
+from .launch import Launch, launch_from_environment
 from .memory import device_lines, stage_estimate, visible_devices
 from .modelinfo import ModelShape, model_shape
 
@@ -246,15 +247,18 @@ def _check_data(recipe: Recipe, stages: list[str], evaluate: bool) -> None:
 # -- the plan ----------------------------------------------------------------------------------------------
 
 
-def _steps(recipe: Recipe, stage: str) -> tuple[int, str]:
+def _steps(recipe: Recipe, stage: str, processes: int) -> tuple[int, str]:
     cfg = recipe.train_config(stage)
     batch = f"{cfg.batch_size}" + (f" (x{cfg.grad_accum} accum)" if cfg.grad_accum > 1 else "")
+    each = f" x {processes} processes" if processes > 1 else ""
     if stage != "continue_pretrain":
-        return cfg.steps, batch
+        return cfg.steps, batch + each
     corpus = recipe.continue_pretrain.corpus
-    budget = max(1, math.ceil(corpus.tokens / (cfg.batch_size * cfg.grad_accum * corpus.block_size)))
+    # As stages/pretrain.py: the token budget over the global batch of every process.
+    per_step = cfg.batch_size * cfg.grad_accum * processes * corpus.block_size
+    budget = max(1, math.ceil(corpus.tokens / per_step))
     steps = cfg.steps if "steps" in {**recipe.train, **recipe.continue_pretrain.train} else budget
-    return min(steps, budget), f"{batch} blocks of {corpus.block_size}"
+    return min(steps, budget), f"{batch} blocks of {corpus.block_size}{each}"
 
 
 def _status(state) -> str:
@@ -270,19 +274,22 @@ def check_recipe(
     variants: dict[str, Recipe] | None = None,
     restart_flag: str | None = None,
     hint: str | None = None,
+    launch: Launch | None = None,
 ) -> list[str]:
     """Validate `recipe` for a run of `only` (None: everything) after `--restart` of `restart`; return the
     plan's lines. Raises BitDistillError (one line) at the first problem. Writes nothing.
 
     `variants` are the ablation rows (checked too, their own stages in the plan); `restart_flag` is what a
-    refusal advises passing to --restart (default: the refused stages); `hint` replaces that advice."""
+    refusal advises passing to --restart (default: the refused stages); `hint` replaces that advice.
+    `launch` is the launch the memory plan assumes (default: this process's, launch_from_environment)."""
     from .state import refusal, restart_hint
 
+    launch = launch or launch_from_environment()
     refused: list = []  # (state, the --restart name that clears it)
-    lines = [f"plan for {recipe.out} ({recipe.source}):"]
-    lines += [line for _, line in _check(recipe, only, restart, restart_flag, refused)]
+    lines = [f"plan for {recipe.out} ({recipe.source}):", f"  launch: {launch.describe()}"]
+    lines += [line for _, line in _check(recipe, only, restart, restart_flag, refused, launch)]
     for label, variant in (variants or {}).items():
-        sub = _check(variant, None, STAGES if "ablations" in restart else (), "ablations", refused)
+        sub = _check(variant, None, STAGES if "ablations" in restart else (), "ablations", refused, launch)
         own = [line for out, line in sub if out is None or out.is_relative_to(variant.out)]
         lines += [f"  ablation {label!r}:", *("  " + line for line in own)]
     if refused:
@@ -293,7 +300,12 @@ def check_recipe(
 
 
 def _check(
-    recipe: Recipe, only: list[str] | None, restart: tuple[str, ...], restart_flag: str | None, refused: list
+    recipe: Recipe,
+    only: list[str] | None,
+    restart: tuple[str, ...],
+    restart_flag: str | None,
+    refused: list,
+    launch: Launch,
 ) -> list[tuple[Path | None, str]]:
     """(stage directory or None, plan line) per stage after every check of `recipe`; stage directories
     the recipe no longer matches are appended to `refused` with the --restart name that clears them."""
@@ -338,9 +350,9 @@ def _check(
             lines.append((out, f"  {'teacher':<20} {recipe.teacher.path} (ready, evaluated only) -> {out} [{status}]"))
             continue
         shape = shape_by_stage[stage]
-        steps, batch = _steps(recipe, stage)
-        estimate = stage_estimate(recipe, stage, shape, teacher_shape)
-        mem = estimate.total if estimate else None
+        steps, batch = _steps(recipe, stage, launch.processes)
+        estimate = stage_estimate(recipe, stage, shape, teacher_shape, launch)
+        mem = estimate.peak if estimate else None
         model = stage_model(recipe, stage)
         if stage == "distill":
             teacher = "teacher stage output" if recipe.distill.teacher == "auto" else recipe.distill.teacher
@@ -348,7 +360,7 @@ def _check(
         lr = recipe.train_config(stage).lr
         lines.append((out, StagePlan(stage, model, shape, steps, batch, lr, mem, out, status).line()))
         if estimate:
-            peaks[stage] = estimate.total
+            peaks[stage] = estimate.peak
             lines.append((out, f"    memory per device ({stage}): {estimate.describe()}"))
     if evaluate:
         t = recipe.task
@@ -356,7 +368,7 @@ def _check(
         lines.append((None, f"  {'eval':<20} {', '.join(recipe.eval.stages)} on {t.name} {t.eval_split}{limit}, "
                             f"batch {t.eval_batch_size} -> {recipe.out / 'results.json'}"))  # fmt: skip
     if peaks:
-        lines += [(None, line) for line in device_lines(peaks, visible_devices())]
+        lines += [(None, line) for line in device_lines(peaks, visible_devices(), launch)]
     return lines
 
 

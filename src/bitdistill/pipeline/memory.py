@@ -1,7 +1,8 @@
 """Peak memory per device of each training stage, estimated from the model's config before anything loads.
 
-`bitdistill run CONFIG --check` prints, per stage and per device (each process of a data-parallel run holds
-all of this; the batch is per process):
+`bitdistill run CONFIG --check` prints, per stage and per device, for the launch it plans (pipeline/launch.py:
+one process, N data-parallel processes that each hold all of this, or N FSDP2 processes); the batch is per
+process:
 
     weights      the trained model, float32 (models load in float32; mixed precision autocasts per op)
     grads        one float32 gradient per trainable parameter
@@ -25,6 +26,15 @@ figure is an upper bound):
 BitNet also keeps each BitLinear's fake-quantized weight for the backward: one more copy of every linear
 weight in the compute dtype. SDPA attention is assumed to keep no L×L matrix (flash / memory-efficient
 kernels on GPUs). tests/test_memory_plan.py checks these counts against autograd's saved tensors.
+
+Under FSDP2 (train/sharding.py: one unit per decoder layer, plus the root: embeddings, final norm, LM head)
+each process keeps 1/N of the weights, gradients and AdamW state, and the unit computing is gathered whole in
+float32, its gradient whole until reduce-scattered: the largest unit is added to weights and to grads
+(every unit, with fsdp_reshard_after_forward: false; offloaded shards, fsdp_offload_params, are on the CPU).
+Activations (BitLinear's weight copies included: each layer's is made from its gathered weight) do not
+shrink. A teacher sharded (distill.teacher_sharding, any launch of N > 1) is 1/N plus its largest unit.
+Before sharding, every process moves the whole float32 model to its device (the stages do, then the loop
+shards), after the distill teacher is placed: that load is reported when it exceeds the training peak.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.recipe import Recipe
+from .launch import ONE_PROCESS, Launch
 from .modelinfo import ModelShape
 
 FP32 = 4
@@ -40,24 +51,40 @@ ADAM_MOMENTS = 2
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per device of one training stage; `teacher` is 0 outside distillation."""
+    """Bytes per device of one training stage; `teacher` is 0 outside distillation. Under FSDP `weights`
+    and `grads` include `gathered` and `gathered_grads` (what is whole at once); `load` is the peak while
+    the models load, before sharding."""
 
     weights: int
     grads: int
     optimizer: int
     activations: int
     teacher: int = 0
+    gathered: int = 0
+    gathered_grads: int = 0
+    load: int = 0
 
     @property
     def total(self) -> int:
         return self.weights + self.grads + self.optimizer + self.activations + self.teacher
+
+    @property
+    def peak(self) -> int:
+        return max(self.total, self.load)
 
     def describe(self) -> str:
         parts = [f"weights {gib(self.weights)}", f"grads {gib(self.grads)}", f"AdamW {gib(self.optimizer)}",
                  f"activations {gib(self.activations)}"]  # fmt: skip
         if self.teacher:
             parts.append(f"teacher {gib(self.teacher)}")
-        return " + ".join(parts) + f" = {gib(self.total)}"
+        out = " + ".join(parts) + f" = {gib(self.total)}"
+        if self.gathered:
+            out += (f" (FSDP: 1/N each, plus {gib(self.gathered)} of weights and {gib(self.gathered_grads)} of "
+                    "grads whole at once)")  # fmt: skip
+        if self.load > self.total:
+            out += (f"; loading peaks higher, at {gib(self.load)}: every process holds the whole float32 model "
+                    "before sharding")  # fmt: skip
+        return out
 
 
 def gib(n: int) -> str:
@@ -111,25 +138,64 @@ def activation_bytes(
     return tokens * per_token * FP32 + weights
 
 
+def largest_unit(shape: ModelShape) -> int:
+    """Parameters of the largest FSDP unit: a decoder layer or the root (train/sharding.py's wrapping)."""
+    return max(shape.layer_parameters(), shape.root_parameters())
+
+
+def _per_process(n_bytes: int, processes: int) -> int:
+    return -(-n_bytes // processes)  # FSDP pads each shard up, so round up
+
+
 def stage_memory(
-    shape: ModelShape, activations: int, teacher: ModelShape | None = None, teacher_bytes: int = FP32
+    shape: ModelShape,
+    activations: int,
+    teacher: ModelShape | None = None,
+    teacher_bytes: int = FP32,
+    launch: Launch = ONE_PROCESS,
+    teacher_sharded: bool = False,
 ) -> MemoryEstimate:
     """The per-device estimate of a stage training `shape` with `activations` bytes (`activation_bytes`)
-    and, for distill, holding `teacher` at `teacher_bytes` per parameter."""
+    and, for distill, holding `teacher` at `teacher_bytes` per parameter (`teacher_sharded`: over the
+    launch's processes), under `launch` (see the module docstring)."""
     params = shape.parameters()
+    full = params * FP32
+    weights, grads, optimizer, gathered, gathered_grads = full, full, full * ADAM_MOMENTS, 0, 0
+    if launch.shards:
+        kept = 0 if launch.offload_params else 1
+        unit = largest_unit(shape) * FP32
+        # Without resharding after forward, every unit stays gathered from its forward to its backward.
+        gathered, gathered_grads = (unit if launch.reshard_after_forward else full), unit
+        weights = kept * _per_process(full, launch.processes) + gathered
+        grads = kept * _per_process(full, launch.processes) + gathered_grads
+        optimizer = kept * _per_process(full * ADAM_MOMENTS, launch.processes)
+    held = whole = 0
+    if teacher is not None:
+        whole = held = teacher.parameters() * teacher_bytes
+        if teacher_sharded and launch.processes > 1:
+            held = _per_process(whole, launch.processes) + largest_unit(teacher) * teacher_bytes
     return MemoryEstimate(
-        weights=params * FP32,
-        grads=params * FP32,
-        optimizer=params * FP32 * ADAM_MOMENTS,
+        weights=weights,
+        grads=grads,  # the computing unit's whole until reduce-scattered
+        optimizer=optimizer,
         activations=activations,
-        teacher=teacher.parameters() * teacher_bytes if teacher is not None else 0,
+        teacher=held,
+        gathered=gathered,
+        gathered_grads=gathered_grads,
+        # The teacher is placed (whole, then sharded), then the whole student moves to the device.
+        load=max(whole, held + full),
     )
 
 
 def stage_estimate(
-    recipe: Recipe, stage: str, shape: ModelShape | None, teacher: ModelShape | None
+    recipe: Recipe,
+    stage: str,
+    shape: ModelShape | None,
+    teacher: ModelShape | None,
+    launch: Launch = ONE_PROCESS,
 ) -> MemoryEstimate | None:
-    """`stage_memory` with the recipe's settings for `stage` (None when a model's shape is unknown)."""
+    """`stage_memory` with the recipe's settings for `stage` under `launch` (None when a model's shape is
+    unknown)."""
     if shape is None or (stage == "distill" and teacher is None):
         return None
     from ..config.choices import subln_mode
@@ -149,7 +215,8 @@ def stage_estimate(
         subln=subln_mode(recipe.bitnet.subln, "bitnet.subln"), distill=distill, relation_heads=heads,
     )  # fmt: skip
     teacher_bytes = 2 if d.teacher_dtype == "bfloat16" else FP32
-    return stage_memory(shape, activations, teacher if distill else None, teacher_bytes)
+    sharded = d.teacher_sharding == "sharded"
+    return stage_memory(shape, activations, teacher if distill else None, teacher_bytes, launch, sharded)
 
 
 @dataclass(frozen=True)
@@ -171,20 +238,19 @@ def visible_devices() -> list[Device]:
     return out
 
 
-def device_lines(peaks: dict[str, int], devices: list[Device]) -> list[str]:
+def device_lines(peaks: dict[str, int], devices: list[Device], launch: Launch = ONE_PROCESS) -> list[str]:
     """The plan's closing lines: what devices are visible, and a warning per stage that does not fit."""
     if not devices:
-        return [
-            "  devices: no CUDA device visible; memory is per GPU of a data-parallel run (each holds all of it)"
-        ]
+        return ["  devices: no CUDA device visible; memory is per GPU of the launch above"]
     smallest = min(devices, key=lambda d: d.bytes)
     lines = [f"  devices: {len(devices)} visible, smallest {smallest.name} with {gib(smallest.bytes)}"]
+    more = "more GPUs" if launch.shards else "FSDP over several GPUs (configs/accelerate/fsdp.yaml)"
     for stage, peak in peaks.items():
         if peak > smallest.bytes:
             lines.append(
                 f"  warning: {stage} needs ~{gib(peak)} per device, more than the {gib(smallest.bytes)} of "
                 f"{smallest.name}; lower its train.batch_size (raise grad_accum to keep the global batch) "
-                "or task.max_length, or use GPUs with more memory"
+                f"or task.max_length, or use {more} or GPUs with more memory"
             )
     return lines
 
@@ -195,6 +261,7 @@ __all__ = [
     "activation_bytes",
     "device_lines",
     "gib",
+    "largest_unit",
     "stage_estimate",
     "stage_memory",
     "visible_devices",

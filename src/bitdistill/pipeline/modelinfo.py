@@ -46,14 +46,22 @@ class ModelShape:
 
     def parameters(self) -> int:
         """Parameter count of the full-precision model (norm weights included, rotary buffers not)."""
+        return self.root_parameters() + self.layers * self.layer_parameters()
+
+    def layer_parameters(self) -> int:
+        """Parameters of one decoder layer (one FSDP unit of train/sharding.py)."""
         q, k, v = self.qkv_widths
         attn = self.hidden * (q + k + v) + q * self.hidden + (q + k + v if self.qkv_bias else 0)
         if self.model_type in ("qwen3", "gemma3_text"):
             attn += 2 * self.head_dim  # q_norm and k_norm
         mlp = 3 * self.hidden * self.intermediate
         norms = (4 if self.model_type == "gemma3_text" else 2) * self.hidden
-        embed = self.vocab * self.hidden
-        return embed * (1 if self.tied else 2) + self.layers * (attn + mlp + norms) + self.hidden
+        return attn + mlp + norms
+
+    def root_parameters(self) -> int:
+        """Parameters outside the decoder layers: the embeddings, LM head (unless tied) and final norm (the
+        root FSDP unit)."""
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
 
 
 def _positive(cfg: dict[str, Any], key: str, where: str, default: int | None = None) -> int:

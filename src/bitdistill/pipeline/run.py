@@ -32,6 +32,7 @@ from ..train.distributed import barrier, is_main
 from .ablations import variants
 from .dev_eval import evaluate_model_dir
 from .fingerprint import FINGERPRINT_FILE, digest, path_identity, read_fingerprint
+from .launch import Launch
 from .markers import EVAL_FILE, RESULTS_FILE, read_stage, stage_dir, write_stage
 from .state import clear_outputs, prepare_stage
 
@@ -154,9 +155,10 @@ def parse_restart(value: str | None) -> tuple[str, ...]:
 
 
 def plan_recipe(
-    recipe: Recipe, only: list[str] | None = None, restart: tuple[str, ...] = ()
+    recipe: Recipe, only: list[str] | None = None, restart: tuple[str, ...] = (), launch: Launch | None = None
 ) -> tuple[list[str], dict[str, Recipe]]:
-    """(the plan's lines, the ablation variants) after checking everything; writes nothing."""
+    """(the plan's lines, the ablation variants) after checking everything; writes nothing. `launch`: the
+    processes and sharding the memory plan assumes (default: this process's launch)."""
     from .check import check_recipe
 
     for name in restart:
@@ -164,7 +166,7 @@ def plan_recipe(
             raise BitDistillError(f"--restart {name}: that stage is disabled in {recipe.source}")
     # Built before anything trains, so a bad ablation override fails fast.
     ablations = variants(recipe) if not only or "ablations" in only else {}
-    return check_recipe(recipe, only, restart, ablations), ablations
+    return check_recipe(recipe, only, restart, ablations, launch=launch), ablations
 
 
 def run_recipe(
@@ -173,14 +175,21 @@ def run_recipe(
     restart: tuple[str, ...] = (),
     check_only: bool = False,
     report: Reporter | None = None,
+    launch: Launch | None = None,
 ) -> dict[str, Any]:
     """Check the recipe, print the plan, then (unless `check_only`) hold the run directory's lock, apply
     `restart` and execute the enabled stages in order, then evaluation; write and return results.json.
 
     `report(run_dir)` renders the finished run (bitdistill.report.write_report; the report layer sits above
-    this one, so it is passed in). Its failure is recorded in results.json and raised.
+    this one, so it is passed in). Its failure is recorded in results.json and raised. `launch` plans a
+    launch other than this one (`--check --num-processes N --fsdp`); a run that trains refuses it.
     """
-    plan, ablations = plan_recipe(recipe, only, restart)
+    if launch is not None and not check_only:
+        raise BitDistillError(
+            "--num-processes/--fsdp only plan a launch, with --check; to train on N processes run under "
+            "`accelerate launch` (docs/gpus.md)"
+        )
+    plan, ablations = plan_recipe(recipe, only, restart, launch)
     if check_only:
         return {"plan": plan}
     _log("\n".join(plan))

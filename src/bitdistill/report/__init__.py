@@ -14,6 +14,7 @@ from typing import Any
 from .._lazy import lazy_getattr
 from ..config.recipe import Recipe
 from ..pipeline import run as pipeline_run
+from ..pipeline.launch import Launch
 
 
 def report_run(run_dir: str | os.PathLike) -> Path:
@@ -25,10 +26,14 @@ def report_run(run_dir: str | os.PathLike) -> Path:
 
 
 def run_recipe(
-    recipe: Recipe, only: list[str] | None = None, restart: tuple[str, ...] = (), check_only: bool = False
+    recipe: Recipe,
+    only: list[str] | None = None,
+    restart: tuple[str, ...] = (),
+    check_only: bool = False,
+    launch: Launch | None = None,
 ) -> dict[str, Any]:
     """Run a recipe (bitdistill.pipeline.run_recipe), then write its report; return results.json's content."""
-    return pipeline_run.run_recipe(recipe, only, restart, check_only, report=report_run)
+    return pipeline_run.run_recipe(recipe, only, restart, check_only, report=report_run, launch=launch)
 
 
 __getattr__ = lazy_getattr(__name__, {"build_report": ".run_report", "write_report": ".run_report"})
