@@ -4,8 +4,8 @@ bootstrap interval, the mean over seeds of the main rows, the issue's two target
     python benchmarks/quality_summary.py runs/smollm2-sst2-full [--json out.json]
 
 Rows come from the run's results.json: FP16-SFT, BitNet-SFT and BitDistill (the recipe's seed), and each
-ablation row. An ablation labelled "<main row>, seed N" is that main row trained with another seed; the
-means over seeds use the main row and those. Prints a Markdown table and writes JSON.
+ablation row. An ablation labelled "<row>, seed N" is that main or ablation row trained with another seed;
+the means over seeds (main rows, and ablation rows with more than one seed) use the row and those. Prints a Markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ def rows_of(results: dict) -> list[dict]:
     cpt = results.get("stages", {}).get("continue_pretrain") or {}
     if cpt:
         rows.append(_row("stage 2 (continued pre-training)", "stage 2", seed, cpt))
-    for label, rec in (results.get("ablations") or {}).items():
-        m = SEED_ROW.match(label)
-        group, row_seed = (m["row"], int(m["seed"])) if m and m["row"] in MAIN.values() else (label, seed)
+    ablations = results.get("ablations") or {}
+    for label, rec in ablations.items():
+        m = SEED_ROW.match(label)  # "<row>, seed N": that main or ablation row with another seed
+        seeded = m is not None and (m["row"] in MAIN.values() or m["row"] in ablations)
+        group, row_seed = (m["row"], int(m["seed"])) if seeded else (label, seed)
         rows.append(_row(label, group, row_seed, rec))
     return rows
 
@@ -51,9 +53,9 @@ def _row(label: str, group: str, seed, rec: dict) -> dict:
 def summarise(results: dict) -> dict:
     rows = rows_of(results)
     means = {}
-    for group in MAIN.values():
+    for group in dict.fromkeys(r["group"] for r in rows):  # main rows first, then seeded ablations
         accs = [r["accuracy"] for r in rows if r["group"] == group and r["accuracy"] is not None]
-        if accs:
+        if accs and (group in MAIN.values() or len(accs) > 1):
             means[group] = {"mean": statistics.fmean(accs), "seeds": len(accs),
                             "min": min(accs), "max": max(accs)}  # fmt: skip
     t, b, d = (means.get(k, {}).get("mean") for k in MAIN.values())

@@ -46,5 +46,20 @@ def test_means_over_seeds_and_targets(tmp_path, capsys):
     assert "| BitDistill, seed 43 | 43 | 87.00 [85.0–89.0] | -1.00 | 150 | 10.0 min |" in out
 
 
+def test_an_ablation_row_with_a_second_seed_gets_a_mean(tmp_path):
+    results = {
+        "seed": 42,
+        "stages": {"teacher": ev(0.88), "bitnet_sft": ev(0.50), "distill": ev(0.50)},
+        "ablations": {"SubLN": ev(0.54), "SubLN, seed 43": ev(0.50), "LD only": ev(0.48)},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert load().main([str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "quality_summary.json").read_text())
+    assert summary["means"]["SubLN"]["mean"] == pytest.approx(0.52) and summary["means"]["SubLN"]["seeds"] == 2
+    assert "LD only" not in summary["means"]  # one seed: its row is the number, no mean
+    by = {r["label"]: r for r in summary["rows"]}
+    assert by["SubLN, seed 43"]["group"] == "SubLN" and by["SubLN, seed 43"]["seed"] == 43
+
+
 def test_missing_results_is_exit_2(tmp_path):
     assert load().main([str(tmp_path)]) == 2
