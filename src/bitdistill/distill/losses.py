@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..config.choices import KD_POSITIONS, RELATIONS
 from ..data.encode import IGNORE_INDEX
 from ..errors import BitDistillError
+from .capture import unwrap
 
 QKV = Sequence[torch.Tensor]
 _MASKED = -1e9  # relation score of a masked key (see _scaled_relation_log_probs)
@@ -228,9 +229,7 @@ def causal_lm_loss_at(logits: torch.Tensor, labels: torch.Tensor, positions: tor
 
 def _keeps_logit_subset(model: torch.nn.Module) -> bool:
     """Whether the model's forward takes transformers' `logits_to_keep` (every HF causal LM of ours does)."""
-    while hasattr(model, "module"):  # DDP and accelerate wrappers forward to `.module`
-        model = model.module
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
 
 
 def task_ce(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
