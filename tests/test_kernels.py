@@ -13,8 +13,10 @@ from bitdistill.runtime import kernels
 from bitdistill.runtime.dense_dtypes import dequantize_dense, quantize_rows_q4
 from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, lib, ptr, set_simd, simd_level
 
-# (n, k, T); k=1500 spans the prefill GEMM's 1024-column int16 chunks, T=9 its 2-token tiles plus a tail,
-# T=300 several of its 128-token blocks
+# (n, k, T) for the prefill GEMM's panels: n from 1 row group to several 16-row panels with 1-3 groups left
+# over (n=33: 9 groups, n=21: 6, n=9: 3), k=1500 spans many of its 128-column int16 chunks and k=129/300 end
+# inside one (it visits the columns up to k only), T=9 its 5-token tiles plus a tail, T=300 several 128-token
+# blocks
 SHAPES = [(1, 1, 1), (5, 7, 3), (13, 129, 2), (64, 256, 5), (33, 300, 1), (100, 640, 4), (21, 1500, 9), (9, 100, 300)]
 
 
@@ -70,7 +72,7 @@ def test_extreme_activations_do_not_saturate(simd) -> None:
     n, k = 8, 128 * 40
     q = np.ones((n, k), np.int8)
     q[1::2] = -1
-    xq = np.full((3, k), -128, np.int8)  # 3 tokens: the prefill GEMM's 2-token tile and its 1-token tail
+    xq = np.full((3, k), -128, np.int8)  # 3 tokens: one of the prefill GEMM's tiles
     for gemm in (False, True):
         acc = kernels.ternary_acc(pack_2bit(q), n, xq, gemm=gemm)
         np.testing.assert_array_equal(acc, np.tile(np.where(np.arange(n) % 2 == 0, -128 * k, 128 * k), (3, 1)))

@@ -17,6 +17,7 @@
 
 #define BD_BLOCK 128
 #define BD_ROWS 4
+#define BD_PANEL_ROWS 16 /* rows the prefill GEMM unpacks at once (4 row groups); its scratch is this x kp bytes */
 #define BD_EPS 1e-5f
 
 enum { BD_F32 = 0, BD_F16 = 1, BD_BF16 = 2, BD_I8 = 3, BD_Q4 = 4 };
@@ -82,12 +83,16 @@ void bd_scores(const float *q, const void *k, int half, int n, int hd, float sca
 void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd); /* o[hd] = sum_j p[j] v[j] */
 void bd_softmax(float *s, int n); /* s = exp(s - max s) / sum, in place */
 /* Dot-product kernels are named <shape>_<activation>_<weight>: dot4 = 4 weight rows against one token, dot = one
- * row, gemm4 = 4 rows against several tokens. Types: i8 int8, f32 float, t2 packed 2-bit ternary codes (the layout
+ * row, gemm4 = 4 rows against several tokens, gemm_panel = up to 16 rows against several tokens. Types: i8 int8, f32 float, t2 packed 2-bit ternary codes (the layout
  * above), u8 unpacked codes one per byte, q4 the BD_Q4 groups, fp float weights (fp32/fp16/bf16 by dtype). */
 void bd_dot4_i8_t2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]);
 void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u);
 void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]);
 void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out); /* out [nt][4] */
+/* raw code sums of the 4*ngr rows of ngr <= 4 row groups at w (kp apart), k columns (activations zero from k
+ * to kp), x nt tokens: out [nt][BD_PANEL_ROWS]; ubuf: BD_PANEL_ROWS * kp bytes */
+void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t *x, int nt, int32_t *out,
+                         uint8_t *ubuf);
 void bd_dot4_i8_i8(const int8_t *w, int k, const int8_t *x, int32_t out[4]);
 void bd_dot4_f32_fp(const void *w, int dtype, int k, const float *x, float out[4]);
 void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k, float *out);

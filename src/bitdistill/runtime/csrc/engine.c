@@ -198,7 +198,7 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
         t->scores = malloc((size_t)max_seq * F);
         t->xq = malloc(T * imax(st->kp_max, m->hidden));
         t->xsum = malloc(T * sizeof(int32_t));
-        t->ubuf = malloc((size_t)4 * st->kp_max);
+        t->ubuf = malloc((size_t)BD_PANEL_ROWS * st->kp_max);
         t->rope = malloc(T * m->head_dim * F);
         t->xg = malloc(T * ((m->hidden + BD_Q4_GROUP - 1) / BD_Q4_GROUP) * sizeof(int32_t));
         t->act = malloc((size_t)st->width * F);
@@ -535,30 +535,32 @@ void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int
     for (int t = 0; t < T; t++) bd_quantize_row(x + (size_t)t * k, k, kp, xq + (size_t)t * kp, &s[t], &sum[t]);
 }
 
-/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill path (unpack + bd_gemm4_i8_u8 over all T). */
+/* int32 sums sum_k W_q[row,k] * xq[t,k]; gemm=1 takes the prefill path (bd_gemm_panel_i8_t2 over all T). */
 void bd_ternary_acc(const uint8_t *w, int n, int kp, const int8_t *xq, int T, int32_t *acc, int gemm) {
-    const int nb = kp / BD_BLOCK, ng = (n + 3) / 4;
-    uint8_t *u = gemm ? malloc((size_t)4 * kp) : NULL;
-    int32_t *ua = gemm ? malloc((size_t)4 * T * sizeof(int32_t)) : NULL;
-    for (int g = 0; g < ng; g++) {
-        const uint8_t *wg = w + (size_t)g * kp;
-        if (u) {
-            bd_unpack4_t2(wg, nb, u);
-            bd_gemm4_i8_u8(u, kp, xq, T, ua);
-        }
-        for (int t = 0; t < T; t++) {
-            const int8_t *xt = xq + (size_t)t * kp;
-            int32_t a[4], xsum = 0;
-            for (int i = 0; i < kp; i++) xsum += xt[i];
-            if (u)
-                memcpy(a, ua + 4 * t, sizeof a);
-            else
-                bd_dot4_i8_t2(wg, xt, nb, a);
-            for (int r = 0; r < 4 && g * 4 + r < n; r++) acc[(size_t)t * n + g * 4 + r] = a[r] - xsum;
-        }
+    const int nb = kp / BD_BLOCK, ng = (n + 3) / 4, pg = BD_PANEL_ROWS / 4;
+    uint8_t *u = gemm ? malloc((size_t)BD_PANEL_ROWS * kp) : NULL;
+    int32_t *pa = gemm ? malloc((size_t)T * BD_PANEL_ROWS * sizeof(int32_t)) : NULL;
+    int32_t *xsum = malloc((size_t)T * sizeof(int32_t));
+    for (int t = 0; t < T; t++) {
+        xsum[t] = 0;
+        for (int i = 0; i < kp; i++) xsum[t] += xq[(size_t)t * kp + i];
+    }
+    for (int g = 0; g < ng; g += pg) {
+        const int ngr = ng - g < pg ? ng - g : pg;
+        if (u) bd_gemm_panel_i8_t2(w + (size_t)g * kp, ngr, kp, kp, xq, T, pa, u);
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < ngr; j++) {
+                int32_t a[4];
+                if (u)
+                    memcpy(a, pa + (size_t)t * BD_PANEL_ROWS + 4 * j, sizeof a);
+                else
+                    bd_dot4_i8_t2(w + (size_t)(g + j) * kp, xq + (size_t)t * kp, nb, a);
+                for (int r = 0; r < 4 && (g + j) * 4 + r < n; r++) acc[(size_t)t * n + (g + j) * 4 + r] = a[r] - xsum[t];
+            }
     }
     free(u);
-    free(ua);
+    free(pa);
+    free(xsum);
 }
 
 /* A BitLinear forward (quantize + ternary matmul + scale + bias) for x[T][k] -> y[T][n]. */
@@ -566,7 +568,7 @@ int bd_linear_forward(const bd_linear *L, const float *x, int T, float *y, int n
     int8_t *xq = malloc((size_t)T * L->kp);
     float *xs = malloc((size_t)T * sizeof(float));
     int32_t *xsum = malloc((size_t)T * sizeof(int32_t));
-    uint8_t *ub = gemm ? malloc((size_t)nthreads * 4 * L->kp) : NULL;
+    uint8_t *ub = gemm ? malloc((size_t)nthreads * BD_PANEL_ROWS * L->kp) : NULL;
     if (!xq || !xs || !xsum || (gemm && !ub)) {
         free(xq); free(xs); free(xsum); free(ub);
         return -1;
@@ -580,7 +582,7 @@ int bd_linear_forward(const bd_linear *L, const float *x, int T, float *y, int n
         THREAD_IDS(tid, nth);
         int a, b;
         part(ng, tid, nth, &a, &b);
-        bd_linear_rows(L, a, b, xq, xs, xsum, T, y, ub ? ub + (size_t)tid * 4 * L->kp : NULL);
+        bd_linear_rows(L, a, b, xq, xs, xsum, T, y, ub ? ub + (size_t)tid * BD_PANEL_ROWS * L->kp : NULL);
     }
     free(xq); free(xs); free(xsum); free(ub);
     return 0;

@@ -643,25 +643,6 @@ static void dot4_i8_u8_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t
 }
 
 #if BD_X86
-BD_AVX2 static void dot4_i8_u8_avx2(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                      _mm256_setzero_si256()};
-    for (int i = 0; i < kp; i += 64) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i));
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + i + 32));
-        for (int r = 0; r < 4; r++) {
-            const uint8_t *ur = u + (size_t)r * kp + i;
-            __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)ur), x0),
-                                         _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(ur + 32)), x1));
-            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s, ones));
-        }
-    }
-    for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
-}
-#endif
-
-#if BD_X86
 BD_VNNI static void dot4_i8_u8_vnni(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
     __m256i a[4], c[4];
     for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
@@ -685,62 +666,143 @@ void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
         dot4_i8_u8_vnni(u, kp, x, out);
         return;
     }
-    if (lvl) {
-        dot4_i8_u8_avx2(u, kp, x, out);
+#endif
+    dot4_i8_u8_scalar(u, kp, x, out); /* the AVX2 level multiplies unpacked codes in bd_gemm_panel_i8_t2 instead */
+}
+
+
+/* ---- prefill GEMM: a panel of up to 16 rows x blocks of tokens ---- */
+
+/* out[t][r] = sum_i u[r][i] * x[t][i] for nt tokens (rows of x kp apart): 4 unpacked rows, one token at a time
+ * (the scalar and VNNI levels' prefill; the AVX2 level has the panel kernel below). */
+void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out) {
+    for (int t = 0; t < nt; t++) bd_dot4_i8_u8(u, kp, x + (size_t)t * kp, out + 4 * t);
+}
+
+#if BD_X86
+/* The panel layout: for each quad of columns q and each 8-row vector v of the panel, the 4 codes of its rows
+ * side by side, 32 bytes at u + (q * nv + v) * 32. A vpmaddubsw of such a vector with one token's 4
+ * activations broadcast gives each row's two pair sums in its own 32-bit lane: the rows of a panel are summed
+ * in the lanes themselves, with no horizontal sums per output as a row-major dot product needs (those, and the
+ * widening per 4x2 tile, cost the old kernel about half its time at k = 576). Rows past ngr groups get code 0. */
+BD_AVX2 static void unpack_panel_t2_avx2(const uint8_t *w, int ngr, int kp, uint8_t *u) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const int nv = (ngr + 1) / 2, nb = kp / BD_BLOCK;
+    for (int v = 0; v < nv; v++)
+        for (int b = 0; b < nb; b++) {
+            __m256i p[8];
+            for (int r = 0; r < 8; r++) {
+                const int g = 2 * v + r / 4;
+                p[r] = g < ngr ? _mm256_loadu_si256((const __m256i *)(w + (size_t)g * kp + (size_t)b * BD_BLOCK +
+                                                                       (r % 4) * 32))
+                               : _mm256_setzero_si256();
+            }
+            for (int i = 0; i < 4; i++) { /* columns b*128 + 32i .. +31: the 2-bit field i of each byte */
+                __m256i c[8], t[8], s[8];
+                for (int r = 0; r < 8; r++) c[r] = _mm256_and_si256(_mm256_srli_epi16(p[r], 2 * i), m3);
+                /* 8 x 8 transpose of 32-bit quads: row r's quad j -> vector j, lane r */
+                for (int r = 0; r < 8; r += 2) {
+                    t[r] = _mm256_unpacklo_epi32(c[r], c[r + 1]);
+                    t[r + 1] = _mm256_unpackhi_epi32(c[r], c[r + 1]);
+                }
+                for (int r = 0; r < 8; r += 4) {
+                    s[r] = _mm256_unpacklo_epi64(t[r], t[r + 2]);
+                    s[r + 1] = _mm256_unpackhi_epi64(t[r], t[r + 2]);
+                    s[r + 2] = _mm256_unpacklo_epi64(t[r + 1], t[r + 3]);
+                    s[r + 3] = _mm256_unpackhi_epi64(t[r + 1], t[r + 3]);
+                }
+                uint8_t *dst = u + ((size_t)(b * 4 + i) * 8 * nv + v) * 32; /* quad (b*128 + 32i) / 4 */
+                for (int j = 0; j < 4; j++) {
+                    _mm256_storeu_si256((__m256i *)(dst + (size_t)j * nv * 32),
+                                        _mm256_permute2x128_si256(s[j], s[4 + j], 0x20));
+                    _mm256_storeu_si256((__m256i *)(dst + (size_t)(j + 4) * nv * 32),
+                                        _mm256_permute2x128_si256(s[j], s[4 + j], 0x31));
+                }
+            }
+        }
+}
+
+/* NV 8-row vectors x NT tokens of int16 accumulators in registers (2 x 5 = 10 of the 16 ymm, plus the codes and
+ * the broadcast activations); widened to int32 every 32 quads (128 columns): a lane gains at most 2 * 2 * 128 = 512
+ * per quad, so 32 quads stay within 2^14. out[t][v * 8 + r], BD_PANEL_ROWS apart per token. */
+BD_AVX2 static inline __attribute__((always_inline)) void panel_tile(const uint8_t *u, const int NV, const int NT,
+                                                                     int nq, int kp, const int8_t *x, int32_t *out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i wide[2 * 5];
+    for (int j = 0; j < NV * NT; j++) wide[j] = _mm256_setzero_si256();
+    for (int q0 = 0; q0 < nq; q0 += 32) {
+        const int q1 = q0 + 32 < nq ? q0 + 32 : nq;
+        __m256i a[2 * 5];
+        for (int j = 0; j < NV * NT; j++) a[j] = _mm256_setzero_si256();
+        for (int q = q0; q < q1; q++) {
+            const uint8_t *uq = u + (size_t)q * NV * 32;
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)uq);
+            const __m256i w1 = NV > 1 ? _mm256_loadu_si256((const __m256i *)(uq + 32)) : w0;
+            for (int t = 0; t < NT; t++) {
+                /* broadcast, multiply, accumulate as one asm block per token: written as intrinsics, GCC issued
+                 * every broadcast first and kept five accumulators in memory */
+                const int32_t *x4 = (const int32_t *)(x + (size_t)t * kp + 4 * q);
+                __m256i xb, m;
+                if (NV > 1)
+                    __asm__("vpbroadcastd %[x4], %[xb]\n\t"
+                            "vpmaddubsw %[xb], %[w0], %[m]\n\t"
+                            "vpaddw %[m], %[a0], %[a0]\n\t"
+                            "vpmaddubsw %[xb], %[w1], %[m]\n\t"
+                            "vpaddw %[m], %[a1], %[a1]"
+                            : [a0] "+x"(a[t]), [a1] "+x"(a[NT + t]), [xb] "=&x"(xb), [m] "=&x"(m)
+                            : [x4] "m"(*x4), [w0] "x"(w0), [w1] "x"(w1));
+                else
+                    __asm__("vpbroadcastd %[x4], %[xb]\n\t"
+                            "vpmaddubsw %[xb], %[w0], %[m]\n\t"
+                            "vpaddw %[m], %[a0], %[a0]"
+                            : [a0] "+x"(a[t]), [xb] "=&x"(xb), [m] "=&x"(m)
+                            : [x4] "m"(*x4), [w0] "x"(w0));
+            }
+        }
+        for (int j = 0; j < NV * NT; j++) wide[j] = _mm256_add_epi32(wide[j], _mm256_madd_epi16(a[j], ones));
+    }
+    for (int v = 0; v < NV; v++)
+        for (int t = 0; t < NT; t++)
+            _mm256_storeu_si256((__m256i *)(out + (size_t)t * BD_PANEL_ROWS + v * 8), wide[v * NT + t]);
+}
+
+#define PANEL_TILE(NV, NT)                                                                                     \
+    BD_AVX2 static void panel_tile_##NV##_##NT(const uint8_t *u, int nq, int kp, const int8_t *x, int32_t *out) { \
+        panel_tile(u, NV, NT, nq, kp, x, out);                                                                     \
+    }
+PANEL_TILE(1, 1) PANEL_TILE(1, 2) PANEL_TILE(1, 3) PANEL_TILE(1, 4) PANEL_TILE(1, 5)
+PANEL_TILE(2, 1) PANEL_TILE(2, 2) PANEL_TILE(2, 3) PANEL_TILE(2, 4) PANEL_TILE(2, 5)
+#undef PANEL_TILE
+
+typedef void (*panel_tile_fn)(const uint8_t *, int, int, const int8_t *, int32_t *);
+static const panel_tile_fn PANEL_TILES[2][5] = {
+    {panel_tile_1_1, panel_tile_1_2, panel_tile_1_3, panel_tile_1_4, panel_tile_1_5},
+    {panel_tile_2_1, panel_tile_2_2, panel_tile_2_3, panel_tile_2_4, panel_tile_2_5}};
+#endif
+
+void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t *x, int nt, int32_t *out,
+                         uint8_t *ubuf) {
+#if BD_X86
+    if (simd_on() == 1) {
+        /* columns past k are zero activations: the quads up to k are the whole sum (k = 576 packs to 640) */
+        const int nv = (ngr + 1) / 2, nq = (k + 3) / 4;
+        unpack_panel_t2_avx2(w, ngr, kp, ubuf);
+        for (int t = 0; t < nt; t += 5) {
+            const int m = nt - t < 5 ? nt - t : 5;
+            PANEL_TILES[nv - 1][m - 1](ubuf, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS);
+        }
         return;
     }
 #endif
-    dot4_i8_u8_scalar(u, kp, x, out);
-}
-
-
-/* ---- prefill GEMM: 4 unpacked rows x several tokens ---- */
-
-#if BD_X86
-/* 4 rows x 2 tokens held in registers: each 32-byte load of codes feeds two tokens' maddubs, and the int16
- * partial sums are widened to int32 only once per 1024 columns (a lane gains at most 2 * 2 * 128 = 512 per
- * 32-column step, so 32 steps stay within 2^14), not after every step as dot4_i8_u8_avx2 does: vpmaddwd competes
- * with vpmaddubsw for the multiply ports. */
-BD_AVX2 static void gemm4x2_i8_u8_avx2(const uint8_t *u, int kp, const int8_t *xa, const int8_t *xb, int32_t o[8]) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i w[8];
-    for (int j = 0; j < 8; j++) w[j] = _mm256_setzero_si256();
-    for (int c = 0; c < kp; c += 1024) {
-        const int end = c + 1024 < kp ? c + 1024 : kp;
-        __m256i a[8];
-        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_si256();
-        for (int i = c; i < end; i += 32) {
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xa + i));
-            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + i));
-            for (int r = 0; r < 4; r++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(u + (size_t)r * kp + i));
-                __m256i t;
-                /* a[r] += maddubs(v, x0); a[4+r] += maddubs(v, x1), as one asm block: written as intrinsics,
-                 * GCC kept one of the eight accumulators in memory (a store-to-load chain every step) */
-                __asm__("vpmaddubsw %[x0], %[v], %[t]\n\t"
-                        "vpaddw %[t], %[a0], %[a0]\n\t"
-                        "vpmaddubsw %[x1], %[v], %[t]\n\t"
-                        "vpaddw %[t], %[a1], %[a1]"
-                        : [a0] "+x"(a[r]), [a1] "+x"(a[4 + r]), [t] "=&x"(t)
-                        : [v] "x"(v), [x0] "x"(x0), [x1] "x"(x1));
-            }
+    int32_t a[4 * 32];
+    for (int g = 0; g < ngr; g++) {
+        bd_unpack4_t2(w + (size_t)g * kp, kp / BD_BLOCK, ubuf);
+        for (int t0 = 0; t0 < nt; t0 += 32) {
+            const int m = nt - t0 < 32 ? nt - t0 : 32;
+            bd_gemm4_i8_u8(ubuf, kp, x + (size_t)t0 * kp, m, a);
+            for (int t = 0; t < m; t++) memcpy(out + (size_t)(t0 + t) * BD_PANEL_ROWS + 4 * g, a + 4 * t, 16);
         }
-        for (int j = 0; j < 8; j++) w[j] = _mm256_add_epi32(w[j], _mm256_madd_epi16(a[j], ones));
     }
-    _mm256_storeu_si256((__m256i *)o, group_sums8(w)); /* the 8 lane sums in one hadd tree */
-}
-#endif
-
-/* out[t][r] = sum_i u[r][i] * x[t][i] for nt tokens (rows of x kp apart): the prefill's inner kernel, one
- * unpacked row group against a block of tokens. */
-void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out) {
-    int t = 0;
-#if BD_X86
-    if (simd_on() == 1)
-        for (; t + 2 <= nt; t += 2)
-            gemm4x2_i8_u8_avx2(u, kp, x + (size_t)t * kp, x + (size_t)(t + 1) * kp, out + 4 * t);
-#endif
-    for (; t < nt; t++) bd_dot4_i8_u8(u, kp, x + (size_t)t * kp, out + 4 * t);
 }
 
 /* ---- int8 x int8 (LM head): 4 consecutive rows of a row-major [n][k] matrix ---- */
@@ -1009,24 +1071,24 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
             }
         return;
     }
-    /* prefill as GEMM: blocks of tokens whose activations stay in L2 (~192 KiB), and inside a block each row
-     * group is unpacked once and multiplied with every token of the block (bd_gemm4_i8_u8's register tiles) */
+    /* prefill as GEMM: blocks of tokens whose activations stay in L2 (~192 KiB), and inside a block each panel of
+     * up to 16 rows is unpacked once and multiplied with every token of the block (bd_gemm_panel_i8_t2) */
     enum { TB_MAX = 128 };
     int tb = 196608 / kp;
     tb = tb < 8 ? 8 : tb > TB_MAX ? TB_MAX : tb;
-    int32_t acc[TB_MAX * 4];
+    int32_t acc[TB_MAX * BD_PANEL_ROWS];
     float f[TB_MAX]; /* per-tensor scale: finish's delta / s once per token, not per output */
     for (int t0 = 0; t0 < T; t0 += tb) {
         const int nt = T - t0 < tb ? T - t0 : tb;
         if (L->scale_kind == BD_SCALE_TENSOR)
             for (int t = 0; t < nt; t++) f[t] = L->scale[0] / xs[t0 + t];
-        for (int g = g0; g < g1; g++) {
-            bd_unpack4_t2(L->w + (size_t)g * kp, nb, ubuf);
-            bd_gemm4_i8_u8(ubuf, kp, xq + (size_t)t0 * kp, nt, acc);
-            const int rows = n - g * 4 < 4 ? n - g * 4 : 4;
+        for (int g = g0; g < g1; g += BD_PANEL_ROWS / 4) {
+            const int ngr = g1 - g < BD_PANEL_ROWS / 4 ? g1 - g : BD_PANEL_ROWS / 4;
+            bd_gemm_panel_i8_t2(L->w + (size_t)g * kp, ngr, L->k, kp, xq + (size_t)t0 * kp, nt, acc, ubuf);
+            const int rows = n - g * 4 < ngr * 4 ? n - g * 4 : ngr * 4;
             for (int t = 0; t < nt; t++) {
                 float *yt = y + (size_t)(t0 + t) * n + g * 4;
-                const int32_t *at = acc + 4 * t, sx = xsum[t0 + t];
+                const int32_t *at = acc + (size_t)BD_PANEL_ROWS * t, sx = xsum[t0 + t];
                 if (L->scale_kind == BD_SCALE_TENSOR && !L->bias) /* = finish(), with the division hoisted */
                     for (int r = 0; r < rows; r++) yt[r] = (float)(at[r] - sx) * f[t];
                 else
