@@ -495,6 +495,17 @@ void bd_softmax(float *s, int n) {
 
 /* ---- ternary: 4 interleaved rows x nb blocks, raw code sums (caller subtracts sum(x)) ---- */
 
+#if BD_X86
+/* Decode streams tens of MB of weights from DRAM once per token, with a few hundred cycles of arithmetic per
+ * KiB: the hardware prefetcher alone left the GEMVs at ~60-70 % of a plain read loop's bandwidth on a Zen 3 VM.
+ * A software prefetch 1 KiB ahead of the stream (1-2 row groups at k = 576) made SmolLM2 decode ~20 % faster
+ * there with one thread and ~10 % with two (1, 2, 4 and 8 KiB compared in one A/B run; 1 KiB best). */
+#ifndef BD_PREFETCH_AHEAD
+#define BD_PREFETCH_AHEAD 1024
+#endif
+#define PREFETCH_AHEAD(p) _mm_prefetch((const char *)(p) + BD_PREFETCH_AHEAD, _MM_HINT_T0)
+#endif
+
 static void dot4_i8_t2_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     int32_t a[4] = {0, 0, 0, 0};
     for (int b = 0; b < nb; b++) {
@@ -534,6 +545,8 @@ BD_AVX2 static void dot4_i8_t2_avx2(const uint8_t *w, const int8_t *x, int nb, i
                         _mm256_setzero_si256()};
         for (; b < end; b++) {
             const uint8_t *wb = w + (size_t)b * BD_BLOCK;
+            PREFETCH_AHEAD(wb);
+            PREFETCH_AHEAD(wb + 64);
             __m256i x0, x1, x2, x3;
             load_block(x + (size_t)b * BD_BLOCK, &x0, &x1, &x2, &x3);
             for (int r = 0; r < 4; r++) {
@@ -562,6 +575,8 @@ BD_VNNI static void dot4_i8_t2_vnni(const uint8_t *w, const int8_t *x, int nb, i
     for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
     for (int b = 0; b < nb; b++) {
         const uint8_t *wb = w + (size_t)b * BD_BLOCK;
+        PREFETCH_AHEAD(wb);
+        PREFETCH_AHEAD(wb + 64);
         __m256i x0, x1, x2, x3;
         load_block(x + (size_t)b * BD_BLOCK, &x0, &x1, &x2, &x3);
         for (int r = 0; r < 4; r++) {
@@ -828,6 +843,7 @@ BD_AVX2 static void dot4_i8_i8_avx2(const int8_t *w, int k, const int8_t *x, int
         __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
         int i = 0;
         for (; i + 64 <= k; i += 64) {
+            PREFETCH_AHEAD(wr + i);
             __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i));
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + i + 32));
             __m256i w0 = _mm256_loadu_si256((const __m256i *)(wr + i));
@@ -880,6 +896,7 @@ BD_AVX2 static float dot_i8_q4_avx2(const uint8_t *w, const float *d, int ng, co
     int g = 0;
     for (; g + 8 <= ng; g += 8) {
         __m256i s[8];
+        for (int l = 0; l < 256; l += 64) PREFETCH_AHEAD(w + (size_t)g * 32 + l);
         for (int h = 0; h < 8; h++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)(g + h) * 32));
             const int8_t *xb = x + (size_t)(g + h) * BD_Q4_GROUP;
