@@ -62,3 +62,42 @@ def test_bench_help_lists_the_workloads(capsys) -> None:
         main(["bench", "--help"])
     out = capsys.readouterr().out
     assert all(flag in out for flag in ("--roofline", "--scaling", "--classify", "--batch-tokens"))
+
+
+def test_decode_bytes_count_weights_and_every_layers_kv_cache(tmp_path) -> None:
+    """Weights: the packed files' tensors (tied embedding read whole as the head); KV: K and V of every cached
+    position per layer, capped at a sliding layer's window (gemma3: layers 0 and 2 slide over 8 positions)."""
+    from bitdistill.bench.roofline import decode_bytes_per_token
+    from bitdistill.model.convert import to_bitnet
+    from bitdistill.runtime.pack_writer import pack_model
+    from bitdistill.runtime.packed import load_packed
+    from tiny_models import tiny_model
+
+    model = tiny_model("gemma3", layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                       num_hidden_layers=3, tie_word_embeddings=True)  # fmt: skip
+    to_bitnet(model)
+    d = pack_model(model.eval(), tmp_path / "p", head_dtype="int8")
+    weights = sum(a.nbytes for n, a in load_packed(d).tensors.items() if not n.startswith("rope."))
+    per_position = 2 * 2 * 16 * 4  # K and V x 2 kv heads x head_dim 16 x fp32
+    at_20 = decode_bytes_per_token(d, "fp32", 20)
+    assert at_20 == {"weights": weights, "kv": per_position * (8 + 21 + 8), "total": weights + per_position * 37}
+    at_3 = decode_bytes_per_token(d, "fp16", 3)
+    assert at_3["kv"] == per_position // 2 * (4 + 4 + 4) and at_3["weights"] == weights
+
+
+def test_runtime_engine_names() -> None:
+    from bitdistill.bench.engines import runtime_engine
+
+    assert runtime_engine("runtime-2", "int8") == ("2", "int8", "fp32")
+    assert runtime_engine("runtime-1.58-q4", "int8") == ("1.58", "q4", "fp32")
+    assert runtime_engine("runtime-2-q4-kv16", "int8") == ("2", "q4", "fp16")
+    assert runtime_engine("runtime-2-kv16", "fp32") == ("2", "fp32", "fp16")
+    for bad in ("runtime-3", "runtime-2-q4-kv8", "runtime", "torch-fp32"):
+        with pytest.raises(ValueError):
+            runtime_engine(bad, "int8")
+
+
+def test_bench_cli_refuses_unknown_engine_names(capsys) -> None:
+    assert main(["bench", "--engines", "runtime-2-q4-kv8"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime-2-q4-kv8" in err and "kv16" in err and "Traceback" not in err

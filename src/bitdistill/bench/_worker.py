@@ -54,7 +54,7 @@ def _runtime(args) -> dict:
 
     from bitdistill.runtime.engine import load
 
-    engine = load(args.target, threads=args.threads)
+    engine = load(args.target, threads=args.threads, kv_dtype=args.kv_dtype)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, engine.arch["vocab"], args.prefill).tolist()
     dec, pre = [], []
@@ -177,6 +177,7 @@ def main() -> None:
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--kv-dtype", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--task", default="sst2")
     p.add_argument("--data", default=None)
     p.add_argument("--limit", type=int, default=None)

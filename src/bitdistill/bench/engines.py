@@ -87,13 +87,19 @@ def prepare_llamacpp(spec: str, work: Path, ttype: str = "tq2_0") -> Path:
     return prepare_gguf(model.eval(), work, tokenizer=tok, ttype=ttype, head="q4_0")
 
 
-def runtime_engine(name: str, default_head: str) -> tuple[str, str]:
-    """("2" | "1.58", head dtype) of a runtime engine name: runtime-BITS uses the default head dtype,
-    runtime-BITS-HEAD (e.g. runtime-2-q4) names its own."""
+KV_SUFFIX = "kv16"  # runtime-...-kv16: the engine's KV cache in IEEE half (llama.cpp's default), not fp32
+
+
+def runtime_engine(name: str, default_head: str) -> tuple[str, str, str]:
+    """("2" | "1.58", head dtype, KV cache dtype) of a runtime engine name: runtime-BITS uses the default head
+    dtype, runtime-BITS-HEAD (e.g. runtime-2-q4) names its own; a trailing -kv16 keeps the KV cache in fp16."""
     parts = name.split("-")
+    kv = "fp32"
+    if len(parts) > 2 and parts[-1] == KV_SUFFIX:
+        parts, kv = parts[:-1], "fp16"
     if len(parts) not in (2, 3) or parts[0] != "runtime" or parts[1] not in ("2", "1.58"):
         raise ValueError(f"not a runtime engine name: {name!r}")
-    return parts[1], parts[2] if len(parts) == 3 else default_head
+    return parts[1], parts[2] if len(parts) == 3 else default_head, kv
 
 
 def _run_worker(args: list[str], timeout: float) -> dict:
@@ -130,7 +136,7 @@ def run_bench(
     packed: dict[str, dict[str, Path]] = {}  # head dtype -> {bits: packed dir}
     for eng in engines:
         if eng.startswith("runtime-"):
-            head = runtime_engine(eng, head_dtype)[1]
+            _, head, _ = runtime_engine(eng, head_dtype)
             if head not in packed:
                 packed[head] = prepare(spec, work, head)
     log(f"prepared packed models in {time.time() - t0:.0f}s under {work}")
@@ -155,7 +161,7 @@ def run_bench(
         r["decode_tok_s"] = spread(r.pop("decode"))
         r["prefill_tok_s"] = spread(r.pop("prefill"))
         if bw is not None and eng.startswith("runtime-"):
-            _add_roofline(r, packed, eng, head_dtype, bw[threads])
+            _add_roofline(r, packed, eng, head_dtype, bw[threads], prefill + (decode - 1) / 2)
         results["engines"][eng] = r
         if out is not None:  # partial results survive an interrupted run
             write_json(results, out)
@@ -179,9 +185,9 @@ def _run_engine(
     workload: threads, prefill, decode, runs."""
     common = [a for k, v in workload.items() for a in (f"--{k}", str(v))]
     if eng.startswith("runtime-"):
-        bits, head = runtime_engine(eng, head_dtype)
-        r = _run_worker(["runtime", str(packed[head][bits]), *common], timeout=3600)
-        r["head_dtype"] = head
+        bits, head, kv = runtime_engine(eng, head_dtype)
+        r = _run_worker(["runtime", str(packed[head][bits]), *common, "--kv-dtype", kv], timeout=3600)
+        r["head_dtype"], r["kv_dtype"] = head, kv
         cfg = json.loads((packed[head][bits] / "config.json").read_text())["packed"]["arch"]
         r["linear_bytes"] = cfg["linear_bytes_on_disk"]
         r["linear_fp16_bytes"] = 2 * cfg["linear_params"]
@@ -209,12 +215,15 @@ def _measure_bandwidth(threads: int, results: dict, log) -> dict[int, float]:
     return bw
 
 
-def _add_roofline(r: dict, packed: dict, eng: str, head_dtype: str, bandwidth: float) -> None:
-    """A runtime engine's bytes per decode token, the decode speed they allow, and its fraction of that."""
+def _add_roofline(r: dict, packed: dict, eng: str, head_dtype: str, bandwidth: float, position: float) -> None:
+    """A runtime engine's bytes per decode token at the mean decode position (weights + KV cache), the
+    decode speed they allow, and its fraction of that."""
     from .roofline import decode_bytes_per_token
 
-    bits, head = runtime_engine(eng, head_dtype)
-    r["decode_bytes_per_token"] = decode_bytes_per_token(packed[head][bits])
+    bits, head, kv = runtime_engine(eng, head_dtype)
+    b = decode_bytes_per_token(packed[head][bits], kv, position)
+    r["decode_bytes_per_token"], r["decode_weight_bytes_per_token"] = b["total"], b["weights"]
+    r["decode_kv_bytes_per_token"] = b["kv"]
     r["roofline_tok_s"] = bandwidth / r["decode_bytes_per_token"]
     r["roofline_fraction"] = r["decode_tok_s"]["median"] / r["roofline_tok_s"]
 
@@ -228,7 +237,7 @@ def format_table(res: dict) -> str:
     bw = res["machine"].get("read_bandwidth_gb_s")
     if bw:
         head += "; read bandwidth " + ", ".join(f"{b:.1f} GB/s ({n} thr)" for n, b in bw.items())
-    roof = " decode MB/token | of roofline |" if bw else ""
+    roof = " decode MB/token (weights + KV) | of roofline |" if bw else ""
     lines = [
         head,
         "",
@@ -245,13 +254,14 @@ def format_table(res: dict) -> str:
             else "-"
         )
         sp = f"{r['decode_speedup_vs_torch_fp32']:.1f}x" if "decode_speedup_vs_torch_fp32" in r else "-"
-        label = f"{name} ({r['head_dtype']} head)" if "head_dtype" in r else name
+        label = f"{name} ({r['head_dtype']} head{', fp16 KV' if r.get('kv_dtype') == 'fp16' else ''})" if "head_dtype" in r else name
         row = (
             f"| {label} | {format_spread(d)} | {format_spread(p)} | {sp} | {r['peak_rss_mib']:.0f} | {size} |"
         )
         if bw:
             row += (
-                f" {r['decode_bytes_per_token'] / 1e6:.1f} | {100 * r['roofline_fraction']:.0f} % of "
+                f" {r['decode_bytes_per_token'] / 1e6:.1f} ({r['decode_weight_bytes_per_token'] / 1e6:.1f} + "
+                f"{r['decode_kv_bytes_per_token'] / 1e6:.1f}) | {100 * r['roofline_fraction']:.0f} % of "
                 f"{r['roofline_tok_s']:.0f} tok/s |"
                 if "roofline_fraction" in r
                 else " - | - |"

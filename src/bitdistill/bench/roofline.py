@@ -1,8 +1,10 @@
 """The memory roofline of decoding: the machine's read bandwidth, measured, and the bytes a decode step reads.
 
-A decode step streams every weight it uses once (ternary linears, norms, the LM head) and reads one
-embedding row; at batch 1 it cannot run faster than bandwidth / bytes_per_token. `bitdistill bench
---roofline` measures the bandwidth in the same run as the engines and reports each one's fraction of it.
+A decode step streams every weight it uses once (ternary linears, norms, the LM head), reads one embedding
+row, and reads every layer's cached keys and values up to its position (by the time a layer comes round
+again, tens of MB of weights have streamed through the caches, so that comes from DRAM too); at batch 1 it
+cannot run faster than bandwidth / bytes_per_token. `bitdistill bench --roofline` measures the bandwidth in
+the same run as the engines and reports each one's fraction of it.
 """
 
 from __future__ import annotations
@@ -28,16 +30,22 @@ def read_bandwidth(threads: int, mib: int = BUFFER_MIB, reps: int = 5) -> float:
     return buf.nbytes / best
 
 
-def decode_bytes_per_token(packed_dir: str | Path) -> int:
-    """Bytes one decode step reads: every tensor of the packed model except the input embedding, of which it
-    reads one row (when the head is tied to the embedding, the embedding is read whole as the head)."""
+def decode_bytes_per_token(packed_dir: str | Path, kv_dtype: str = "fp32", position: float = 0.0) -> dict[str, float]:
+    """Bytes one decode step reads at `position` (the number of tokens already cached), as
+    {"weights", "kv", "total"}: every tensor of the packed model except the input embedding, of which it reads
+    one row (when the head is tied to the embedding, the embedding is read whole as the head); and each layer's
+    cached keys and values, position + 1 of them (at most its sliding window), kv_dtype fp32 or fp16."""
     from ..runtime.packed import load_packed
 
     pm = load_packed(packed_dir)
-    total = 0
+    weights = 0
     for name, arr in pm.tensors.items():
         if name.startswith("embed") and not pm.arch["tied"]:
-            total += arr.nbytes // max(arr.shape[0], 1)  # one row (or one row's scale)
+            weights += arr.nbytes // max(arr.shape[0], 1)  # one row (or one row's scale)
         elif not name.startswith("rope."):
-            total += arr.nbytes
-    return total
+            weights += arr.nbytes
+    a = pm.arch
+    per_key = 2 * a["n_kv"] * a["head_dim"] * (4 if kv_dtype == "fp32" else 2)  # K and V of one position
+    keys = sum(min(position + 1, w) if w > 0 else position + 1 for w in a["layer_window"])
+    kv = per_key * keys
+    return {"weights": float(weights), "kv": float(kv), "total": float(weights + kv)}

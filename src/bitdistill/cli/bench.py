@@ -39,7 +39,8 @@ def register(subparsers) -> None:
         "--engines", default=None,
         help=f"comma-separated subset of {', '.join(ENGINES)} (default: all; llama.cpp when installed); "
         "runtime-BITS uses --head-dtype, runtime-BITS-HEAD names its head dtype (HEAD in "
-        f"{', '.join(HEADS)})",
+        f"{', '.join(HEADS)}); a -kv16 suffix on either keeps its KV cache in fp16 (llama.cpp's default) "
+        "instead of fp32",
     )  # fmt: skip
     p.add_argument("--head-dtype", default=None, choices=HEADS,
                    help="head/embedding dtype of the runtime-2 / runtime-1.58 engines (default int8; fp32 with "
@@ -86,10 +87,13 @@ def run(args: argparse.Namespace) -> int:
         engines = ENGINES[:6] + llamacpp_engines() + ((ENGINES[-1],) if llama_bench else ())
     else:
         engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-    runtime = {f"runtime-{b}-{h}" for b in ("2", "1.58") for h in HEADS}
+    runtime = {f"runtime-{b}{h}" for b in ("2", "1.58") for h in ("", *(f"-{h}" for h in HEADS))}
+    runtime |= {f"{e}-kv16" for e in runtime}
     bad = [e for e in engines if e not in ENGINES and e not in runtime]
     if bad:
-        raise BitDistillError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
+        raise BitDistillError(
+            f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)} (runtime-BITS[-HEAD][-kv16])"
+        )
     if llama_bench is None and ENGINES[-1] in engines:
         print(f"skipping {ENGINES[-1]}: no llama-bench on PATH; give --llama-bench PATH to include llama.cpp",
               file=sys.stderr)  # fmt: skip
