@@ -101,3 +101,35 @@ def test_bench_cli_refuses_unknown_engine_names(capsys) -> None:
     assert main(["bench", "--engines", "runtime-2-q4-kv8"]) == 2
     err = capsys.readouterr().err
     assert "runtime-2-q4-kv8" in err and "kv16" in err and "Traceback" not in err
+
+
+def test_int8_peak_counts_the_multiply_adds_it_ran() -> None:
+    """bd_int8_peak_macs returns iters * 8 vpmaddubsw * 32 MACs * threads at the AVX2 level and 0 at the
+    scalar level (there is no such instruction to measure); int8_peak turns that into a positive rate."""
+    import ctypes
+
+    from bitdistill.bench.roofline import int8_peak
+    from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, set_simd, simd_level
+
+    sink = ctypes.c_int32()
+    try:
+        set_simd(SIMD_SCALAR)
+        assert lib().bd_int8_peak_macs(1000, 2, ctypes.byref(sink)) == 0.0 and int8_peak(1) == 0.0
+        set_simd(SIMD_AVX2)
+        if simd_level() != SIMD_AVX2:
+            pytest.skip("this CPU has no avx2 path")
+        threads = 2 if lib().bd_has_openmp() else 1
+        assert lib().bd_int8_peak_macs(1000, 2, ctypes.byref(sink)) == 1000 * 8 * 32 * threads
+        assert 1e8 < int8_peak(1, seconds=0.01, reps=1) < 1e13
+    finally:
+        set_simd(True)
+
+
+def test_prefill_roof_is_linear_macs_over_the_peak() -> None:
+    from bitdistill.bench.engines import _add_prefill_roof
+
+    r = {"linear_fp16_bytes": 2 * 1_000_000, "prefill_tok_s": {"median": 500.0}}
+    _add_prefill_roof(r, 2e9)
+    assert r["prefill_linear_gmac_s"] == pytest.approx(0.5) and r["prefill_peak_fraction"] == pytest.approx(0.25)
+    _add_prefill_roof(r, 0.0)  # no AVX2: no fraction rather than a division by zero
+    assert r["prefill_peak_fraction"] is None

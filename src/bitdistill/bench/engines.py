@@ -150,7 +150,7 @@ def run_bench(
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "engines": {},
     }
-    bw = _measure_bandwidth(threads, results, log) if roofline else None
+    roofs = _measure_roofs(threads, results, log) if roofline else None
     workload = {"threads": threads, "prefill": prefill, "decode": decode, "runs": runs}
     for eng in engines:
         log(f"running {eng} ...")
@@ -160,8 +160,9 @@ def run_bench(
         r["loadavg_after"] = os.getloadavg()
         r["decode_tok_s"] = spread(r.pop("decode"))
         r["prefill_tok_s"] = spread(r.pop("prefill"))
-        if bw is not None and eng.startswith("runtime-"):
-            _add_roofline(r, packed, eng, head_dtype, bw[threads], prefill + (decode - 1) / 2)
+        if roofs is not None and eng.startswith("runtime-"):
+            _add_roofline(r, packed, eng, head_dtype, roofs["bandwidth"][threads], prefill + (decode - 1) / 2)
+            _add_prefill_roof(r, roofs["int8_peak"][threads])
         results["engines"][eng] = r
         if out is not None:  # partial results survive an interrupted run
             write_json(results, out)
@@ -205,14 +206,18 @@ def _run_engine(
     return r
 
 
-def _measure_bandwidth(threads: int, results: dict, log) -> dict[int, float]:
-    """Read bandwidth (bytes/s) with 1 and `threads` threads, recorded in results["machine"]."""
-    from .roofline import read_bandwidth
+def _measure_roofs(threads: int, results: dict, log) -> dict[str, dict[int, float]]:
+    """Read bandwidth (bytes/s) and int8 multiply-add peak (MAC/s) with 1 and `threads` threads, recorded in
+    results["machine"]."""
+    from .roofline import int8_peak, read_bandwidth
 
     bw = {n: read_bandwidth(n) for n in sorted({1, threads})}
     results["machine"]["read_bandwidth_gb_s"] = {str(n): b / 1e9 for n, b in bw.items()}
     log("read bandwidth: " + ", ".join(f"{b / 1e9:.1f} GB/s with {n} thread(s)" for n, b in bw.items()))
-    return bw
+    peak = {n: int8_peak(n) for n in sorted({1, threads})}
+    results["machine"]["int8_peak_gmac_s"] = {str(n): p / 1e9 for n, p in peak.items()}
+    log("int8 multiply-add peak: " + ", ".join(f"{p / 1e9:.0f} GMAC/s with {n} thread(s)" for n, p in peak.items()))
+    return {"bandwidth": bw, "int8_peak": peak}
 
 
 def _add_roofline(r: dict, packed: dict, eng: str, head_dtype: str, bandwidth: float, position: float) -> None:
@@ -228,6 +233,14 @@ def _add_roofline(r: dict, packed: dict, eng: str, head_dtype: str, bandwidth: f
     r["roofline_fraction"] = r["decode_tok_s"]["median"] / r["roofline_tok_s"]
 
 
+def _add_prefill_roof(r: dict, peak: float) -> None:
+    """Prefill's linear-layer int8 multiply-adds per second (one per ternary weight per token; attention
+    and the head excluded) and their fraction of the measured int8 peak."""
+    macs = r["linear_fp16_bytes"] / 2 * r["prefill_tok_s"]["median"]
+    r["prefill_linear_gmac_s"] = macs / 1e9
+    r["prefill_peak_fraction"] = macs / peak if peak > 0 else None
+
+
 def format_table(res: dict) -> str:
     head = (
         f"model {res['model']}, {res['threads']} threads, batch 1, prefill {res['prefill_tokens']} / decode "
@@ -237,12 +250,14 @@ def format_table(res: dict) -> str:
     bw = res["machine"].get("read_bandwidth_gb_s")
     if bw:
         head += "; read bandwidth " + ", ".join(f"{b:.1f} GB/s ({n} thr)" for n, b in bw.items())
-    roof = " decode MB/token (weights + KV) | of roofline |" if bw else ""
+        peak = res["machine"].get("int8_peak_gmac_s", {})
+        head += "; int8 peak " + ", ".join(f"{p:.0f} GMAC/s ({n} thr)" for n, p in peak.items())
+    roof = " decode MB/token (weights + KV) | of roofline | prefill of int8 peak |" if bw else ""
     lines = [
         head,
         "",
         f"| engine | decode tok/s | prefill tok/s | vs fp32 decode | peak RSS MiB | linear weights |{roof}",
-        "|---|---|---|---|---|---|" + ("---|---|" if bw else ""),
+        "|---|---|---|---|---|---|" + ("---|---|---|" if bw else ""),
     ]
     for name, r in res["engines"].items():
         d, p = r["decode_tok_s"], r["prefill_tok_s"]
@@ -266,6 +281,8 @@ def format_table(res: dict) -> str:
                 if "roofline_fraction" in r
                 else " - | - |"
             )
+            frac = r.get("prefill_peak_fraction")
+            row += f" {100 * frac:.0f} % ({r['prefill_linear_gmac_s']:.0f} GMAC/s) |" if frac else " - |"
         lines.append(row)
     return "\n".join(lines)
 

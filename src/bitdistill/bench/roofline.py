@@ -1,10 +1,12 @@
-"""The memory roofline of decoding: the machine's read bandwidth, measured, and the bytes a decode step reads.
+"""The rooflines of the runtime: read bandwidth for decode, int8 multiply-adds for prefill, both measured.
 
 A decode step streams every weight it uses once (ternary linears, norms, the LM head), reads one embedding
 row, and reads every layer's cached keys and values up to its position (by the time a layer comes round
 again, tens of MB of weights have streamed through the caches, so that comes from DRAM too); at batch 1 it
-cannot run faster than bandwidth / bytes_per_token. `bitdistill bench --roofline` measures the bandwidth in
-the same run as the engines and reports each one's fraction of it.
+cannot run faster than bandwidth / bytes_per_token. Prefill is compute bound instead: `int8_peak` measures
+the int8 multiply-add rate of the GEMM's instruction pair on this machine, against which prefill's linear
+layer multiply-adds per second are put. `bitdistill bench --roofline` measures both in the same run as the
+engines and reports each engine's fraction of them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,30 @@ def read_bandwidth(threads: int, mib: int = BUFFER_MIB, reps: int = 5) -> float:
         lib().bd_read_xor(ptr(buf), buf.size, threads)
         best = min(best, time.perf_counter() - t)
     return buf.nbytes / best
+
+
+def int8_peak(threads: int, seconds: float = 0.2, reps: int = 3) -> float:
+    """Best-of-`reps` int8 multiply-adds/s of `threads` threads running independent vpmaddubsw + vpaddw pairs
+    (the prefill GEMM's inner step without loads): the compute roof prefill is measured against. 0 below
+    the AVX2 level (BITDISTILL_SIMD=scalar or a CPU without AVX2)."""
+    import ctypes
+
+    sink = ctypes.c_int32()
+    iters = 1 << 16
+    while True:  # calibrate to ~`seconds` per call
+        t = time.perf_counter()
+        macs = lib().bd_int8_peak_macs(iters, threads, ctypes.byref(sink))
+        if macs == 0.0:
+            return 0.0
+        if time.perf_counter() - t > seconds / 4 or iters >= 1 << 30:
+            break
+        iters *= 4
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        macs = lib().bd_int8_peak_macs(iters, threads, ctypes.byref(sink))
+        best = max(best, macs / (time.perf_counter() - t))
+    return best
 
 
 def decode_bytes_per_token(packed_dir: str | Path, kv_dtype: str = "fp32", position: float = 0.0) -> dict[str, float]:

@@ -1199,3 +1199,48 @@ void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, 
         }
     }
 }
+
+/* ---- the int8 multiply-add peak (bench --roofline): what the prefill GEMM's instructions allow ---- */
+
+#if BD_X86
+/* Independent vpmaddubsw + vpaddw pairs into 8 int16 accumulators: the prefill tile's inner step without its
+ * loads, i.e. the fastest this instruction pair runs on the core (32 int8 multiply-adds per vpmaddubsw). */
+BD_AVX2 static int32_t int8_peak_avx2(long iters) {
+    __m256i a0 = _mm256_set1_epi16(1), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, t;
+    const __m256i v = _mm256_set1_epi8(1), x = _mm256_set1_epi8(1);
+    for (long i = 0; i < iters; i++)
+        __asm__ volatile("vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a0], %[a0]\n\t"
+                         "vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a1], %[a1]\n\t"
+                         "vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a2], %[a2]\n\t"
+                         "vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a3], %[a3]\n\t"
+                         "vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a4], %[a4]\n\t"
+                         "vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a5], %[a5]\n\t"
+                         "vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a6], %[a6]\n\t"
+                         "vpmaddubsw %[x], %[v], %[t]\n\t vpaddw %[t], %[a7], %[a7]"
+                         : [a0] "+x"(a0), [a1] "+x"(a1), [a2] "+x"(a2), [a3] "+x"(a3), [a4] "+x"(a4),
+                           [a5] "+x"(a5), [a6] "+x"(a6), [a7] "+x"(a7), [t] "=&x"(t)
+                         : [v] "x"(v), [x] "x"(x));
+    __m256i s = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(a0, a1), _mm256_add_epi16(a2, a3)),
+                                 _mm256_add_epi16(_mm256_add_epi16(a4, a5), _mm256_add_epi16(a6, a7)));
+    return _mm256_extract_epi16(s, 0);
+}
+#endif
+
+/* int8 multiply-adds done by nthreads threads running `iters` rounds of 8 vpmaddubsw each (time the call to get
+ * the rate); 0 below the AVX2 level. *sink gets the accumulators' value so the loop cannot be dropped. */
+double bd_int8_peak_macs(long iters, int nthreads, int32_t *sink) {
+    int32_t all = 0;
+    int ran = 0; /* threads that ran it (1 in a build without OpenMP) */
+    if (!BD_X86 || simd_on() < 1) return 0.0;
+#if BD_X86
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) reduction(+ : all, ran)
+#endif
+    {
+        all += int8_peak_avx2(iters);
+        ran += 1;
+    }
+#endif
+    *sink = all;
+    return (double)iters * 8 * 32 * ran;
+}
