@@ -1,4 +1,4 @@
-"""Where a decode token's time goes, per phase, and A/B of runtime library builds in one run.
+"""Where a decode token's time goes, per phase, and A/B of runtime library builds (decode and prefill) in one run.
 
     python benchmarks/decode_profile.py PACKED --threads 1,2 --runs 5
     python benchmarks/decode_profile.py PACKED --lib before=/tmp/before.so --lib after=src/.../_bdrt*.so
@@ -37,17 +37,19 @@ def worker(packed: str, threads: int, prefill: int, decode: int, runs: int) -> d
     engine._pick.threads = lambda kind: engine.threads  # the named count on every call (see the docstring)
     has_profile = hasattr(lib(), "bd_profile_read")
     prompt = np.random.default_rng(0).integers(0, engine.arch["vocab"], prefill).tolist()
-    speeds, ticks = [], None
+    speeds, prefills, ticks = [], [], None
     for _ in range(runs + 1):
         engine.reset(prefill + decode + 1)
+        t = time.perf_counter()
         logits = engine.forward(prompt)
+        prefills.append(prefill / (time.perf_counter() - t))
         lib().bd_profile_reset()
         t = time.perf_counter()
         for _ in range(decode):
             logits = engine.forward([int(np.argmax(logits))])
         speeds.append(decode / (time.perf_counter() - t))
         ticks = profile_ticks(threads) if has_profile else None
-    res = {"decode_tok_s": speeds[1:], "simd": SIMD_NAMES[simd_level()], "threads": engine.threads}
+    res = {"decode_tok_s": speeds[1:], "prefill_tok_s": prefills[1:], "simd": SIMD_NAMES[simd_level()], "threads": engine.threads}
     if ticks:  # last run: each phase's share of thread 0's ticks, times that run's ms per token
         total = sum(v[0] for v in ticks.values())
         ms = 1e3 / speeds[-1]
@@ -72,9 +74,11 @@ def measure(libs: dict[str, str | None], packed: str, threads: list[int], args) 
 def summarize(runs: dict[str, list[dict]]) -> dict:
     out = {}
     for key, rs in runs.items():
-        speeds = [s for r in rs for s in r["decode_tok_s"]]
-        entry = {"decode_tok_s": {"median": statistics.median(speeds), "min": min(speeds), "max": max(speeds),
-                                  "runs": speeds}, "simd": rs[0]["simd"]}  # fmt: skip
+        entry = {"simd": rs[0]["simd"]}
+        for kind in ("decode_tok_s", "prefill_tok_s"):
+            v = [s for r in rs for s in r.get(kind, [])]
+            if v:
+                entry[kind] = {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
         if "phase_ms" in rs[0]:
             phases = rs[0]["phase_ms"]
             entry["phase_ms"] = {p: [statistics.median(r["phase_ms"][p][t] for r in rs) for t in range(len(v))]
@@ -84,10 +88,11 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 
 def table(summary: dict) -> str:
-    lines = ["| build, threads | decode tok/s | ms/token |", "|---|---|---|"]
+    lines = ["| build, threads | decode tok/s | ms/token | prefill tok/s |", "|---|---|---|---|"]
     for key, e in summary.items():
-        d = e["decode_tok_s"]
-        lines.append(f"| {key} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {1e3 / d['median']:.2f} |")
+        d, pf = e["decode_tok_s"], e.get("prefill_tok_s")
+        pre = f"{pf['median']:.1f} [{pf['min']:.1f}-{pf['max']:.1f}]" if pf else "-"
+        lines.append(f"| {key} | {d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | {1e3 / d['median']:.2f} | {pre} |")
     prof = {k: e["phase_ms"] for k, e in summary.items() if "phase_ms" in e}
     if prof:
         keys = list(prof)

@@ -415,3 +415,44 @@ def test_profile_counts_phases_only_when_on(tmp_path) -> None:
     np.testing.assert_array_equal(off, on)
     ran = ("norm+quant", "q/k/v", "attention", "o_proj", "gate/up+act", "down", "lm head")
     assert all(ticks[p][0] > 0 for p in ran) and set(ran) < set(ticks)
+
+
+def test_cli_kv_dtype_reaches_the_engine(bitnet_dir, tmp_path, capsys) -> None:
+    """generate / classify --kv-dtype fp16 give what the Python engine loaded with kv_dtype="fp16" gives (the
+    same greedy tokens, the same scores), the flag's choices are the engine's, and a bad value exits 2."""
+    from bitdistill.cli import main
+    from bitdistill.cli._kv_dtype import KV_DTYPES as CLI_KV_DTYPES
+    from bitdistill.data import get_task
+    from bitdistill.runtime.engine import KV_DTYPES, load_tokenizer
+    from bitdistill.runtime.scoring import score_label_words as runtime_scores
+
+    assert CLI_KV_DTYPES == KV_DTYPES
+    _, tok, src = bitnet_dir
+    packed = tmp_path / "packed"
+    assert main(["pack", str(src), "--out", str(packed), "--head-dtype", "fp32"]) == 0
+    capsys.readouterr()
+    prompt = "the movie was"
+    assert main(["generate", str(packed), "--prompt", prompt, "--max-new-tokens", "8", "--no-stop",
+                 "--kv-dtype", "fp16", "--threads", "1"]) == 0  # fmt: skip
+    engine = load(packed, threads=1, kv_dtype="fp16")
+    ids = tok(prompt)["input_ids"]
+    engine.reset(len(ids) + 9)
+    logits, new = engine.forward(ids), []
+    for _ in range(8):
+        new.append(int(np.argmax(logits)))
+        logits = engine.forward([new[-1]])
+    assert capsys.readouterr().out == tok.decode(new, skip_special_tokens=True) + "\n"
+
+    out_file = tmp_path / "preds.jsonl"
+    assert main(["classify", str(packed), "--task", "sst2", "--data", str(FIX / "sst2"), "--limit", "4",
+                 "--kv-dtype", "fp16", "--threads", "1", "--out", str(out_file)]) == 0  # fmt: skip
+    task = get_task("sst2")
+    examples = task.load("dev", FIX / "sst2", limit=4)
+    rt_tok = load_tokenizer(packed)
+    ref = [runtime_scores(engine, rt_tok, ex.prompt, list(task.label_words)) for ex in examples]
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    np.testing.assert_allclose([r["scores"] for r in rows], ref, atol=1e-5)  # the file rounds to 6 decimals
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:
+        main(["generate", str(packed), "--prompt", "x", "--kv-dtype", "fp8"])
+    assert bad.value.code == 2 and "fp8" in capsys.readouterr().err

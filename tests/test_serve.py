@@ -381,3 +381,15 @@ def test_killed_mid_stream_the_server_restarts_from_the_directory_alone(packed) 
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_serve_kv_dtype_reaches_the_engine(packed, capsys) -> None:
+    """create_app(kv_dtype=...) (serve --kv-dtype) loads the engine with that KV cache; a bad value is refused
+    by argparse before anything loads (exit 2)."""
+    from bitdistill.cli import main
+
+    assert create_app(packed, threads=1, kv_dtype="fp16").state.model.engine.kv16 == 1
+    assert create_app(packed, threads=1).state.model.engine.kv16 == 0
+    with pytest.raises(SystemExit) as bad:
+        main(["serve", str(packed), "--kv-dtype", "int4"])
+    assert bad.value.code == 2 and "int4" in capsys.readouterr().err

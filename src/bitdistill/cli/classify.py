@@ -10,6 +10,7 @@ from pathlib import Path
 from .._threads import check_threads
 from ..data.task_flags import task_from_flags
 from ..errors import BitDistillError
+from ._kv_dtype import add_kv_dtype
 
 
 def register(subparsers) -> None:
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
                    help="prompts are scored many per forward, up to this many tokens per batch (default "
                    "512; padding-free, so results do not depend on it)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
+    add_kv_dtype(p)
     p.add_argument("--out", default=None, help="write per-example predictions as JSON lines here")
     p.set_defaults(func=run)
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise BitDistillError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
     threads = None if args.threads is None else check_threads(args.threads)
-    engine = load(args.packed, threads=threads)  # before the tokenizer: a wrong path is named as such
+    engine = load(args.packed, threads=threads, kv_dtype=args.kv_dtype)  # before the tokenizer: a wrong path is named as such
     recorded = recorded_task(engine.packed.config, args.packed)
     task = _task(args, recorded)
     if args.task is None and recorded is not None:

@@ -7,6 +7,7 @@ import math
 import sys
 
 from .._threads import check_threads
+from ._kv_dtype import add_kv_dtype
 
 
 def register(subparsers) -> None:
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    add_kv_dtype(p)
     p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-sequence token")
     p.add_argument("--stats", action="store_true", help="print prefill/decode speed to stderr")
     p.set_defaults(func=run)
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_sampling(args)
     threads = None if args.threads is None else check_threads(args.threads)
-    engine = load(args.packed, threads=threads)  # before the tokenizer: a wrong path is named as such
+    engine = load(args.packed, threads=threads, kv_dtype=args.kv_dtype)  # before the tokenizer: a wrong path is named as such
     tok = load_tokenizer(args.packed)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     ids = encode(tok, prompt)

@@ -10,6 +10,7 @@ import sys
 from .._threads import check_threads
 from ..env import read_env
 from ..errors import BitDistillError
+from ._kv_dtype import add_kv_dtype
 
 
 def register(subparsers) -> None:
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)"
     )
+    add_kv_dtype(p)
     p.add_argument("--api-key", default=read_env().api_key,
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $BITDISTILL_API_KEY)")  # fmt: skip
     p.add_argument("--model-name", default=None, help="model id clients send (default: the directory name)")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     classify = defaults_from_task(args.task, args.labels, args.template, recorded)
     sock = bind(args.host, args.port)
     app = create_app(args.packed, threads=threads, api_key=args.api_key or None, name=args.model_name,
-                     limits=limits, classify=classify)  # fmt: skip
+                     limits=limits, classify=classify, kv_dtype=args.kv_dtype)  # fmt: skip
     if not _loopback(args.host) and not args.api_key:
         print(f"bitdistill serve: warning: listening on {args.host} without --api-key: anyone who can reach "
               "this port can use the model", file=sys.stderr)  # fmt: skip

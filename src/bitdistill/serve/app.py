@@ -25,11 +25,12 @@ __all__ = ["KNOWN", "Limits", "create_app"]
 
 
 def create_app(packed_dir, *, threads: int | None = None, api_key: str | None = None, name: str | None = None,
-               limits: Limits | None = None, classify=None) -> FastAPI:  # fmt: skip
-    """An ASGI app serving the packed model in `packed_dir` (loaded now, once). Run it with uvicorn."""
+               limits: Limits | None = None, classify=None, kv_dtype: str = "fp32") -> FastAPI:  # fmt: skip
+    """An ASGI app serving the packed model in `packed_dir` (loaded now, once). Run it with uvicorn.
+    kv_dtype: the engine's KV cache, fp32 (exact) or fp16 (see runtime.engine.load)."""
     limits = limits or Limits()
     limits.check()
-    model = ServedModel(packed_dir, threads=threads, name=name, classify=classify)
+    model = ServedModel(packed_dir, threads=threads, name=name, classify=classify, kv_dtype=kv_dtype)
     # each refers to the other: the metrics read the queue, the worker counts cancellations
     metrics = Metrics(lambda: worker.waiting, lambda: int(worker.busy))
     worker = Worker(limits.queue_size, on_cancelled=metrics.cancelled.inc, max_group=limits.max_classify_inputs)

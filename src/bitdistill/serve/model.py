@@ -61,9 +61,9 @@ def defaults_from_task(
 
 class ServedModel:
     def __init__(self, packed_dir: str | os.PathLike, threads: int | None = None, name: str | None = None,
-                 classify: ClassifyDefaults | None = None) -> None:  # fmt: skip
+                 classify: ClassifyDefaults | None = None, kv_dtype: str = "fp32") -> None:  # fmt: skip
         self.path = Path(packed_dir)
-        self.engine: Engine = load(self.path, threads=threads)
+        self.engine: Engine = load(self.path, threads=threads, kv_dtype=kv_dtype)
         self.tok = load_tokenizer(self.path)
         self.chat = load_chat_template(self.path)
         self.name = name or self.path.resolve().name
