@@ -941,9 +941,10 @@ BD_AVX2 static void dot8_i8_q4_avx2(const uint8_t *w, const float *d, int ng, co
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + (size_t)g * BD_Q4_GROUP));
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + (size_t)g * BD_Q4_GROUP + 32));
         __m256i s[8];
+        /* the next 8 rows (8 * rb bytes on) stream in while these are summed: 256 of their bytes per group */
+        for (int l = 0; l < 256; l += 64) _mm_prefetch((const char *)(w + 8 * rb + (size_t)g * 256 + l), _MM_HINT_T0);
         for (int r = 0; r < 8; r++) {
             const uint8_t *wg = w + r * rb + (size_t)g * 32;
-            PREFETCH_AHEAD(wg);
             const __m256i v = _mm256_loadu_si256((const __m256i *)wg);
             const __m256i p = _mm256_add_epi16( /* |pair sums| <= 2 * 15 * 127: int16 safe */
                 _mm256_maddubs_epi16(_mm256_and_si256(v, m4), x0),
