@@ -133,7 +133,7 @@ def test_dense_float_head(simd, dtype: str, n: int, k: int) -> None:
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("n,k", [(37, 64), (10, 45), (256, 1000)])
+@pytest.mark.parametrize("n,k", [(37, 64), (10, 45), (256, 1000), (45, 576)])
 def test_dense_int8_head(simd, n: int, k: int) -> None:
     rng = np.random.default_rng(k)
     w = rng.normal(size=(n, k)).astype(np.float32)
@@ -148,6 +148,21 @@ def test_dense_int8_head(simd, n: int, k: int) -> None:
     np.testing.assert_allclose(y, ref, rtol=1e-6)
     # and it approximates the float product closely
     np.testing.assert_allclose(y, x @ w.T, atol=0.05 * np.abs(x @ w.T).max())
+
+
+def test_dense_int8_head_extremes_do_not_overflow(simd) -> None:
+    """x and w at +-127 everywhere: every int16 pair sum is 2 * 127 * 127, the largest the kernels see; the
+    sums must come out exact (k * 127 * 127 with the row's sign) on every path."""
+    n, k = 19, 640
+    q = np.full((n, k), 127, np.int8)
+    q[1::3] = -127
+    x = np.ones((2, k), np.float32)
+    x[1] = -1.0
+    y = kernels.dense_forward(q, "int8", x, rscale=np.ones(n, np.float32), threads=2)
+    sign = np.where(np.arange(n) % 3 == 1, -1.0, 1.0)
+    # acc * (1 / s) with s = 127 / max|x| = 127
+    ref = np.stack([sign, -sign]) * np.float32(k * 127 * 127) * np.float32(1.0 / np.float32(127.0))
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
 
 
 def _q4_reference(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
