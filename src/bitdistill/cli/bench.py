@@ -69,6 +69,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _known_engine(name: str) -> bool:
+    """One of ENGINES, or a runtime engine name that bench.engines.runtime_engine parses with a known head."""
+    from ..bench.engines import runtime_engine
+
+    if name in ENGINES:
+        return True
+    try:
+        return runtime_engine(name, HEADS[0])[1] in HEADS
+    except ValueError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import BitDistillError
 
@@ -87,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
         engines = ENGINES[:6] + llamacpp_engines() + ((ENGINES[-1],) if llama_bench else ())
     else:
         engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-    runtime = {f"runtime-{b}{h}" for b in ("2", "1.58") for h in ("", *(f"-{h}" for h in HEADS))}
-    runtime |= {f"{e}-kv16" for e in runtime}
-    bad = [e for e in engines if e not in ENGINES and e not in runtime]
+    bad = [e for e in engines if not _known_engine(e)]
     if bad:
         raise BitDistillError(
             f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)} (runtime-BITS[-HEAD][-kv16])"

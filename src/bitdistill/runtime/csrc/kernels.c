@@ -1086,6 +1086,11 @@ static inline float finish(const bd_linear *L, int row, int32_t acc, float xs) {
  * epilogue: as a scalar loop per output it took ~10 % of a SmolLM2 prefill (perf), now ~7 %, most of it the
  * stores of a 128-token output block that does not fit in L2. Same
  * operations lane by lane, so the same floats. */
+static inline float scale_one(int32_t acc, int32_t sx, float f, const float *bias, int r) {
+    const float v = (float)(acc - sx) * f;
+    return bias ? v + bias[r] : v;
+}
+
 #if BD_X86
 BD_AVX2 static void scale_panel_avx2(float *y, int n, const int32_t *acc, const int32_t *xsum, const float *f,
                                      const float *bias, int rows, int nt) {
@@ -1100,7 +1105,7 @@ BD_AVX2 static void scale_panel_avx2(float *y, int n, const int32_t *acc, const 
             if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + r));
             _mm256_storeu_ps(yt + r, v);
         }
-        for (; r < rows; r++) yt[r] = bias ? (float)(at[r] - xsum[t]) * f[t] + bias[r] : (float)(at[r] - xsum[t]) * f[t];
+        for (; r < rows; r++) yt[r] = scale_one(at[r], xsum[t], f[t], bias, r);
     }
 }
 #endif
@@ -1114,10 +1119,7 @@ static void scale_panel(float *y, int n, const int32_t *acc, const int32_t *xsum
     }
 #endif
     for (int t = 0; t < nt; t++)
-        for (int r = 0; r < rows; r++) {
-            const float v = (float)(acc[(size_t)t * BD_PANEL_ROWS + r] - xsum[t]) * f[t];
-            y[(size_t)t * n + r] = bias ? v + bias[r] : v;
-        }
+        for (int r = 0; r < rows; r++) y[(size_t)t * n + r] = scale_one(acc[(size_t)t * BD_PANEL_ROWS + r], xsum[t], f[t], bias, r);
 }
 
 void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const float *xs, const int32_t *xsum,
