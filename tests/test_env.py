@@ -47,6 +47,8 @@ def test_read_env_parses_the_native_runtime_settings():
     assert [read_env({"BITDISTILL_SIMD": v}).simd for v in ("scalar", "0", "avx512-vnni", "vnni", "")] == [
         0, 0, 2, 2, None]  # fmt: skip
     assert read_env({"BITDISTILL_PROFILE": "0"}).profile is False
+    assert [read_env({"BITDISTILL_HUGEPAGES": v}).huge_pages for v in ("0", " 0 ", "1", "")] == [False, False, True, True]
+    assert read_env({}).huge_pages is True
     with pytest.raises(BitDistillError, match=r"BITDISTILL_SIMD='sse9'.*scalar, avx2 or avx512-vnni"):
         read_env({"BITDISTILL_SIMD": "sse9"})
 

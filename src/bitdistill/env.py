@@ -2,7 +2,7 @@
 
 Callers take an `Env` at their start (a command, a training run, the native library's first load) and pass
 values on, so nothing consults the environment inside a loop, and the C runtime never calls getenv: it
-gets BITDISTILL_SIMD and BITDISTILL_PROFILE through setters when runtime/native.py loads it (and runs
+gets BITDISTILL_SIMD, BITDISTILL_PROFILE and BITDISTILL_HUGEPAGES through setters when runtime/native.py loads it (and runs
 with the defaults, best SIMD level and no profiling, when used on its own). `set_openmp_defaults` is the
 one place that writes to the environment, and only a default the user has not set.
 """
@@ -21,6 +21,7 @@ API_KEY = "BITDISTILL_API_KEY"  # `bitdistill serve`: the bearer token /v1 route
 SIMD = "BITDISTILL_SIMD"  # cap on the native kernels' SIMD level: scalar, avx2 or avx512-vnni
 PROFILE = "BITDISTILL_PROFILE"  # 1: the native runtime times each phase of a forward step (rdtsc)
 RUNTIME_LIB = "BITDISTILL_RUNTIME_LIB"  # path of a native runtime library to load instead of the built one
+HUGE_PAGES = "BITDISTILL_HUGEPAGES"  # 0: no MADV_HUGEPAGE advice for the runtime's weights and buffers
 
 # the SIMD levels of runtime/native.py (0 scalar, 1 AVX2/FMA, 2 AVX-512 VNNI) by the names users write
 SIMD_LEVELS = {"scalar": 0, "0": 0, "avx2": 1, "1": 1, "avx512-vnni": 2, "vnni": 2, "2": 2}
@@ -34,6 +35,7 @@ class Env:
     simd: int | None = None  # SIMD level cap; None: the CPU's best
     profile: bool = False
     runtime_lib: str | None = None
+    huge_pages: bool = True
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -48,6 +50,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         simd=_simd_level(environ.get(SIMD, "")),
         profile=environ.get(PROFILE, "").strip() not in ("", "0"),
         runtime_lib=environ.get(RUNTIME_LIB, "").strip() or None,
+        huge_pages=environ.get(HUGE_PAGES, "").strip() != "0",
     )
 
 

@@ -117,6 +117,9 @@ def lib() -> C.CDLL:
     _SIMD_DEFAULT = -1 if env.simd is None else env.simd
     L.bd_set_simd(_SIMD_DEFAULT)
     L.bd_set_profile(int(env.profile))
+    if hasattr(L, "bd_set_huge_pages"):  # absent from older builds an A/B may load
+        L.bd_set_huge_pages.argtypes = [i32]
+        L.bd_set_huge_pages(int(env.huge_pages))
     _LIB = L
     return L
 

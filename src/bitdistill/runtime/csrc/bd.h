@@ -62,6 +62,7 @@ typedef struct {
 
 /* engine.c: phase profiling (off unless set; the library reads no environment variables) */
 void bd_set_profile(int on);
+void bd_set_huge_pages(int on); /* 0: the state's big buffers get no MADV_HUGEPAGE advice */
 void bd_profile_reset(void);
 void bd_profile_dump(void);
 int bd_profile_phases(void);

@@ -17,6 +17,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 /* this thread's index and the team size inside a parallel region (0 and 1 without OpenMP) */
 #ifdef _OPENMP
@@ -162,6 +165,27 @@ void bd_state_free(bd_state *st) {
     free(st->tmp); free(st->pos); free(st->seq0); free(st->rows); free(st);
 }
 
+/* Buffers of 2 MiB and more (the KV cache, a long batch's activations) start on a 2 MiB boundary and are
+ * advised MADV_HUGEPAGE: decode reads every layer's and head's cache rows, scattered over many 4 KiB pages,
+ * each token (the weights get the same from runtime/arena.py). Zero filled; released with free().
+ * bd_set_huge_pages(0) (native.py passes BITDISTILL_HUGEPAGES=0) makes them plain calloc blocks. */
+static int g_huge_pages = 1;
+void bd_set_huge_pages(int on) { g_huge_pages = on != 0; }
+
+static void *big_calloc(size_t n, size_t size) {
+    size_t bytes = n * size;
+#ifdef __linux__
+    const size_t huge = (size_t)2 << 20;
+    if (g_huge_pages && bytes >= huge) {
+        void *p = NULL;
+        if (posix_memalign(&p, huge, bytes)) return NULL;
+        madvise(p, bytes, MADV_HUGEPAGE); /* advice only: a kernel without THP ignores it */
+        return memset(p, 0, bytes);
+    }
+#endif
+    return calloc(n ? n : 1, size ? size : 1);
+}
+
 bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, int kv16) {
     if (max_seq < 1 || max_t < 1 || nthreads < 1) return NULL;
     bd_state *st = calloc(1, sizeof(bd_state));
@@ -174,15 +198,15 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
     st->kp_max = ceil_to(st->width, BD_BLOCK);
     size_t cache = (size_t)m->n_layers * kvd * max_seq, T = max_t, F = sizeof(float);
     st->kv16 = kv16 != 0;
-    st->kc = calloc(cache, kv16 ? 2 : F);
-    st->vc = calloc(cache, kv16 ? 2 : F);
-    st->q = malloc(T * qd * F);
-    st->k = malloc(T * kvd * F);
-    st->v = malloc(T * kvd * F);
-    st->att = malloc(T * qd * F);
-    st->g = malloc(T * m->inter * F);
-    st->u = malloc(T * m->inter * F);
-    st->tmp = malloc(T * m->hidden * F);
+    st->kc = big_calloc(cache, kv16 ? 2 : F);
+    st->vc = big_calloc(cache, kv16 ? 2 : F);
+    st->q = big_calloc(T * qd, F);
+    st->k = big_calloc(T * kvd, F);
+    st->v = big_calloc(T * kvd, F);
+    st->att = big_calloc(T * qd, F);
+    st->g = big_calloc(T * m->inter, F);
+    st->u = big_calloc(T * m->inter, F);
+    st->tmp = big_calloc(T * m->hidden, F);
     st->pos = malloc(T * sizeof(int32_t));
     st->seq0 = malloc(T * sizeof(int32_t));
     st->rows = malloc(T * sizeof(int32_t));
@@ -191,9 +215,9 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
              st->seq0 && st->rows;
     for (int i = 0; ok && i < nthreads; i++) {
         bd_tls *t = &st->tls[i];
-        t->x = malloc(T * m->hidden * F);
-        t->h = malloc(T * st->width * F);
-        t->o = malloc(T * m->hidden * F);
+        t->x = big_calloc(T * m->hidden, F);
+        t->h = big_calloc(T * st->width, F);
+        t->o = big_calloc(T * m->hidden, F);
         t->xs = malloc(T * F);
         t->scores = malloc((size_t)max_seq * F);
         t->xq = malloc(T * imax(st->kp_max, m->hidden));
