@@ -2,6 +2,7 @@
 
     python benchmarks/decode_profile.py PACKED --threads 1,2 --runs 5
     python benchmarks/decode_profile.py PACKED --lib before=/tmp/before.so --lib after=src/.../_bdrt*.so
+    python benchmarks/decode_profile.py PACKED --env 4k=BITDISTILL_HUGEPAGES=0 --env 2m=BITDISTILL_HUGEPAGES=1
 
 Each measurement is its own process (the library is chosen by BITDISTILL_RUNTIME_LIB and read once at load):
 a --prefill-token random prompt, then --decode greedy tokens with BITDISTILL_PROFILE=1, --runs + 1 times
@@ -57,13 +58,14 @@ def worker(packed: str, threads: int, prefill: int, decode: int, runs: int) -> d
     return res
 
 
-def measure(libs: dict[str, str | None], packed: str, threads: list[int], args) -> dict:
+def measure(variants: dict[str, dict[str, str]], packed: str, threads: list[int], args) -> dict:
+    """variants: name -> environment variables of its worker (a library path, a setting)."""
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
-        for name, path in libs.items():
+        for name, extra in variants.items():
             for n in threads:
                 env = {k: v for k, v in os.environ.items() if k != "BITDISTILL_RUNTIME_LIB"}
-                env |= {"BITDISTILL_PROFILE": "1"} | ({"BITDISTILL_RUNTIME_LIB": path} if path else {})
+                env |= {"BITDISTILL_PROFILE": "1"} | extra
                 cmd = [sys.executable, __file__, packed, "--worker", "--threads", str(n), "--prefill",
                        str(args.prefill), "--decode", str(args.decode), "--runs", str(args.runs)]  # fmt: skip
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -117,17 +119,24 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="processes per build and thread count, alternating")
     p.add_argument("--lib", action="append", default=[], metavar="NAME=PATH",
                    help="a runtime library build to compare (default: the installed one)")  # fmt: skip
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
+                   help="a variant: the installed library with environment variable VAR set to VALUE")  # fmt: skip
     p.add_argument("--out", default=str(RESULTS / "decode-profile.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args.packed, int(args.threads), args.prefill, args.decode, args.runs)))
         return 0
-    libs = dict(spec.split("=", 1) for spec in args.lib) or {"installed": None}
+    libs = dict(spec.split("=", 1) for spec in args.lib)
+    variants = {name: {"BITDISTILL_RUNTIME_LIB": path} for name, path in libs.items()}
+    for spec in args.env:
+        name, var, value = spec.split("=", 2)
+        variants[name] = {var: value}
+    variants = variants or {"installed": {}}
     threads = [int(t) for t in args.threads.split(",")]
     load_start = os.getloadavg()
-    summary = summarize(measure(libs, args.packed, threads, args))
-    res = {"packed": args.packed, "prefill": args.prefill, "decode": args.decode, "libs": libs,
+    summary = summarize(measure(variants, args.packed, threads, args))
+    res = {"packed": args.packed, "prefill": args.prefill, "decode": args.decode, "variants": variants,
            "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "results": summary}  # fmt: skip
     print(f"load avg {load_start[0]:.1f} -> {res['loadavg_end'][0]:.1f}; SIMD "
           f"{next(iter(summary.values()))['simd']}\n")  # fmt: skip
