@@ -165,25 +165,33 @@ void bd_state_free(bd_state *st) {
     free(st->tmp); free(st->pos); free(st->seq0); free(st->rows); free(st);
 }
 
-/* Buffers of 2 MiB and more (the KV cache, a long batch's activations) start on a 2 MiB boundary and are
- * advised MADV_HUGEPAGE: decode reads every layer's and head's cache rows, scattered over many 4 KiB pages,
- * each token (the weights get the same from runtime/arena.py). Zero filled; released with free().
- * bd_set_huge_pages(0) (native.py passes BITDISTILL_HUGEPAGES=0) makes them plain calloc blocks. */
+/* Every buffer of the state starts on a cache line and fills whole lines, so one thread's private scratch
+ * never shares a line with another's (the per-thread rows are written many times per step). Buffers of
+ * 2 MiB and more (the KV cache, a long batch's activations) start on a 2 MiB boundary and are advised
+ * MADV_HUGEPAGE: decode reads every layer's and head's cache rows, scattered over many 4 KiB pages, each
+ * token (the weights get the same from runtime/arena.py). Zero filled; released with free().
+ * bd_set_huge_pages(0) (native.py passes BITDISTILL_HUGEPAGES=0) leaves them in ordinary pages. */
 static int g_huge_pages = 1;
 void bd_set_huge_pages(int on) { g_huge_pages = on != 0; }
 
-static void *big_calloc(size_t n, size_t size) {
-    size_t bytes = n * size;
+static void *state_alloc(size_t n, size_t size) {
+    const size_t line = 64, huge = (size_t)2 << 20;
+    size_t bytes = (n * size + line - 1) / line * line;
+    if (!bytes) bytes = line;
+    void *p = NULL;
 #ifdef __linux__
-    const size_t huge = (size_t)2 << 20;
     if (g_huge_pages && bytes >= huge) {
-        void *p = NULL;
         if (posix_memalign(&p, huge, bytes)) return NULL;
         madvise(p, bytes, MADV_HUGEPAGE); /* advice only: a kernel without THP ignores it */
         return memset(p, 0, bytes);
     }
 #endif
-    return calloc(n ? n : 1, size ? size : 1);
+#ifdef _WIN32
+    return calloc(1, bytes); /* MSVC has no aligned_alloc that free() releases */
+#else
+    p = aligned_alloc(line, bytes);
+    return p ? memset(p, 0, bytes) : NULL;
+#endif
 }
 
 bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, int kv16) {
@@ -198,34 +206,34 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
     st->kp_max = ceil_to(st->width, BD_BLOCK);
     size_t cache = (size_t)m->n_layers * kvd * max_seq, T = max_t, F = sizeof(float);
     st->kv16 = kv16 != 0;
-    st->kc = big_calloc(cache, kv16 ? 2 : F);
-    st->vc = big_calloc(cache, kv16 ? 2 : F);
-    st->q = big_calloc(T * qd, F);
-    st->k = big_calloc(T * kvd, F);
-    st->v = big_calloc(T * kvd, F);
-    st->att = big_calloc(T * qd, F);
-    st->g = big_calloc(T * m->inter, F);
-    st->u = big_calloc(T * m->inter, F);
-    st->tmp = big_calloc(T * m->hidden, F);
-    st->pos = malloc(T * sizeof(int32_t));
-    st->seq0 = malloc(T * sizeof(int32_t));
-    st->rows = malloc(T * sizeof(int32_t));
+    st->kc = state_alloc(cache, kv16 ? 2 : F);
+    st->vc = state_alloc(cache, kv16 ? 2 : F);
+    st->q = state_alloc(T * qd, F);
+    st->k = state_alloc(T * kvd, F);
+    st->v = state_alloc(T * kvd, F);
+    st->att = state_alloc(T * qd, F);
+    st->g = state_alloc(T * m->inter, F);
+    st->u = state_alloc(T * m->inter, F);
+    st->tmp = state_alloc(T * m->hidden, F);
+    st->pos = state_alloc(T, sizeof(int32_t));
+    st->seq0 = state_alloc(T, sizeof(int32_t));
+    st->rows = state_alloc(T, sizeof(int32_t));
     st->tls = calloc(nthreads, sizeof(bd_tls));
     int ok = st->kc && st->vc && st->q && st->k && st->v && st->att && st->g && st->u && st->tmp && st->tls && st->pos &&
              st->seq0 && st->rows;
     for (int i = 0; ok && i < nthreads; i++) {
         bd_tls *t = &st->tls[i];
-        t->x = big_calloc(T * m->hidden, F);
-        t->h = big_calloc(T * st->width, F);
-        t->o = big_calloc(T * m->hidden, F);
-        t->xs = malloc(T * F);
-        t->scores = malloc((size_t)max_seq * F);
-        t->xq = malloc(T * imax(st->kp_max, m->hidden));
-        t->xsum = malloc(T * sizeof(int32_t));
-        t->ubuf = malloc((size_t)BD_PANEL_ROWS * st->kp_max);
-        t->rope = malloc(T * m->head_dim * F);
-        t->xg = malloc(T * ((m->hidden + BD_Q4_GROUP - 1) / BD_Q4_GROUP) * sizeof(int32_t));
-        t->act = malloc((size_t)st->width * F);
+        t->x = state_alloc(T * m->hidden, F);
+        t->h = state_alloc(T * st->width, F);
+        t->o = state_alloc(T * m->hidden, F);
+        t->xs = state_alloc(T, F);
+        t->scores = state_alloc(max_seq, F);
+        t->xq = state_alloc(T, imax(st->kp_max, m->hidden));
+        t->xsum = state_alloc(T, sizeof(int32_t));
+        t->ubuf = state_alloc(BD_PANEL_ROWS, st->kp_max);
+        t->rope = state_alloc(T * m->head_dim, F);
+        t->xg = state_alloc(T * ((m->hidden + BD_Q4_GROUP - 1) / BD_Q4_GROUP), sizeof(int32_t));
+        t->act = state_alloc(st->width, F);
         ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf && t->rope && t->xg && t->act;
     }
     if (!ok) {
