@@ -134,3 +134,28 @@ def test_engine_state_with_and_without_huge_pages_gives_the_same_logits(tmp_path
     finally:
         lib().bd_set_huge_pages(int(read_env().huge_pages))
     np.testing.assert_array_equal(out[1], out[0])
+
+
+@pytest.mark.parametrize("bits", ["2", "1.58"])
+def test_linears_lie_in_the_order_a_forward_step_reads_them(tmp_path, bits):
+    """stream_order: globals first, then layer by layer q, k, v, o, gate, up, down at rising addresses (the
+    file holds them alphabetically: layers.0, layers.1, layers.10, ...; down before q), the head last."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from bitdistill.model.convert import to_bitnet
+    from bitdistill.runtime.pack_writer import pack_model
+    from bitdistill.runtime.packed import load_packed
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=11,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    pack_model(to_bitnet(AutoModelForCausalLM.from_config(cfg)).eval(), tmp_path / "p", bits=bits)
+    t = load_packed(tmp_path / "p").tensors
+    calls = [f"layers.{i}.{n}.packed" for i in range(11) for n in ("q", "k", "v", "o", "gate", "up", "down")]
+    addrs = [t[name].ctypes.data for name in calls]
+    assert addrs == sorted(addrs)
+    assert t["embed"].ctypes.data < addrs[0] < addrs[-1] < t["head"].ctypes.data
+    for i in range(10):  # only layer i+1's small tensors (norms, scales) between one layer's down and the next q
+        gap = t[f"layers.{i + 1}.q.packed"].ctypes.data - (t[f"layers.{i}.down.packed"].ctypes.data + t[f"layers.{i}.down.packed"].nbytes)
+        assert gap < 4096, gap

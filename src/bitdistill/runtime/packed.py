@@ -79,6 +79,24 @@ def _linear_dims(arch: dict) -> dict[str, tuple[int, int]]:
     return {"q": (qd, h), "k": (kvd, h), "v": (kvd, h), "o": (h, qd), "gate": (inter, h), "up": (inter, h), "down": (h, inter)}  # fmt: skip
 
 
+def stream_order(arch: dict):
+    """Sort key placing tensors in the order a forward step reads them: the embedding and other globals, then
+    layer by layer its small tensors and its packed linears in call order (q, k, v, o, gate, up, down), then
+    the head. Decode streams the linears back to back, so in this order the stream (and the kernels'
+    prefetch past the end of a matrix) runs on into the next weight instead of an unrelated tensor; the file
+    itself is in safetensors' alphabetical order (layers.0, layers.1, layers.10, ...; down before q)."""
+    calls = {name: i for i, name in enumerate(_linear_dims(arch))}
+
+    def key(name: str):
+        parts = name.split(".")
+        if parts[0] == "layers" and len(parts) > 2 and parts[1].isdigit():
+            linear = calls.get(parts[2], -1) if parts[-1] == "packed" else -1
+            return (1, int(parts[1]), linear, name)
+        return (2 if parts[0] == "head" else 0, 0, 0, name)
+
+    return key
+
+
 def _crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -248,13 +266,14 @@ def read_packed_config(path: str | os.PathLike) -> dict:
 _ST_DTYPES = {"U8": np.uint8, "I8": np.int8, "U16": np.uint16, "F16": np.float16, "F32": np.float32}
 
 
-def read_safetensors(path: Path, huge_pages: bool = True) -> dict[str, np.ndarray]:
+def read_safetensors(path: Path, huge_pages: bool = True, order=None) -> dict[str, np.ndarray]:
     """Read a safetensors file into fresh numpy arrays, validating the header first.
 
     Every offset, dtype and shape is checked against the file size before anything is read. Tensors are
     read straight into views of one huge-page block (arena.py: one copy, no intermediate buffer), so peak
     RSS holds each weight byte once and the decode loop, which streams all weights every token, walks
-    2 MiB pages instead of 4 KiB ones.
+    2 MiB pages instead of 4 KiB ones. `order` (a sort key on tensor names, e.g. stream_order) decides
+    where each lands in the block; default: the file's order.
     """
     size = path.stat().st_size
     if size < 8:
@@ -299,6 +318,8 @@ def read_safetensors(path: Path, huge_pages: bool = True) -> dict[str, np.ndarra
                 raise _fail(path, f"tensors {a!r} and {b!r} overlap")
         tensors: dict[str, np.ndarray] = {}
         block, at = arena(sum(padded(e - b) for b, e, *_ in entries), huge_pages), 0
+        if order is not None:  # placed in the block in this order, read from the file wherever they are
+            entries.sort(key=lambda e: order(e[2]))
         for begin, end, name, shape, dtype in entries:
             arr = block[at : at + end - begin].view(dtype).reshape(shape)
             at += padded(end - begin)
@@ -327,7 +348,8 @@ def load_packed(path: str | os.PathLike) -> PackedModel:
     if _crc32(wpath) != crc:
         raise _fail(wpath, "CRC-32 mismatch (the file was truncated or modified after packing)")
     huge_pages = read_env().huge_pages
-    tensors = read_safetensors(wpath, huge_pages)
+    order = stream_order(arch)
+    tensors = read_safetensors(wpath, huge_pages, order)
     expected = expected_tensors(arch)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -352,7 +374,7 @@ def load_packed(path: str | os.PathLike) -> PackedModel:
             elif has_invalid_2bit_code(tensors[key]):
                 raise _fail(wpath, f"tensor {key!r} holds the invalid 2-bit code 3")
     if arch["bits"] == "1.58":  # the converted linears are fresh arrays: back into one huge-page block
-        tensors = gather(tensors, huge_pages)
+        tensors = gather(dict(sorted(tensors.items(), key=lambda kv: order(kv[0]))), huge_pages)
     return PackedModel(path=d, arch=arch, tensors=tensors, config=config)
 
 
