@@ -264,3 +264,19 @@ def test_silu_gate_twins_agree_and_match_torch(simd) -> None:
     ref = (torch.nn.functional.silu(torch.from_numpy(g).double()) * torch.from_numpy(u).double()).numpy()
     np.testing.assert_allclose(got, ref, rtol=4e-7, atol=1e-37)
     assert got[np.argmax(g == -100.0)] == 0.0  # exp overflows to inf, as in float32 torch
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_gemv_and_gemm_epilogues_agree_bit_for_bit(simd, granularity: str) -> None:
+    """Decode finishes 8 rows as one vector (gemv8_t2_avx2), the GEMM per panel (scale_panel) and the
+    ragged tail row by row (finish): the same float operations in the same order, so equal outputs —
+    what lets a prompt scored alone equal the same prompt in a batch. n = 37: 4 vectors of 8 and a tail."""
+    n, k, t = 37, 576, 5
+    lin = _bitlinear(n, k, granularity, bias=True, seed=3)
+    x = _x(t, k, seed=2)
+    q, delta = ternarize(lin.weight, granularity)
+    scale = delta.numpy().reshape(-1)
+    args = (pack_2bit(q.numpy()), n, x, scale, lin.bias.detach().numpy())
+    gemv = kernels.linear_forward(*args, threads=1, gemm=False)
+    gemm = kernels.linear_forward(*args, threads=1, gemm=True)
+    np.testing.assert_array_equal(gemv, gemm)
