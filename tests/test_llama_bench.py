@@ -71,3 +71,29 @@ def test_parse_samples_reads_llama_bench_json():
     rec = {"build_commit": "0c1e570", "n_threads": 1, "n_prompt": 0, "n_gen": 128, "n_depth": 128,
            "avg_ts": 60.5, "stddev_ts": 0.4, "samples_ns": [1, 2], "samples_ts": [60.1, 60.9]}  # fmt: skip
     assert parse_samples(json.dumps([rec]), "decode") == [60.1, 60.9]
+
+
+def test_llama_bench_runs_without_our_openmp_default(tmp_path):
+    """The CLI sets OMP_WAIT_POLICY=PASSIVE for itself (env.set_openmp_defaults); llama.cpp's OpenMP build
+    meets at a barrier per operation, and under that default its 2-thread decode fell ~4x. So llama-bench
+    gets the user's environment: no OMP_WAIT_POLICY unless the user set one, and then the user's value."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "llama-bench"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os\npolicy = os.environ.get('OMP_WAIT_POLICY')\n"
+        "code = {None: 0, 'PASSIVE': 1, 'ACTIVE': 2}[policy]\n"
+        "print(json.dumps([{'samples_ts': [code]}]))\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    code = (
+        "import os, bitdistill.cli\nfrom bitdistill.bench.llama_bench import run_llama_bench\n"
+        f"r = run_llama_bench({str(fake)!r}, 'm.gguf', threads=2, prefill=8, decode=8, runs=1)\n"
+        "print(os.environ['OMP_WAIT_POLICY'], int(r['prefill'][0]), int(r['decode'][0]))"
+    )
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for user, want in ((None, "PASSIVE 0 0"), ("ACTIVE", "ACTIVE 2 2")):
+        env = base | ({"OMP_WAIT_POLICY": user} if user else {})
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.stdout.split("\n")[-2] == want, out.stderr[-2000:]

@@ -20,6 +20,8 @@ FAULT = "BITDISTILL_FAULT"  # crash tests: comma-separated training points to SI
 API_KEY = "BITDISTILL_API_KEY"  # `bitdistill serve`: the bearer token /v1 routes require
 SIMD = "BITDISTILL_SIMD"  # cap on the native kernels' SIMD level: scalar, avx2 or avx512-vnni
 PROFILE = "BITDISTILL_PROFILE"  # 1: the native runtime times each phase of a forward step (rdtsc)
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # written, never read: set_openmp_defaults' default for libgomp
+_DEFAULTED: set[str] = set()  # the variables set_openmp_defaults set in this process (the user had not)
 RUNTIME_LIB = "BITDISTILL_RUNTIME_LIB"  # path of a native runtime library to load instead of the built one
 HUGE_PAGES = "BITDISTILL_HUGEPAGES"  # 0: no MADV_HUGEPAGE advice for the runtime's weights and buffers
 
@@ -76,4 +78,14 @@ def set_openmp_defaults() -> None:
     decode steps a spinning idle worker steals the core the Python thread needs. The runtime's own barriers
     inside a step spin briefly and then sleep (engine.c), so passive costs them nothing.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if OMP_WAIT_POLICY not in os.environ:
+        os.environ[OMP_WAIT_POLICY] = "PASSIVE"
+        _DEFAULTED.add(OMP_WAIT_POLICY)
+
+
+def user_environ() -> dict[str, str]:
+    """This process's environment without what set_openmp_defaults added: for other projects' programs
+    (llama.cpp), which must run as their own users run them. llama.cpp's OpenMP threads meet at a barrier
+    per operation; under our PASSIVE default each of those sleeps, and llama-bench's 2-thread decode of
+    SmolLM2 fell from 115 to 26 tok/s (docs/runtime.md)."""
+    return {k: v for k, v in os.environ.items() if k not in _DEFAULTED}

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .._spread import format_spread, spread
+from ..env import user_environ
 from .llama_bench import ENGINE_PREFIX as LLAMA_BENCH
 from .llama_bench import run_llama_bench
 
@@ -102,8 +103,10 @@ def runtime_engine(name: str, default_head: str) -> tuple[str, str, str]:
     return parts[1], parts[2] if len(parts) == 3 else default_head, kv
 
 
-def _run_worker(args: list[str], timeout: float) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+def _run_worker(args: list[str], timeout: float, foreign: bool = False) -> dict:
+    """Run bench/_worker.py with `args`; `foreign`: it runs another project's engine (llama-cpp-python),
+    which gets the user's environment without our OpenMP default (env.user_environ)."""
+    env = dict(user_environ() if foreign else os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, str(WORKER), *args], capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -199,7 +202,7 @@ def _run_engine(
         r["gguf_bytes"], r["head_dtype"] = gguf.stat().st_size, "Q4_0"
     elif eng.startswith("llamacpp-"):
         gguf = prepare_llamacpp(spec, work, eng.split("-", 1)[1])
-        r = _run_worker(["llamacpp", str(gguf), *common], timeout=3600)
+        r = _run_worker(["llamacpp", str(gguf), *common], timeout=3600, foreign=True)
         r["gguf_bytes"], r["head_dtype"] = gguf.stat().st_size, "Q4_0"
     else:
         r = _run_worker(["torch", spec, *common, "--dtype", eng.split("-", 1)[1]], timeout=3600)

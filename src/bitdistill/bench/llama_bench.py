@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..env import user_environ
 from ..errors import BitDistillError
 
 ENGINE_PREFIX = "llama-bench-"
@@ -50,7 +51,7 @@ def parse_samples(stdout: str, what: str) -> list[float]:
 def _run(cmd: list[str], what: str, timeout: float) -> tuple[list[float], float]:
     """(tokens/s per repetition, peak RSS MiB) of one llama-bench invocation."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=user_environ())
         try:
             _, status, usage = _wait4(proc.pid, timeout)
         except subprocess.TimeoutExpired:
