@@ -371,8 +371,8 @@ def test_fp16_kv_cache(tmp_path) -> None:
 
 
 def test_thread_picker_uses_the_faster_count_and_keeps_probing() -> None:
-    """Calls 0 and 1 of every PROBE time one thread and all; between probes the faster count (by the averaged
-    seconds per token recorded so far) runs, per kind of call; one thread never picks more."""
+    """Calls 0 and 1 of every PROBE time one thread and all; between probes the faster count (by the median
+    seconds per token of its last WINDOW calls) runs, per kind of call; one thread never picks more."""
     from bitdistill.runtime.engine import ThreadPicker
 
     pick = ThreadPicker(2)
@@ -382,14 +382,33 @@ def test_thread_picker_uses_the_faster_count_and_keeps_probing() -> None:
     pick.record("decode", 2, 0.020)  # another process holds a core: two threads are slower
     assert pick.threads("decode") == 1 and pick.threads("prefill") == 1  # prefill: its own probe, call 0
     assert pick.threads("prefill") == 2
-    pick.record("decode", 2, 0.001)  # averaged: 0.7 * 0.020 + 0.3 * 0.001 = 0.0143, still slower
-    assert pick.threads("decode") == 1
-    for _ in range(3):
-        pick.record("decode", 2, 0.001)  # the machine went idle: the average falls below one thread's
+    pick.record("decode", 2, 0.001)  # median of [0.020, 0.001] = 0.0105: one thread no longer 10 % faster
     assert pick.threads("decode") == 2
+    for _ in range(ThreadPicker.WINDOW):
+        pick.record("decode", 2, 0.030)  # the window forgets: only the last WINDOW calls count
+    assert pick.sec_per_token("decode", 2) == 0.030 and pick.threads("decode") == 1
     calls = [pick.threads("decode") for _ in range(ThreadPicker.PROBE)]
-    assert calls.count(1) == 1  # the next probe still times one thread
+    assert calls.count(2) == 1  # the next probe still times all threads
     assert ThreadPicker(1).threads("decode") == 1
+    assert pick.used[("decode", 2)] == 4 and pick.used[("decode", 1)] == 3 + ThreadPicker.PROBE - 1
+
+
+def test_thread_picker_needs_one_thread_clearly_faster_and_ignores_outliers() -> None:
+    """One thread takes over only when MARGIN (10 %) faster than all threads, and a single slow call of all
+    threads (a noisy VM) does not make it so."""
+    from bitdistill.runtime.engine import ThreadPicker
+
+    pick = ThreadPicker(2)
+    pick.threads("decode"), pick.threads("decode")  # the two probes
+    pick.record("decode", 1, 0.0095)
+    pick.record("decode", 2, 0.0100)  # 5 % slower: within the noise of one call
+    assert pick.threads("decode") == 2
+    for sec in (0.0070, 0.0072, 0.0500, 0.0071):  # one stalled token among fast ones
+        pick.record("decode", 2, sec)
+    assert pick.threads("decode") == 2
+    pick.record("decode", 1, 0.0010)
+    pick.record("decode", 1, 0.0010)  # median of [0.0095, 0.001, 0.001]: now clearly faster
+    assert pick.threads("decode") == 1
 
 
 def test_profile_counts_phases_only_when_on(tmp_path) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes as C
 import os
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -69,34 +71,48 @@ class GenerationStats:
 
 class ThreadPicker:
     """How many of the engine's threads a forward call uses: all of them, unless one thread has recently
-    been faster for that kind of call. On a machine where another process holds a core, every barrier of a
-    step waits for the thread that shares that core (a scheduling round trip each, ~150 per decode token),
-    and one thread beats two; on idle cores two win. Every `PROBE`-th call of a kind times one thread and
-    the next times all, an exponential average of seconds per token keeps each count's record, and the
-    faster count runs the calls in between. Results never depend on the count (rows are computed whole by
-    one thread), so switching is free of numerical effects."""
+    been clearly faster for that kind of call. On a machine where another process holds a core, every
+    barrier of a step waits for the thread that shares that core (a scheduling round trip each, ~150 per
+    decode token), and one thread beats two; on idle cores two win. Every `PROBE`-th call of a kind times
+    one thread and the next times all; each count's record is the median seconds per token of its last
+    `WINDOW` calls, and the faster count runs the calls in between, one thread only when MARGIN faster.
+    A record of single calls was too noisy on a shared VM: with an average, a few slow 2-thread tokens on
+    idle cores handed a quarter of the decode calls to one thread (bench --threads 2); a busy core makes
+    one thread 1.5x or more faster, far past the margin. Results never depend on the count (rows are
+    computed whole by one thread), so switching is free of numerical effects. `used` counts the picks per
+    (kind, threads), for benchmarks to report."""
 
     PROBE = 32
+    WINDOW = 5
+    MARGIN = 0.9
 
     def __init__(self, threads: int) -> None:
         self.max = threads
         self.calls: dict[str, int] = {}
-        self.sec_per_token: dict[tuple[str, int], float] = {}
+        self.recent: dict[tuple[str, int], deque[float]] = {}
+        self.used: dict[tuple[str, int], int] = {}
 
     def threads(self, kind: str) -> int:
+        n = self._pick(kind)
+        self.used[(kind, n)] = self.used.get((kind, n), 0) + 1
+        return n
+
+    def sec_per_token(self, kind: str, threads: int) -> float | None:
+        """The record of `threads` for `kind`: the median of its last WINDOW calls (None before any)."""
+        r = self.recent.get((kind, threads))
+        return statistics.median(r) if r else None
+
+    def _pick(self, kind: str) -> int:
         if self.max == 1:
             return 1
         i = self.calls[kind] = self.calls.get(kind, -1) + 1
         if i % self.PROBE in (0, 1):
             return 1 if i % self.PROBE == 0 else self.max
-        one, full = self.sec_per_token.get((kind, 1)), self.sec_per_token.get((kind, self.max))
-        return 1 if one is not None and full is not None and one < full else self.max
+        one, full = self.sec_per_token(kind, 1), self.sec_per_token(kind, self.max)
+        return 1 if one is not None and full is not None and one < self.MARGIN * full else self.max
 
     def record(self, kind: str, threads: int, sec_per_token: float) -> None:
-        prev = self.sec_per_token.get((kind, threads))
-        self.sec_per_token[(kind, threads)] = (
-            sec_per_token if prev is None else 0.7 * prev + 0.3 * sec_per_token
-        )
+        self.recent.setdefault((kind, threads), deque(maxlen=self.WINDOW)).append(sec_per_token)
 
 
 class Engine:
