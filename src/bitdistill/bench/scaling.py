@@ -64,6 +64,7 @@ def run_scaling_bench(packed: Path, threads: int = 2, prefill: int = 128, decode
             load_before = os.getloadavg()
             for n in counts:
                 _one_run(engines[n], prompt, 4)  # warm-up
+            picks_before = {n: dict(engines[n]._pick.used) for n in counts}
             for _ in range(runs):
                 for n in counts:
                     p, d = _one_run(engines[n], prompt, decode)
@@ -72,6 +73,10 @@ def run_scaling_bench(packed: Path, threads: int = 2, prefill: int = 128, decode
         res["conditions"]["busy" if busy else "idle"] = {
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             **{str(n): {k: spread(v) for k, v in c.items()} for n, c in cond.items()},
+            "threads_used": {  # the ThreadPicker's choices in the timed runs, calls per "kind threads"
+                str(n): {f"{kind} {t}": c - picks_before[n].get((kind, t), 0)
+                         for (kind, t), c in engines[n]._pick.used.items()} for n in counts
+            },
         }  # fmt: skip
     return res
 
@@ -87,6 +92,7 @@ def format_scaling_table(res: dict) -> str:
     ]
     for cond, r in res["conditions"].items():
         one = r["1"]
+        r = {k: v for k, v in r.items() if k != "threads_used"}
         for n in counts:
             d, p = r[str(n)]["decode"], r[str(n)]["prefill"]
             lines.append(
