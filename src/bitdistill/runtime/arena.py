@@ -4,8 +4,9 @@ Decode streams every weight once per token. In 4 KiB pages that is ~10,000 TLB m
 model, and the per-layer tensors (a few hundred KiB each) are too small for numpy's own huge-page advice
 (only arrays of 4 MiB and more get it). Carving every tensor out of one 2 MiB-aligned block advised
 MADV_HUGEPAGE made SmolLM2 decode ~9 % faster at one thread on a Zen 3 VM whose THP mode is `madvise`
-(docs/runtime.md, "Weights in huge pages"). Where madvise is missing (macOS, Windows) the block is plain
-anonymous memory and nothing else changes.
+(18 % with the engine's KV cache and buffers advised too; docs/runtime.md, "Memory layout" and "Weights in
+huge pages and stream order"). Where madvise is missing (macOS, Windows) the block is plain anonymous
+memory and nothing else changes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def padded(nbytes: int) -> int:
 def arena(nbytes: int, huge_pages: bool = True) -> np.ndarray:
     """A zero-filled uint8 array of `nbytes` starting on a 2 MiB boundary, advised MADV_HUGEPAGE where the
     OS has it (unless `huge_pages` is False: BITDISTILL_HUGEPAGES=0). Pages are only committed when touched."""
-    if hasattr(mmap, "MAP_PRIVATE"):  # private: Linux gives shared anonymous memory (shmem) no THP by default
+    if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS"):  # private: Linux gives shared
+        # anonymous memory (shmem) no transparent huge pages by default
         buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     else:
         buf = mmap.mmap(-1, nbytes + HUGE_PAGE)
