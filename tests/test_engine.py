@@ -196,6 +196,25 @@ def test_generate_greedy_and_sampling(tmp_path) -> None:
     assert engine.generate(prompt, 10, SamplingParams(temperature=1.5, top_k=1, seed=0))[0] == out
 
 
+def test_long_prompt_in_one_call_equals_token_by_token_on_any_thread_count(tmp_path) -> None:
+    """A 50-token prompt in one call (the GEMM path, its kv heads' attention handed to whichever thread is
+    free) gives the same logits on 1, 2 and 3 threads as token by token, with a sliding window (mistral: 8)
+    and without."""
+    for family in ("llama", "mistral"):
+        model = _model(family, "o_down")
+        pack_model(model, tmp_path / family, head_dtype="fp32")
+        prompt = np.random.default_rng(2).integers(0, 96, 50).tolist()
+        engine = load(tmp_path / family, threads=1)
+        engine.reset(len(prompt))
+        ref = np.stack([engine.forward([tok]) for tok in prompt])
+        for threads in (1, 2, 3):
+            engine = load(tmp_path / family, threads=threads)
+            engine.threads = threads  # past the clamp to this machine's cores: correctness when oversubscribed
+            engine._pick.threads = lambda kind, n=threads: n  # every call on exactly that many threads
+            engine.reset(len(prompt), max_batch=len(prompt))
+            np.testing.assert_array_equal(engine.forward(prompt, all_logits=True), ref)
+
+
 def test_threads_give_identical_results(tmp_path) -> None:
     """Work is split by output rows and kv heads, never inside a sum: 1, 2, 3 and 5 threads agree bit for bit
     (whichever thread takes a chunk from the dispenser)."""
@@ -206,6 +225,7 @@ def test_threads_give_identical_results(tmp_path) -> None:
     for threads in (1, 2, 3, 5):
         engine = load(tmp_path / "p", threads=threads)
         engine.threads = threads  # past the clamp to this machine's cores: correctness when oversubscribed
+        engine._pick.threads = lambda kind, n=threads: n  # every call on exactly that many (no ThreadPicker)
         engine.reset(32, max_batch=4)
         first = engine.forward(prompt, all_logits=True)
         outs.append(np.concatenate([first, engine.forward([3])[None], engine.forward([5])[None]]))
