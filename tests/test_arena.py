@@ -31,6 +31,19 @@ def test_arena_is_aligned_zeroed_and_writable():
     assert a[-1] == 7
 
 
+def test_arena_that_cannot_be_reserved_is_a_one_line_error(monkeypatch):
+    import mmap
+
+    from bitdistill.errors import BitDistillError
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    with pytest.raises(BitDistillError, match=r"cannot reserve 3 MiB for the model's weights .*ulimit -v"):
+        arena(3 * 2**20)
+
+
 def _vm_flags(addr: int) -> list[str] | None:
     """The VmFlags of the mapping holding `addr` (Linux /proc/self/smaps)."""
     flags, current = None, False

@@ -15,6 +15,8 @@ import mmap
 
 import numpy as np
 
+from ..errors import BitDistillError
+
 HUGE_PAGE = 2 << 20
 ALIGN = 64  # every tensor starts on a cache line (and so is aligned for any dtype)
 
@@ -26,11 +28,17 @@ def padded(nbytes: int) -> int:
 def arena(nbytes: int, huge_pages: bool = True) -> np.ndarray:
     """A zero-filled uint8 array of `nbytes` starting on a 2 MiB boundary, advised MADV_HUGEPAGE where the
     OS has it (unless `huge_pages` is False: BITDISTILL_HUGEPAGES=0). Pages are only committed when touched."""
-    if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS"):  # private: Linux gives shared
-        # anonymous memory (shmem) no transparent huge pages by default
-        buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    else:
-        buf = mmap.mmap(-1, nbytes + HUGE_PAGE)
+    try:
+        if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS"):  # private: Linux gives shared
+            # anonymous memory (shmem) no transparent huge pages by default
+            buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:
+            buf = mmap.mmap(-1, nbytes + HUGE_PAGE)
+    except (OSError, ValueError, OverflowError) as err:
+        raise BitDistillError(
+            f"cannot reserve {nbytes / 2**20:.0f} MiB for the model's weights ({err}); free memory or raise "
+            "the process's memory limit (ulimit -v)"
+        ) from None
     if huge_pages and hasattr(buf, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             buf.madvise(mmap.MADV_HUGEPAGE)
