@@ -572,6 +572,13 @@ BD_AVX2 static void dot4_i8_t2_avx2(const uint8_t *w, const int8_t *x, int nb, i
     for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
 }
 
+/* 8 outputs of a per-tensor scale: (float)(acc - sum(x)) * f (+ bias), f = delta / s; finish() lane by lane,
+ * shared by decode's 8-row GEMV and the prefill epilogue (scale_panel) */
+BD_AVX2 static inline __m256 scale8_avx2(__m256i acc, __m256i sx, __m256 f, const float *bias) {
+    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, sx)), f);
+    return bias ? _mm256_add_ps(v, _mm256_loadu_ps(bias)) : v;
+}
+
 /* Decode's GEMV, two row groups (8 rows) at a time: their 8 lane vectors are reduced by one hadd tree and
  * finished (minus sum(x), scales, bias) as one vector, instead of 8 horizontal sums and 8 scalar finishes
  * through an int32[4] round trip (perf: ~6 % of a decode token outside the kernel). The same float
@@ -581,13 +588,15 @@ BD_AVX2 static void gemv8_t2_avx2(const bd_linear *L, int g, const int8_t *x, in
     __m256i s[8];
     dot4_lanes_i8_t2_avx2(L->w + (size_t)g * L->kp, x, nb, s);
     dot4_lanes_i8_t2_avx2(L->w + (size_t)(g + 1) * L->kp, x, nb, s + 4);
-    __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(group_sums8(s), _mm256_set1_epi32(sx)));
-    if (L->scale_kind == BD_SCALE_TENSOR)
-        v = _mm256_mul_ps(v, _mm256_set1_ps(L->scale[0] / xs));
-    else
-        v = _mm256_div_ps(_mm256_mul_ps(v, _mm256_loadu_ps(L->scale + row)), _mm256_set1_ps(xs));
-    if (L->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(L->bias + row));
-    _mm256_storeu_ps(y + row, v);
+    const __m256i acc = group_sums8(s), sx8 = _mm256_set1_epi32(sx);
+    const float *bias = L->bias ? L->bias + row : NULL;
+    if (L->scale_kind == BD_SCALE_TENSOR) {
+        _mm256_storeu_ps(y + row, scale8_avx2(acc, sx8, _mm256_set1_ps(L->scale[0] / xs), bias));
+        return;
+    }
+    __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, sx8)); /* ((float)acc * scale[row]) / xs, as finish() */
+    v = _mm256_div_ps(_mm256_mul_ps(v, _mm256_loadu_ps(L->scale + row)), _mm256_set1_ps(xs));
+    _mm256_storeu_ps(y + row, bias ? _mm256_add_ps(v, _mm256_loadu_ps(bias)) : v);
 }
 
 /* vpdpbusd multiplies the unsigned codes by the signed activations and sums 4 products into int32 lanes in
@@ -1124,11 +1133,8 @@ BD_AVX2 static void scale_panel_avx2(float *y, int n, const int32_t *acc, const 
         const __m256i s8 = _mm256_set1_epi32(xsum[t]);
         const __m256 f8 = _mm256_set1_ps(f[t]);
         int r = 0;
-        for (; r + 8 <= rows; r += 8) {
-            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(at + r)), s8)), f8);
-            if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + r));
-            _mm256_storeu_ps(yt + r, v);
-        }
+        for (; r + 8 <= rows; r += 8)
+            _mm256_storeu_ps(yt + r, scale8_avx2(_mm256_loadu_si256((const __m256i *)(at + r)), s8, f8, bias ? bias + r : NULL));
         for (; r < rows; r++) yt[r] = scale_one(at[r], xsum[t], f[t], bias, r);
     }
 }
