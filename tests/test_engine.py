@@ -411,6 +411,10 @@ def test_thread_picker_uses_the_faster_count_and_keeps_probing() -> None:
     assert calls.count(2) == 1  # the next probe still times all threads
     assert ThreadPicker(1).threads("decode") == 1
     assert pick.used[("decode", 2)] == 4 and pick.used[("decode", 1)] == 3 + ThreadPicker.PROBE - 1
+    before = dict(pick.used)
+    pick.threads("decode")
+    assert pick.picks()["decode 1"] == 3 + ThreadPicker.PROBE and pick.picks(before) == {
+        "decode 1": 1, "decode 2": 0, "prefill 1": 0, "prefill 2": 0}  # fmt: skip
 
 
 def test_thread_picker_needs_one_thread_clearly_faster_and_ignores_outliers() -> None:

@@ -72,10 +72,9 @@ def _runtime(args) -> dict:
     assert "torch" not in sys.modules, "the runtime worker imported torch"
     from bitdistill.runtime.native import SIMD_NAMES, simd_level
 
-    used = {f"{kind} {n}": c for (kind, n), c in engine._pick.used.items()}  # calls per thread count
     return {
         "decode": dec[1:], "prefill": pre[1:], "peak_rss_mib": _peak_rss_mib(), "torch_loaded": False,
-        "simd": SIMD_NAMES[simd_level()], "threads_used": used,
+        "simd": SIMD_NAMES[simd_level()], "threads_used": engine._pick.picks(),
     }  # fmt: skip
 
 

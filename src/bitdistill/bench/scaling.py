@@ -73,10 +73,8 @@ def run_scaling_bench(packed: Path, threads: int = 2, prefill: int = 128, decode
         res["conditions"]["busy" if busy else "idle"] = {
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             **{str(n): {k: spread(v) for k, v in c.items()} for n, c in cond.items()},
-            "threads_used": {  # the ThreadPicker's choices in the timed runs, calls per "kind threads"
-                str(n): {f"{kind} {t}": c - picks_before[n].get((kind, t), 0)
-                         for (kind, t), c in engines[n]._pick.used.items()} for n in counts
-            },
+            # the ThreadPicker's choices in the timed runs
+            "threads_used": {str(n): engines[n]._pick.picks(picks_before[n]) for n in counts},
         }  # fmt: skip
     return res
 

@@ -79,9 +79,9 @@ class ThreadPicker:
     A record of single calls was too noisy on a shared VM: with an average, a few slow 2-thread tokens on
     idle cores handed a quarter of the decode calls to one thread (bench --threads 2). With a core busy,
     one thread is now only ~10 % faster (the futex barrier and the work dispenser let two degrade
-    gracefully), so the margin is 5 %. Results never depend on the count (rows are
-    computed whole by one thread), so switching is free of numerical effects. `used` counts the picks per
-    (kind, threads), for benchmarks to report."""
+    gracefully), so the margin is 5 %. Results never depend on the count (rows are computed whole by one
+    thread), so switching is free of numerical effects. `used` counts the picks per (kind, threads), for
+    benchmarks to report (`picks`)."""
 
     PROBE = 32
     WINDOW = 5
@@ -97,6 +97,11 @@ class ThreadPicker:
         n = self._pick(kind)
         self.used[(kind, n)] = self.used.get((kind, n), 0) + 1
         return n
+
+    def picks(self, since: dict[tuple[str, int], int] | None = None) -> dict[str, int]:
+        """Calls per "kind threads" (JSON keys), counted from a copy of `used` taken earlier (default: all)."""
+        since = since or {}
+        return {f"{kind} {n}": c - since.get((kind, n), 0) for (kind, n), c in self.used.items()}
 
     def sec_per_token(self, kind: str, threads: int) -> float | None:
         """The record of `threads` for `kind`: the median of its last WINDOW calls (None before any)."""

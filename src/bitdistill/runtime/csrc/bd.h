@@ -60,7 +60,8 @@ typedef struct {
     const bd_layer *layers;
 } bd_model;
 
-/* engine.c: phase profiling (off unless set; the library reads no environment variables) */
+/* engine.c: phase profiling (off unless set) and huge-page advice (on unless unset); the library reads no
+ * environment variables */
 void bd_set_profile(int on);
 void bd_set_huge_pages(int on); /* 0: the state's big buffers get no MADV_HUGEPAGE advice */
 void bd_profile_reset(void);
