@@ -229,22 +229,35 @@ def test_f16_conversion_rounds_like_numpy(simd) -> None:
 
 
 @pytest.mark.parametrize("kv16", [False, True])
-@pytest.mark.parametrize("n,hd", [(1, 16), (37, 128), (9, 80), (5, 256), (203, 64), (16, 96)])
-def test_attention_helpers(simd, kv16: bool, n: int, hd: int) -> None:
-    """softmax(q.k * scale) v over a cache in float or half: the kernels against numpy in float64."""
+@pytest.mark.parametrize("n,hd", [(1, 16), (37, 128), (9, 80), (5, 256), (203, 64), (16, 96), (300, 64)])
+@pytest.mark.parametrize("nq", [1, 3])
+def test_attention_helpers(simd, kv16: bool, n: int, hd: int, nq: int) -> None:
+    """softmax(q.k * scale) v over a cache in float or half for the nq query heads of one kv head: the kernels
+    against numpy in float64, and each head equal bit for bit to the same head computed alone (the heads share
+    each key and value read, and the values in chunks, without changing any head's order of additions)."""
     rng = np.random.default_rng(n + hd)
-    q = rng.normal(size=hd).astype(np.float32)
+    q = rng.normal(size=(nq, hd)).astype(np.float32)
     k = rng.normal(size=(n, hd)).astype(np.float32)
     v = rng.normal(size=(n, hd)).astype(np.float32)
     kc, vc = (k.astype(np.float16), v.astype(np.float16)) if kv16 else (k, v)
-    sc = np.zeros(n, np.float32)
-    o = np.zeros(hd, np.float32)
-    lib().bd_attend_test(ptr(q), ptr(kc), ptr(vc), n, hd, 0.125, int(kv16), ptr(sc), ptr(o))
+
+    def attend(qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        qs = np.ascontiguousarray(qs)
+        sc = np.zeros((len(qs), n), np.float32)
+        o = np.zeros((len(qs), hd), np.float32)
+        lib().bd_attend_test(ptr(qs), len(qs), ptr(kc), ptr(vc), n, hd, 0.125, int(kv16), ptr(sc), ptr(o))
+        return sc, o
+
+    sc, o = attend(q)
     s = (q.astype(np.float64) @ kc.astype(np.float64).T) * 0.125
-    p = np.exp(s - s.max())
-    p /= p.sum()
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(sc, p, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(o, p @ vc.astype(np.float64), rtol=1e-5, atol=1e-6)
+    for h in range(nq):
+        alone_sc, alone_o = attend(q[h : h + 1])
+        np.testing.assert_array_equal(sc[h], alone_sc[0])
+        np.testing.assert_array_equal(o[h], alone_o[0])
 
 
 def test_silu_gate_twins_agree_and_match_torch(simd) -> None:

@@ -81,8 +81,9 @@ double bd_sumsq(const float *x, int n);
 void bd_to_f16(const float *x, uint16_t *h, int n); /* round to nearest even */
 void bd_silu_mul(float *g, const float *u, int n);  /* g = silu(g) * u */
 /* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
-void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out); /* q.k[j]*scale */
-void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd); /* o[hd] = sum_j p[j] v[j] */
+/* nq query heads of one kv head: out[h * os + j] = q[h].k[j] * scale; o[h] = sum_j p[h * ps + j] v[j] */
+void bd_scores(const float *q, int nq, const void *k, int half, int n, int hd, float scale, float *out, size_t os);
+void bd_wsum(float *o, int nq, const float *p, size_t ps, const void *v, int half, int n, int hd);
 void bd_softmax(float *s, int n); /* s = exp(s - max s) / sum, in place */
 /* Dot-product kernels are named <shape>_<activation>_<weight>: dot4 = 4 weight rows against one token, dot = one
  * row, gemm4 = 4 rows against several tokens, gemm_panel = up to 16 rows against several tokens. Types: i8 int8, f32 float, t2 packed 2-bit ternary codes (the layout

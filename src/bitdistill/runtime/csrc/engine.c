@@ -227,7 +227,7 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
         t->h = state_alloc(T * st->width, F);
         t->o = state_alloc(T * m->hidden, F);
         t->xs = state_alloc(T, F);
-        t->scores = state_alloc(max_seq, F);
+        t->scores = state_alloc((size_t)max_seq * (m->n_heads / m->n_kv), F); /* a kv head's query heads */
         t->xq = state_alloc(T, imax(st->kp_max, m->hidden));
         t->xsum = state_alloc(T, sizeof(int32_t));
         t->ubuf = state_alloc(BD_PANEL_ROWS, st->kp_max);
@@ -412,22 +412,29 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
                 memcpy((float *)vb + at, vv, hd * sizeof(float));
             }
         }
+        /* the kv head's rep query heads together (bd_scores/bd_wsum read each key and value once for all
+         * of them); their scores are rows of tl->scores, max_seq apart */
         float *sc = tl->scores;
-        for (int hh = kh * rep; hh < (kh + 1) * rep; hh++)
-            for (int t = 0; t < T; t++) {
-                /* slots [lo, hi] of this token's sequence: keys with position > pos - window */
-                int p = pos[t], hi = seq0[t] + p;
-                int lo = seq0[t] + ((L->window > 0 && p - L->window + 1 > 0) ? p - L->window + 1 : 0);
-                float *qh = st->q + (size_t)t * qd + (size_t)hh * hd;
-                if (L->q_norm) rmsnorm(qh, L->q_norm, hd, m->eps, qh);
-                rope(qh, cs + (size_t)t * hd, hd);
-                bd_scores(qh, kb + (size_t)lo * hd * es, half, hi - lo + 1, hd, m->attn_scale, sc + lo);
-                if (m->attn_softcap > 0.0f)
-                    for (int j = lo; j <= hi; j++) sc[j] = tanhf(sc[j] / m->attn_softcap) * m->attn_softcap;
-                bd_softmax(sc + lo, hi - lo + 1);
-                bd_wsum(st->att + (size_t)t * qd + (size_t)hh * hd, sc + lo, vb + (size_t)lo * hd * es, half,
-                        hi - lo + 1, hd);
+        const size_t ss = st->max_seq;
+        for (int t = 0; t < T; t++) {
+            /* slots [lo, hi] of this token's sequence: keys with position > pos - window */
+            int p = pos[t], hi = seq0[t] + p;
+            int lo = seq0[t] + ((L->window > 0 && p - L->window + 1 > 0) ? p - L->window + 1 : 0), n = hi - lo + 1;
+            float *qh = st->q + (size_t)t * qd + (size_t)kh * rep * hd;
+            for (int h = 0; h < rep; h++) {
+                if (L->q_norm) rmsnorm(qh + (size_t)h * hd, L->q_norm, hd, m->eps, qh + (size_t)h * hd);
+                rope(qh + (size_t)h * hd, cs + (size_t)t * hd, hd);
             }
+            bd_scores(qh, rep, kb + (size_t)lo * hd * es, half, n, hd, m->attn_scale, sc + lo, ss);
+            for (int h = 0; h < rep; h++) {
+                float *sh = sc + h * ss + lo;
+                if (m->attn_softcap > 0.0f)
+                    for (int j = 0; j < n; j++) sh[j] = tanhf(sh[j] / m->attn_softcap) * m->attn_softcap;
+                bd_softmax(sh, n);
+            }
+            bd_wsum(st->att + (size_t)t * qd + (size_t)kh * rep * hd, rep, sc + lo, ss, vb + (size_t)lo * hd * es,
+                    half, n, hd);
+        }
     }
     PROF(P_ATTN);
     BARRIER
@@ -555,12 +562,13 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
 
 /* ---- entry points for tests and micro-benchmarks of single kernels ---- */
 
-/* attention of one query over n cached keys/values (float or half), for tests: o = softmax(q.k * scale) v */
-void bd_attend_test(const float *q, const void *k, const void *v, int n, int hd, float scale, int kv16, float *sc,
-                    float *o) {
-    bd_scores(q, k, kv16, n, hd, scale, sc);
-    bd_softmax(sc, n);
-    bd_wsum(o, sc, v, kv16, n, hd);
+/* attention of nq query heads (one kv head's) over n cached keys/values (float or half), for tests:
+ * o[h] = softmax(q[h].k * scale) v, with the scores sc[nq][n] */
+void bd_attend_test(const float *q, int nq, const void *k, const void *v, int n, int hd, float scale, int kv16,
+                    float *sc, float *o) {
+    bd_scores(q, nq, k, kv16, n, hd, scale, sc, (size_t)n);
+    for (int h = 0; h < nq; h++) bd_softmax(sc + (size_t)h * n, n);
+    bd_wsum(o, nq, sc, (size_t)n, v, kv16, n, hd);
 }
 
 void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int32_t *sum) {

@@ -268,46 +268,64 @@ BD_AVX2 static inline __m256 group_sums8_f32(const __m256 s[8]) {
 }
 
 /* Eight keys at a time, their eight dot products reduced by one hadd tree and stored as one vector: with
- * head_dim 64 a lone key is only 8 FMAs, and reducing each with its own horizontal sum cost as much again. */
-BD_AVX2 static void scores_avx2(const float *q, const void *k, int half, int n, int hd, float scale, float *out) {
+ * head_dim 64 a lone key is only 8 FMAs, and reducing each with its own horizontal sum cost as much again.
+ * The nq query heads of one kv head (grouped-query attention) take each block of keys in turn while it is in
+ * L1, so the keys come from memory once, not once per head; each head's arithmetic is unchanged. */
+BD_AVX2 static inline __attribute__((always_inline)) void scores_rows_avx2(const float *q, int nq, const void *k,
+                                                                           int half, int n, int hd, float scale,
+                                                                           float *out, size_t os) {
     int j = 0;
     if (hd % 8 == 0)
-        for (; j + 8 <= n; j += 8) {
-            __m256 s[8];
-            for (int u = 0; u < 8; u++) s[u] = _mm256_setzero_ps();
-            for (int i = 0; i < hd; i += 8) {
-                const __m256 qv = _mm256_loadu_ps(q + i);
-                for (int u = 0; u < 8; u++) s[u] = _mm256_fmadd_ps(qv, kv8(k, half, (size_t)(j + u) * hd + i), s[u]);
+        for (; j + 8 <= n; j += 8)
+            for (int h = 0; h < nq; h++) {
+                const float *qh = q + (size_t)h * hd;
+                __m256 s[8];
+                for (int u = 0; u < 8; u++) s[u] = _mm256_setzero_ps();
+                for (int i = 0; i < hd; i += 8) {
+                    const __m256 qv = _mm256_loadu_ps(qh + i);
+                    for (int u = 0; u < 8; u++) s[u] = _mm256_fmadd_ps(qv, kv8(k, half, (size_t)(j + u) * hd + i), s[u]);
+                }
+                _mm256_storeu_ps(out + h * os + j, _mm256_mul_ps(group_sums8_f32(s), _mm256_set1_ps(scale)));
             }
-            _mm256_storeu_ps(out + j, _mm256_mul_ps(group_sums8_f32(s), _mm256_set1_ps(scale)));
+    for (; j < n; j++)
+        for (int h = 0; h < nq; h++) {
+            const float *qh = q + (size_t)h * hd;
+            size_t r = (size_t)j * hd;
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+            int i = 0;
+            for (; i + 32 <= hd; i += 32) {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), kv8(k, half, r + i), s0);
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i + 8), kv8(k, half, r + i + 8), s1);
+                s2 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i + 16), kv8(k, half, r + i + 16), s2);
+                s3 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i + 24), kv8(k, half, r + i + 24), s3);
+            }
+            for (; i + 8 <= hd; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), kv8(k, half, r + i), s0);
+            float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+            for (; i < hd; i++) s += qh[i] * kv_at(k, half, r + i);
+            out[h * os + j] = s * scale;
         }
-    for (; j < n; j++) {
-        size_t r = (size_t)j * hd;
-        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-        int i = 0;
-        for (; i + 32 <= hd; i += 32) {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv8(k, half, r + i), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), kv8(k, half, r + i + 8), s1);
-            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16), kv8(k, half, r + i + 16), s2);
-            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24), kv8(k, half, r + i + 24), s3);
-        }
-        for (; i + 8 <= hd; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv8(k, half, r + i), s0);
-        float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-        for (; i < hd; i++) s += q[i] * kv_at(k, half, r + i);
-        out[j] = s * scale;
-    }
 }
 
-/* o = sum_j p[j] v[j] with the output held in registers across all keys (an axpy per key would load and
- * store o every time), and each v row read once, front to back: 128 columns per pass, then 64 (head_dim 64
- * in one pass of eight independent FMA chains: eight 8-column passes of one chain each were bound by the FMA
- * latency), then 8. The 64-column pass names its registers: GCC kept a loop over an array of them in memory. */
-BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half, int n, int hd) {
+/* a literal half, so the inlined loops hold no per-load branch on the cache's element type (that branch
+ * cost half the speed of these loops) */
+BD_AVX2 static void scores_avx2(const float *q, int nq, const void *k, int half, int n, int hd, float scale,
+                                float *out, size_t os) {
+    if (half) scores_rows_avx2(q, nq, k, 1, n, hd, scale, out, os);
+    else scores_rows_avx2(q, nq, k, 0, n, hd, scale, out, os);
+}
+
+/* o = sum_j p[j] v[j] over keys j0..j1-1, added to o (acc) or from zero, with the output held in registers
+ * across the keys (an axpy per key would load and store o every time), and each v row read front to back:
+ * 128 columns per pass, then 64 (head_dim 64 in one pass of eight independent FMA chains: eight 8-column
+ * passes of one chain each were bound by the FMA latency), then 8. The 64-column pass names its registers:
+ * GCC kept a loop over an array of them in memory. */
+BD_AVX2 static inline __attribute__((always_inline)) void wsum_rows_avx2(float *o, const float *p, const void *v, int half, int j0, int j1, int hd, int acc) {
+#define WSUM_INIT(d) (acc ? _mm256_loadu_ps(o + (d)) : _mm256_setzero_ps())
     int d0 = 0;
     for (; d0 + 128 <= hd; d0 += 128) {
         __m256 a[16];
-        for (int i = 0; i < 16; i++) a[i] = _mm256_setzero_ps();
-        for (int j = 0; j < n; j++) {
+        for (int i = 0; i < 16; i++) a[i] = WSUM_INIT(d0 + 8 * i);
+        for (int j = j0; j < j1; j++) {
             size_t r = (size_t)j * hd + d0;
             __m256 pj = _mm256_broadcast_ss(p + j);
             for (int i = 0; i < 16; i++) a[i] = _mm256_fmadd_ps(pj, kv8(v, half, r + 8 * i), a[i]);
@@ -315,8 +333,9 @@ BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half,
         for (int i = 0; i < 16; i++) _mm256_storeu_ps(o + d0 + 8 * i, a[i]);
     }
     if (d0 + 64 <= hd) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-        for (int j = 0; j < n; j++) {
+        __m256 a0 = WSUM_INIT(d0), a1 = WSUM_INIT(d0 + 8), a2 = WSUM_INIT(d0 + 16), a3 = WSUM_INIT(d0 + 24),
+               a4 = WSUM_INIT(d0 + 32), a5 = WSUM_INIT(d0 + 40), a6 = WSUM_INIT(d0 + 48), a7 = WSUM_INIT(d0 + 56);
+        for (int j = j0; j < j1; j++) {
             size_t r = (size_t)j * hd + d0;
             __m256 pj = _mm256_broadcast_ss(p + j);
             a0 = _mm256_fmadd_ps(pj, kv8(v, half, r), a0);
@@ -333,14 +352,30 @@ BD_AVX2 static void wsum_avx2(float *o, const float *p, const void *v, int half,
         d0 += 64;
     }
     for (; d0 + 8 <= hd; d0 += 8) {
-        __m256 a = _mm256_setzero_ps();
-        for (int j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), kv8(v, half, (size_t)j * hd + d0), a);
+        __m256 a = WSUM_INIT(d0);
+        for (int j = j0; j < j1; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), kv8(v, half, (size_t)j * hd + d0), a);
         _mm256_storeu_ps(o + d0, a);
     }
+#undef WSUM_INIT
     for (; d0 < hd; d0++) {
-        float a = 0.0f;
-        for (int j = 0; j < n; j++) a += p[j] * kv_at(v, half, (size_t)j * hd + d0);
+        float a = acc ? o[d0] : 0.0f;
+        for (int j = j0; j < j1; j++) a += p[j] * kv_at(v, half, (size_t)j * hd + d0);
         o[d0] = a;
+    }
+}
+
+/* The nq query heads of one kv head take the values in chunks of ~8 KiB, each chunk while it is in L1: the
+ * values come from memory once, not once per head. Carrying each head's sums from chunk to chunk keeps its
+ * additions in the same order as one pass over all keys, so the result does not depend on the chunking. */
+BD_AVX2 static void wsum_avx2(float *o, int nq, const float *p, size_t ps, const void *v, int half, int n, int hd) {
+    int step = 8192 / (hd * (half ? 2 : 4));
+    step = step < 8 ? 8 : step;
+    for (int j0 = 0; j0 < n; j0 += step) {
+        int j1 = j0 + step < n ? j0 + step : n;
+        for (int h = 0; h < nq; h++) {
+            if (half) /* a literal, as in scores_avx2 */ wsum_rows_avx2(o + (size_t)h * hd, p + h * ps, v, 1, j0, j1, hd, j0 > 0);
+            else wsum_rows_avx2(o + (size_t)h * hd, p + h * ps, v, 0, j0, j1, hd, j0 > 0);
+        }
     }
 }
 #endif
@@ -355,31 +390,37 @@ void bd_to_f16(const float *x, uint16_t *h, int n) {
     for (int i = 0; i < n; i++) h[i] = f32_to_f16(x[i]);
 }
 
-/* out[j] = dot(q, k[j]) * scale for n keys of hd values (one call per head, not per key) */
-void bd_scores(const float *q, const void *k, int half, int n, int hd, float scale, float *out) {
+/* out[h * os + j] = dot(q[h], k[j]) * scale for nq query heads (rows of q, hd apart) sharing n keys of hd
+ * values: one call per kv head, not per key */
+void bd_scores(const float *q, int nq, const void *k, int half, int n, int hd, float scale, float *out, size_t os) {
 #if BD_X86
     if (simd_on()) {
-        scores_avx2(q, k, half, n, hd, scale, out);
+        scores_avx2(q, nq, k, half, n, hd, scale, out, os);
         return;
     }
 #endif
-    for (int j = 0; j < n; j++) {
-        float s = 0.0f;
-        for (int d = 0; d < hd; d++) s += q[d] * kv_at(k, half, (size_t)j * hd + d);
-        out[j] = s * scale;
-    }
+    for (int h = 0; h < nq; h++)
+        for (int j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int d = 0; d < hd; d++) s += q[(size_t)h * hd + d] * kv_at(k, half, (size_t)j * hd + d);
+            out[h * os + j] = s * scale;
+        }
 }
 
-void bd_wsum(float *o, const float *p, const void *v, int half, int n, int hd) {
+/* o[h] = sum_j p[h * ps + j] v[j] for nq heads (rows of o, hd apart) sharing n values */
+void bd_wsum(float *o, int nq, const float *p, size_t ps, const void *v, int half, int n, int hd) {
 #if BD_X86
     if (simd_on()) {
-        wsum_avx2(o, p, v, half, n, hd);
+        wsum_avx2(o, nq, p, ps, v, half, n, hd);
         return;
     }
 #endif
-    for (int d = 0; d < hd; d++) o[d] = 0.0f;
-    for (int j = 0; j < n; j++)
-        for (int d = 0; d < hd; d++) o[d] += p[j] * kv_at(v, half, (size_t)j * hd + d);
+    for (int h = 0; h < nq; h++) {
+        float *oh = o + (size_t)h * hd;
+        for (int d = 0; d < hd; d++) oh[d] = 0.0f;
+        for (int j = 0; j < n; j++)
+            for (int d = 0; d < hd; d++) oh[d] += p[h * ps + j] * kv_at(v, half, (size_t)j * hd + d);
+    }
 }
 
 /* ---- SiLU gate: g[i] = silu(g[i]) * u[i] ---- */
