@@ -27,14 +27,16 @@ from pathlib import Path
 
 from _verb import RESULTS
 
+from bitdistill.runtime.engine import KV_DTYPES
 
-def worker(packed: str, threads: int, prefill: int, decode: int, runs: int) -> dict:
+
+def worker(packed: str, threads: int, prefill: int, decode: int, runs: int, kv_dtype: str) -> dict:
     import numpy as np
 
     from bitdistill.runtime.engine import load
     from bitdistill.runtime.native import SIMD_NAMES, lib, profile_ticks, simd_level
 
-    engine = load(packed, threads=threads)
+    engine = load(packed, threads=threads, kv_dtype=kv_dtype)
     engine._pick.threads = lambda kind: engine.threads  # the named count on every call (see the docstring)
     has_profile = hasattr(lib(), "bd_profile_read")
     prompt = np.random.default_rng(0).integers(0, engine.arch["vocab"], prefill).tolist()
@@ -67,7 +69,7 @@ def measure(variants: dict[str, dict[str, str]], packed: str, threads: list[int]
                 env = {k: v for k, v in os.environ.items() if k != "BITDISTILL_RUNTIME_LIB"}
                 env |= {"BITDISTILL_PROFILE": "1"} | extra
                 cmd = [sys.executable, __file__, packed, "--worker", "--threads", str(n), "--prefill",
-                       str(args.prefill), "--decode", str(args.decode), "--runs", str(args.runs)]  # fmt: skip
+                       str(args.prefill), "--decode", str(args.decode), "--runs", str(args.runs), "--kv-dtype", args.kv_dtype]  # fmt: skip
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 runs.setdefault(f"{name} {n}", []).append(json.loads(out.stdout.splitlines()[-1]))
     return runs
@@ -121,11 +123,12 @@ def main() -> int:
                    help="a runtime library build to compare (default: the installed one)")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
                    help="a variant: the installed library with environment variable VAR set to VALUE")  # fmt: skip
+    p.add_argument("--kv-dtype", choices=KV_DTYPES, default="fp32", help="the KV cache's element type")
     p.add_argument("--out", default=str(RESULTS / "decode-profile.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.packed, int(args.threads), args.prefill, args.decode, args.runs)))
+        print(json.dumps(worker(args.packed, int(args.threads), args.prefill, args.decode, args.runs, args.kv_dtype)))
         return 0
     libs = dict(spec.split("=", 1) for spec in args.lib)
     variants = {name: {"BITDISTILL_RUNTIME_LIB": path} for name, path in libs.items()}
@@ -136,7 +139,8 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")]
     load_start = os.getloadavg()
     summary = summarize(measure(variants, args.packed, threads, args))
-    res = {"packed": args.packed, "prefill": args.prefill, "decode": args.decode, "variants": variants,
+    res = {"packed": args.packed, "prefill": args.prefill, "decode": args.decode, "kv_dtype": args.kv_dtype,
+           "variants": variants,
            "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "results": summary}  # fmt: skip
     print(f"load avg {load_start[0]:.1f} -> {res['loadavg_end'][0]:.1f}; SIMD "
           f"{next(iter(summary.values()))['simd']}\n")  # fmt: skip
