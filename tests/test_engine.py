@@ -217,18 +217,23 @@ def test_long_prompt_in_one_call_equals_token_by_token_on_any_thread_count(tmp_p
 
 def test_threads_give_identical_results(tmp_path) -> None:
     """Work is split by output rows and kv heads, never inside a sum: 1, 2, 3 and 5 threads agree bit for bit
-    (whichever thread takes a chunk from the dispenser)."""
+    (whichever thread takes a chunk from the dispenser). A 9-token prompt has every thread norm and quantize
+    all rows itself; a 45-token one (at least 8 rows per thread) splits those steps by rows into shared
+    buffers (engine.c, bd_rows); the decode steps after it are private again."""
     model = _model("gemma3", subln=True)
     pack_model(model, tmp_path / "p", head_dtype="int8")
-    prompt = [4, 8, 15, 16, 23, 42, 7, 1, 9]
+    short = [4, 8, 15, 16, 23, 42, 7, 1, 9]
+    long = np.random.default_rng(5).integers(0, 96, 45).tolist()
     outs = []
     for threads in (1, 2, 3, 5):
         engine = load(tmp_path / "p", threads=threads)
         engine.threads = threads  # past the clamp to this machine's cores: correctness when oversubscribed
         engine._pick.threads = lambda kind, n=threads: n  # every call on exactly that many (no ThreadPicker)
-        engine.reset(32, max_batch=4)
-        first = engine.forward(prompt, all_logits=True)
-        outs.append(np.concatenate([first, engine.forward([3])[None], engine.forward([5])[None]]))
+        out = []
+        for prompt in (short, long):
+            engine.reset(64, max_batch=len(long))
+            out += [engine.forward(prompt, all_logits=True), engine.forward([3])[None], engine.forward([5])[None]]
+        outs.append(np.concatenate(out))
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
 

@@ -57,15 +57,22 @@ def test_allnorm_engine_matches_pytorch_at_every_simd_level(simd, family: str, t
 
 
 def test_allnorm_threads_agree_bit_for_bit(tmp_path) -> None:
-    """Each thread keeps its own normed rows (tl->o): 1 and 3 threads give identical logits."""
+    """Each thread keeps its own normed rows (tl->o), and a long prompt (at least 8 rows per thread) quantizes
+    each linear's input into its own shared slot: 1, 2 and 3 threads give identical logits."""
     pack_model(_model("qwen2", "all"), tmp_path / "p", head_dtype="int8")
+    long = np.random.default_rng(1).integers(0, 96, 31).tolist()  # not a multiple of 2 or 3
     outs = []
-    for threads in (1, 3):
+    for threads in (1, 2, 3):
         engine = load(tmp_path / "p", threads=threads)
-        engine.reset(32, max_batch=4)
-        first = engine.forward(PROMPT, all_logits=True)
-        outs.append(np.concatenate([first, engine.forward([3])[None]]))
-    np.testing.assert_array_equal(outs[0], outs[1])
+        engine.threads = threads  # past the clamp to this machine's cores
+        engine._pick.threads = lambda kind, n=threads: n  # every call on exactly that many threads
+        out = []
+        for prompt in (PROMPT, long):
+            engine.reset(40, max_batch=len(long))
+            out += [engine.forward(prompt, all_logits=True), engine.forward([3])[None]]
+        outs.append(np.concatenate(out))
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
 
 
 def test_cli_pack_generate_classify_an_allnorm_model(tmp_path, capsys) -> None:

@@ -121,9 +121,10 @@ void bd_profile_dump(void) {
 
 #define BARRIER { barrier_wait(&st->barrier, nth, &st->tls[tid].sense); PROF(P_BAR); }
 
-/* Per-thread private scratch. Every thread keeps its own copy of the residual stream and computes the
- * cheap per-token steps (norms, activation quantization, residual adds) redundantly, so the only
- * synchronisation points are the five places where a thread needs rows another thread produced. */
+/* Per-thread private scratch. In a short batch (decode) every thread keeps its own copy of the residual stream
+ * and computes the cheap per-token steps (norms, activation quantization, residual adds) redundantly, so the
+ * only synchronisation points are the five places where a thread needs rows another thread produced. A long
+ * batch on several threads splits those steps by rows instead (see bd_rows). */
 typedef struct {
     float *x, *h, *o, *xs, *scores, *rope;
     float *act;         /* one row of the FFN gate output, silu(g) * u (width floats) */
@@ -141,6 +142,13 @@ typedef struct {
     void *kc, *vc; /* [layer][kv head][max_seq][head_dim], float or (kv16) IEEE half */
     int kv16;
     float *q, *k, *v, *att, *g, *u, *tmp; /* shared: rows written by their owner thread */
+    /* long batches on several threads (bd_rows.split): the residual stream [max_t][hidden] and the quantized
+     * input slots of the next linear(s), nslots x ([max_t][kp_max] int8, [max_t] scales, [max_t] sums);
+     * NULL when nthreads is 1 */
+    float *x, *ss;
+    int8_t *sq;
+    int32_t *ssum;
+    int nslots;
     int32_t *pos, *seq0, *rows;           /* bd_forward's single-sequence arguments to bd_forward_seqs */
     bd_tls *tls;
     bd_barrier barrier;
@@ -162,7 +170,8 @@ void bd_state_free(bd_state *st) {
         }
     free(st->tls);
     free(st->kc); free(st->vc); free(st->q); free(st->k); free(st->v); free(st->att); free(st->g); free(st->u);
-    free(st->tmp); free(st->pos); free(st->seq0); free(st->rows); free(st);
+    free(st->tmp); free(st->pos); free(st->seq0); free(st->rows);
+    free(st->x); free(st->sq); free(st->ss); free(st->ssum); free(st);
 }
 
 /* Every buffer of the state starts on a cache line and fills whole lines, so one thread's private scratch
@@ -221,6 +230,17 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
     st->tls = calloc(nthreads, sizeof(bd_tls));
     int ok = st->kc && st->vc && st->q && st->k && st->v && st->att && st->g && st->u && st->tmp && st->tls && st->pos &&
              st->seq0 && st->rows;
+    if (ok && nthreads > 1) {
+        /* one slot, or one per linear of a group when the linears have their own SubLN (allnorm) */
+        st->nslots = 1;
+        for (int li = 0; li < m->n_layers; li++)
+            if (m->layers[li].q.sub_norm || m->layers[li].gate.sub_norm) st->nslots = 3;
+        st->x = state_alloc(T * m->hidden, F);
+        st->sq = state_alloc(st->nslots * T, st->kp_max);
+        st->ss = state_alloc(st->nslots * T, F);
+        st->ssum = state_alloc(st->nslots * T, sizeof(int32_t));
+        ok = st->x && st->sq && st->ss && st->ssum;
+    }
     for (int i = 0; ok && i < nthreads; i++) {
         bd_tls *t = &st->tls[i];
         t->x = state_alloc(T * m->hidden, F);
@@ -281,57 +301,100 @@ static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) 
     for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * inv);
 }
 
-/* private: (optionally normed) rows of src[T][n] quantized into this thread's xq/xs/xsum */
-static void prep_input(const float *src, const float *norm, int T, int n, int kp, float eps, bd_tls *tl) {
-    for (int t = 0; t < T; t++) {
+/* The per-token steps of a long batch on several threads (embedding, residual adds, norms, activation
+ * quantization: ~10 % of a 128-token prefill on 2 threads, done by every thread in full) are split by rows:
+ * each thread takes a fixed share of the tokens, in the shared residual stream st->x, and writes its quantized
+ * rows into shared input slots that a barrier publishes before the matmul. A short batch (decode) keeps every
+ * thread computing all rows into its own buffers: the extra barriers (4 per layer) would cost more than the
+ * rows. A row's values do not depend on which thread computes it, so both ways give identical results. */
+#define SPLIT_MIN_ROWS 8 /* rows per thread from which splitting pays */
+
+typedef struct {
+    int t0, t1, split; /* this thread's rows [t0, t1); split: shared buffers (else all rows, private) */
+    float *x;          /* the residual stream [T][hidden]: st->x when split, else this thread's own copy */
+} bd_rows;
+
+static bd_rows row_share(bd_state *st, bd_tls *tl, int T, int tid, int nth) {
+    bd_rows R = {0, T, nth > 1 && st->x && T >= SPLIT_MIN_ROWS * nth, tl->x};
+    if (R.split) {
+        part(T, tid, nth, &R.t0, &R.t1);
+        R.x = st->x;
+    }
+    return R;
+}
+
+/* quantized input rows of a linear: xq [T][kp], scales [T], code sums [T] */
+typedef struct {
+    int8_t *q;
+    float *s;
+    int32_t *sum;
+} bd_qin;
+
+/* input slot j: this thread's buffers, or shared slot j of a split batch */
+static bd_qin qin(const bd_state *st, bd_tls *tl, const bd_rows *R, int j) {
+    if (!R->split) return (bd_qin){tl->xq, tl->xs, tl->xsum};
+    const size_t T = st->max_t;
+    return (bd_qin){st->sq + j * T * st->kp_max, st->ss + j * T, st->ssum + j * T};
+}
+
+/* this thread's rows of src[T][n], normed by `norm` if given (through the one-row scratch tmp), quantized
+ * into `in` */
+static void prep_input(const float *src, const float *norm, const bd_rows *R, int n, int kp, float eps, float *tmp,
+                       bd_qin in) {
+    for (int t = R->t0; t < R->t1; t++) {
         const float *row = src + (size_t)t * n;
         if (norm) {
-            rmsnorm(row, norm, n, eps, tl->h);
-            row = tl->h;
+            rmsnorm(row, norm, n, eps, tmp);
+            row = tmp;
         }
-        bd_quantize_row(row, n, kp, tl->xq + (size_t)t * kp, &tl->xs[t], &tl->xsum[t]);
+        bd_quantize_row(row, n, kp, in.q + (size_t)t * kp, &in.s[t], &in.sum[t]);
     }
 }
 
-/* private: rows of src[T][n] normed by `norm` into dst[T][n] */
-static void norm_rows(const float *src, const float *norm, int T, int n, float eps, float *dst) {
-    for (int t = 0; t < T; t++) rmsnorm(src + (size_t)t * n, norm, n, eps, dst + (size_t)t * n);
+/* this thread's rows of src[T][n] normed by `norm` into dst[T][n] */
+static void norm_rows(const float *src, const float *norm, const bd_rows *R, int n, float eps, float *dst) {
+    for (int t = R->t0; t < R->t1; t++) rmsnorm(src + (size_t)t * n, norm, n, eps, dst + (size_t)t * n);
 }
 
 /* the row groups of a linear, in chunks taken from the dispenser (at least 8 groups = 32 rows each) */
-static void linear(const bd_linear *L, int T, float *y, bd_state *st, bd_tls *tl, int nth) {
+static void linear(const bd_linear *L, int T, bd_qin in, float *y, bd_state *st, bd_tls *tl, int nth) {
     const int ng = L->np / BD_ROWS, nc = n_chunks(ng, nth, 8);
     for (int c; (c = grab(st, tl, nc)) >= 0;) {
         int a, b;
         part(ng, c, nc, &a, &b);
-        bd_linear_rows(L, a, b, tl->xq, tl->xs, tl->xsum, T, y, tl->ubuf);
+        bd_linear_rows(L, a, b, in.q, in.s, in.sum, T, y, tl->ubuf);
     }
 }
 
 /* q/k/v (and gate/up) read the same input, the block's normed residual stream. Without their own SubLN they
  * share one quantized copy of it (one prep_input for the group). With the authors' allnorm each of them has a
  * sub_norm: the normed rows are kept in this thread's tl->o ([T][H], free outside residual()) and each linear
- * re-norms and quantizes them with its own weights right before its matmul; that is 2-3 extra O(T*H) passes
- * per group, against O(T*H*n) for the matmuls. */
+ * re-norms and quantizes them with its own weights, right before its matmul (or, split, all of them at once
+ * into their own slots, published by the one barrier); that is 2-3 extra O(T*H) passes per group, against
+ * O(T*H*n) for the matmuls. */
 static int own_norms(const bd_linear *const *Ls, int nl) {
     for (int j = 0; j < nl; j++)
         if (Ls[j]->sub_norm) return 1;
     return 0;
 }
 
-static void prep_group(const bd_linear *const *Ls, int nl, const float *x, const float *norm, int T, int H, float eps,
-                       bd_tls *tl) {
-    if (own_norms(Ls, nl))
-        norm_rows(x, norm, T, H, eps, tl->o);
-    else
-        prep_input(x, norm, T, H, Ls[0]->kp, eps, tl);
+static void prep_group(const bd_linear *const *Ls, int nl, const float *norm, const bd_rows *R, int H, float eps,
+                       bd_state *st, bd_tls *tl) {
+    if (!own_norms(Ls, nl)) {
+        prep_input(R->x, norm, R, H, Ls[0]->kp, eps, tl->h, qin(st, tl, R, 0));
+        return;
+    }
+    norm_rows(R->x, norm, R, H, eps, tl->o);
+    if (R->split)
+        for (int j = 0; j < nl; j++) prep_input(tl->o, Ls[j]->sub_norm, R, H, Ls[j]->kp, eps, tl->h, qin(st, tl, R, j));
 }
 
 /* run linear j of a group prepared by prep_group (quantizing its own normed input first under allnorm) */
-static void group_linear(const bd_linear *const *Ls, int nl, int j, int T, int H, float eps, float *y, bd_state *st,
-                         bd_tls *tl, int nth) {
-    if (own_norms(Ls, nl)) prep_input(tl->o, Ls[j]->sub_norm, T, H, Ls[j]->kp, eps, tl);
-    linear(Ls[j], T, y, st, tl, nth);
+static void group_linear(const bd_linear *const *Ls, int nl, int j, int T, int H, float eps, float *y, const bd_rows *R,
+                         bd_state *st, bd_tls *tl, int nth) {
+    const int own = own_norms(Ls, nl);
+    if (own && !R->split) prep_input(tl->o, Ls[j]->sub_norm, R, H, Ls[j]->kp, eps, tl->h, qin(st, tl, R, 0));
+    linear(Ls[j], T, qin(st, tl, R, own && R->split ? j : 0), y, st, tl, nth);
 }
 
 /* the GELU variants (SiLU, the common case, is vectorized: bd_silu_mul) */
@@ -361,15 +424,15 @@ static void rope(float *v, const float *cs, int hd) {
     }
 }
 
-/* private: x += (optionally normed) shared rows src[T][H] */
-static void residual(float *x, const float *src, const float *norm, int T, int H, float eps, bd_tls *tl) {
-    for (int t = 0; t < T; t++) {
+/* this thread's rows of the residual stream += (optionally normed) shared rows src[T][H] */
+static void residual(const float *src, const float *norm, const bd_rows *R, int H, float eps, bd_tls *tl) {
+    for (int t = R->t0; t < R->t1; t++) {
         const float *o = src + (size_t)t * H;
         if (norm) {
             rmsnorm(o, norm, H, eps, tl->o);
             o = tl->o;
         }
-        float *xt = x + (size_t)t * H;
+        float *xt = R->x + (size_t)t * H;
         for (int i = 0; i < H; i++) xt[i] += o[i];
     }
 }
@@ -377,7 +440,7 @@ static void residual(float *x, const float *src, const float *norm, int T, int H
 /* Token t sits at position pos[t] of a sequence whose first token's KV row is cache slot seq0[t]; its own row
  * is slot seq0[t] + pos[t] and it attends to the slots of its sequence only (padding-free batching). */
 static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, const int32_t *pos,
-                          const int32_t *seq0, bd_state *st, int tid, int nth) {
+                          const int32_t *seq0, const bd_rows *R, bd_state *st, int tid, int nth) {
     const int H = m->hidden, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv;
     const int qd = nh * hd, kvd = nkv * hd, I = m->inter, rep = nh / nkv;
     bd_tls *tl = &st->tls[tid];
@@ -386,9 +449,10 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     /* attention block: q/k/v rows by row group */
     const bd_linear *qkv[3] = {&L->q, &L->k, &L->v}, *gu[2] = {&L->gate, &L->up};
     float *qkv_out[3] = {st->q, st->k, st->v};
-    prep_group(qkv, 3, tl->x, L->in_norm, T, H, m->eps, tl);
+    prep_group(qkv, 3, L->in_norm, R, H, m->eps, st, tl);
     PROF(P_PREP);
-    for (int j = 0; j < 3; j++) group_linear(qkv, 3, j, T, H, m->eps, qkv_out[j], st, tl, nth);
+    if (R->split) BARRIER
+    for (int j = 0; j < 3; j++) group_linear(qkv, 3, j, T, H, m->eps, qkv_out[j], R, st, tl, nth);
     PROF(P_QKV);
     BARRIER
     /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention */
@@ -438,23 +502,26 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     }
     PROF(P_ATTN);
     BARRIER
-    prep_input(st->att, L->o.sub_norm, T, qd, L->o.kp, m->eps, tl);
+    const bd_qin in = qin(st, tl, R, 0);
+    prep_input(st->att, L->o.sub_norm, R, qd, L->o.kp, m->eps, tl->h, in);
     PROF(P_PREP);
-    linear(&L->o, T, st->tmp, st, tl, nth);
+    if (R->split) BARRIER
+    linear(&L->o, T, in, st->tmp, st, tl, nth);
     PROF(P_O);
     BARRIER
-    residual(tl->x, st->tmp, L->post_attn_norm, T, H, m->eps, tl);
+    residual(st->tmp, L->post_attn_norm, R, H, m->eps, tl);
     PROF(P_RESID);
     /* feed-forward block: gate/up rows by row group, activation on the rows this thread owns */
-    prep_group(gu, 2, tl->x, L->pre_ffn_norm, T, H, m->eps, tl);
+    prep_group(gu, 2, L->pre_ffn_norm, R, H, m->eps, st, tl);
     PROF(P_PREP);
-    group_linear(gu, 2, 0, T, H, m->eps, st->g, st, tl, nth);
-    group_linear(gu, 2, 1, T, H, m->eps, st->u, st, tl, nth);
+    if (R->split) BARRIER
+    group_linear(gu, 2, 0, T, H, m->eps, st->g, R, st, tl, nth);
+    group_linear(gu, 2, 1, T, H, m->eps, st->u, R, st, tl, nth);
     PROF(P_FFN);
     BARRIER
     /* each thread forms act(gate) * up itself, row by row, as it quantizes down's input: the gate and up rows
      * of a token come from whichever threads took them, and this needs no extra barrier */
-    for (int t = 0; t < T; t++) {
+    for (int t = R->t0; t < R->t1; t++) {
         const float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
         if (m->act == BD_ACT_SILU) {
             memcpy(tl->act, g, (size_t)I * sizeof(float));
@@ -467,13 +534,14 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
             rmsnorm(row, L->down.sub_norm, I, m->eps, tl->h);
             row = tl->h;
         }
-        bd_quantize_row(row, I, L->down.kp, tl->xq + (size_t)t * L->down.kp, &tl->xs[t], &tl->xsum[t]);
+        bd_quantize_row(row, I, L->down.kp, in.q + (size_t)t * L->down.kp, &in.s[t], &in.sum[t]);
     }
     PROF(P_PREP);
-    linear(&L->down, T, st->tmp, st, tl, nth);
+    if (R->split) BARRIER
+    linear(&L->down, T, in, st->tmp, st, tl, nth);
     PROF(P_DOWN);
     BARRIER
-    residual(tl->x, st->tmp, L->post_ffn_norm, T, H, m->eps, tl);
+    residual(st->tmp, L->post_ffn_norm, R, H, m->eps, tl);
     PROF(P_RESID);
 }
 
@@ -505,18 +573,20 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
         tl->sense = atomic_load(&st->barrier.sense);
         tl->base = 0; /* the counter was reset before the region: every thread starts at ticket 0 */
         tl->pending = -1;
-        for (int t = 0; t < T; t++) {
-            float *x = tl->x + (size_t)t * H;
+        const bd_rows R = row_share(st, tl, T, tid, nth);
+        for (int t = R.t0; t < R.t1; t++) {
+            float *x = R.x + (size_t)t * H;
             bd_row_to_f32(m->embed, m->embed_dtype, m->embed_rscale, tokens[t], H, x);
             if (m->embed_scale != 1.0f)
                 for (int i = 0; i < H; i++) x[i] *= m->embed_scale;
         }
         PROF(P_EMB);
-        for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos, seq0, st, tid, nth);
+        for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos, seq0, &R, st, tid, nth);
+        if (R.split) BARRIER /* every row of the residual stream is final before any thread reads one below */
         /* final norm (+ symmetric int8 quantization for an int8 head) of the rows that need logits */
         for (int t = 0; t < nout; t++) {
             float *h = tl->h + (size_t)t * H;
-            rmsnorm(tl->x + (size_t)out_rows[t] * H, m->final_norm, H, m->eps, h);
+            rmsnorm(R.x + (size_t)out_rows[t] * H, m->final_norm, H, m->eps, h);
             if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, tl->xq + (size_t)t * H, &tl->xs[t]);
             if (m->head_dtype == BD_Q4) {
                 int ng = (H + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
