@@ -182,8 +182,11 @@ def _q4_reference(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, d
 
 
-@pytest.mark.parametrize("n,k", [(37, 64), (10, 45), (9, 200), (256, 1000)])
+@pytest.mark.parametrize("n,k", [(37, 64), (10, 45), (9, 200), (256, 1000), (24, 576), (19, 1100)])
 def test_dense_q4_head(simd, n: int, k: int) -> None:
+    """The q4 head against integer sums per 64-column group scaled in float64. The 8-row kernel reads its rows'
+    group scales 8 groups at a time through a transpose and the last ng % 8 by gather: k = 576 has 9 groups
+    (one of each), 1100 has 18."""
     rng = np.random.default_rng(k + n)
     w = rng.normal(size=(n, k)).astype(np.float32)
     w[0, :] = 0.0  # all-zero groups: d = 0, codes 8
