@@ -303,25 +303,35 @@ static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) 
 
 /* The per-token steps of a long batch on several threads (embedding, residual adds, norms, activation
  * quantization: ~10 % of a 128-token prefill on 2 threads, done by every thread in full) are split by rows:
- * each thread takes a fixed share of the tokens, in the shared residual stream st->x, and writes its quantized
- * rows into shared input slots that a barrier publishes before the matmul. A short batch (decode) keeps every
- * thread computing all rows into its own buffers: the extra barriers (4 per layer) would cost more than the
- * rows. A row's values do not depend on which thread computes it, so both ways give identical results. */
+ * chunks of rows from the dispenser (so a thread that lost its core takes fewer instead of holding everyone at
+ * the next barrier), in the shared residual stream st->x, the quantized rows into shared input slots that a
+ * barrier publishes before the matmul. A short batch (decode) keeps every thread computing all rows into its
+ * own buffers: the extra barriers (5 per layer) would cost more than the rows. A row's values do not depend on
+ * which thread computes it, so both ways give identical results. */
 #define SPLIT_MIN_ROWS 8 /* rows per thread from which splitting pays */
 
 typedef struct {
-    int t0, t1, split; /* this thread's rows [t0, t1); split: shared buffers (else all rows, private) */
+    int t0, t1, split; /* rows [t0, t1) (see next_rows); split: shared buffers, else private (all rows) */
     float *x;          /* the residual stream [T][hidden]: st->x when split, else this thread's own copy */
+    int T, nth;
 } bd_rows;
 
-static bd_rows row_share(bd_state *st, bd_tls *tl, int T, int tid, int nth) {
-    bd_rows R = {0, T, nth > 1 && st->x && T >= SPLIT_MIN_ROWS * nth, tl->x};
-    if (R.split) {
-        part(T, tid, nth, &R.t0, &R.t1);
-        R.x = st->x;
-    }
-    return R;
+static bd_rows row_plan(bd_state *st, bd_tls *tl, int T, int nth) {
+    const int split = nth > 1 && st->x && T >= SPLIT_MIN_ROWS * nth;
+    return (bd_rows){0, T, split, split ? st->x : tl->x, T, nth};
 }
+
+/* the rows this thread works on next, into C: a private batch all of them, once; a split one a chunk (about 4
+ * per thread) from the dispenser. Every thread walks the same loops, as grab() needs. */
+static int next_rows(bd_state *st, bd_tls *tl, const bd_rows *R, int *done, bd_rows *C) {
+    *C = *R;
+    if (!R->split) return (*done)++ == 0;
+    const int nc = n_chunks(R->T, R->nth, 2), c = grab(st, tl, nc);
+    if (c < 0) return 0;
+    part(R->T, c, nc, &C->t0, &C->t1);
+    return 1;
+}
+#define FOR_ROWS(C) for (int done_ = 0; next_rows(st, tl, R, &done_, &(C));)
 
 /* quantized input rows of a linear: xq [T][kp], scales [T], code sums [T] */
 typedef struct {
@@ -449,7 +459,8 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     /* attention block: q/k/v rows by row group */
     const bd_linear *qkv[3] = {&L->q, &L->k, &L->v}, *gu[2] = {&L->gate, &L->up};
     float *qkv_out[3] = {st->q, st->k, st->v};
-    prep_group(qkv, 3, L->in_norm, R, H, m->eps, st, tl);
+    bd_rows C;
+    FOR_ROWS(C) prep_group(qkv, 3, L->in_norm, &C, H, m->eps, st, tl);
     PROF(P_PREP);
     if (R->split) BARRIER
     for (int j = 0; j < 3; j++) group_linear(qkv, 3, j, T, H, m->eps, qkv_out[j], R, st, tl, nth);
@@ -503,17 +514,19 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     PROF(P_ATTN);
     BARRIER
     const bd_qin in = qin(st, tl, R, 0);
-    prep_input(st->att, L->o.sub_norm, R, qd, L->o.kp, m->eps, tl->h, in);
+    FOR_ROWS(C) prep_input(st->att, L->o.sub_norm, &C, qd, L->o.kp, m->eps, tl->h, in);
     PROF(P_PREP);
     if (R->split) BARRIER
     linear(&L->o, T, in, st->tmp, st, tl, nth);
     PROF(P_O);
     BARRIER
-    residual(st->tmp, L->post_attn_norm, R, H, m->eps, tl);
-    PROF(P_RESID);
     /* feed-forward block: gate/up rows by row group, activation on the rows this thread owns */
-    prep_group(gu, 2, L->pre_ffn_norm, R, H, m->eps, st, tl);
-    PROF(P_PREP);
+    FOR_ROWS(C) {
+        residual(st->tmp, L->post_attn_norm, &C, H, m->eps, tl);
+        PROF(P_RESID);
+        prep_group(gu, 2, L->pre_ffn_norm, &C, H, m->eps, st, tl);
+        PROF(P_PREP);
+    }
     if (R->split) BARRIER
     group_linear(gu, 2, 0, T, H, m->eps, st->g, R, st, tl, nth);
     group_linear(gu, 2, 1, T, H, m->eps, st->u, R, st, tl, nth);
@@ -521,7 +534,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     BARRIER
     /* each thread forms act(gate) * up itself, row by row, as it quantizes down's input: the gate and up rows
      * of a token come from whichever threads took them, and this needs no extra barrier */
-    for (int t = R->t0; t < R->t1; t++) {
+    FOR_ROWS(C) for (int t = C.t0; t < C.t1; t++) {
         const float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
         if (m->act == BD_ACT_SILU) {
             memcpy(tl->act, g, (size_t)I * sizeof(float));
@@ -541,8 +554,9 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     linear(&L->down, T, in, st->tmp, st, tl, nth);
     PROF(P_DOWN);
     BARRIER
-    residual(st->tmp, L->post_ffn_norm, R, H, m->eps, tl);
+    FOR_ROWS(C) residual(st->tmp, L->post_ffn_norm, &C, H, m->eps, tl);
     PROF(P_RESID);
+    if (R->split) BARRIER /* the next layer's (or the head's) chunks of rows may be other threads' */
 }
 
 /* Tokens of several sequences in one call (padding-free batching): token t is at position pos[t] of the
@@ -573,20 +587,21 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
         tl->sense = atomic_load(&st->barrier.sense);
         tl->base = 0; /* the counter was reset before the region: every thread starts at ticket 0 */
         tl->pending = -1;
-        const bd_rows R = row_share(st, tl, T, tid, nth);
-        for (int t = R.t0; t < R.t1; t++) {
-            float *x = R.x + (size_t)t * H;
+        const bd_rows rows = row_plan(st, tl, T, nth), *R = &rows;
+        bd_rows C;
+        FOR_ROWS(C) for (int t = C.t0; t < C.t1; t++) {
+            float *x = R->x + (size_t)t * H;
             bd_row_to_f32(m->embed, m->embed_dtype, m->embed_rscale, tokens[t], H, x);
             if (m->embed_scale != 1.0f)
                 for (int i = 0; i < H; i++) x[i] *= m->embed_scale;
         }
         PROF(P_EMB);
-        for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos, seq0, &R, st, tid, nth);
-        if (R.split) BARRIER /* every row of the residual stream is final before any thread reads one below */
+        if (R->split) BARRIER
+        for (int li = 0; li < m->n_layers; li++) layer_forward(m, &m->layers[li], li, T, pos, seq0, R, st, tid, nth);
         /* final norm (+ symmetric int8 quantization for an int8 head) of the rows that need logits */
         for (int t = 0; t < nout; t++) {
             float *h = tl->h + (size_t)t * H;
-            rmsnorm(R.x + (size_t)out_rows[t] * H, m->final_norm, H, m->eps, h);
+            rmsnorm(R->x + (size_t)out_rows[t] * H, m->final_norm, H, m->eps, h);
             if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, tl->xq + (size_t)t * H, &tl->xs[t]);
             if (m->head_dtype == BD_Q4) {
                 int ng = (H + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
