@@ -1000,13 +1000,9 @@ float bd_dot_i8_q4(const uint8_t *w, const float *d, int ng, const int8_t *x, co
 }
 
 #if BD_X86
-/* y[r] for 8 consecutive rows at once (rows ng * 32 bytes apart, scales ng apart): per group, the 8 rows' int32
- * lanes go through one hadd tree into one vector of 8 row sums, which meets the 8 rows' scales in one FMA; the
- * float sums stay in lanes, so a row needs no horizontal sum of its own and no scalar loop for a last partial
- * chunk of groups (SmolLM2's k = 576 has 9). Summation order differs from dot_i8_q4_avx2's (float noise). */
 /* the scales of 8 rows (ng apart) for groups g0..g0+7 as 8 vectors, vector j holding group g0 + j of rows
- * 0..7: one 8 x 8 transpose instead of a gather per group (with vgatherdps the SmolLM2 head took 1.22 ms per
- * token on one Zen 3 thread; with the transposes 1.14 ms; with no scale loads at all, 1.06) */
+ * 0..7: one 8 x 8 transpose instead of a gather per group (SmolLM2's head on one Zen 3 thread: 1.27 ms per
+ * token with vgatherdps against 1.06 with no scale loads at all; with the transposes, 1.06-1.09 in A/B runs) */
 BD_AVX2 static inline void scales_8x8(const float *d, int ng, int g0, __m256 col[8]) {
     __m256 r[8], t[8];
     for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(d + (size_t)i * ng + g0);
@@ -1026,6 +1022,10 @@ BD_AVX2 static inline void scales_8x8(const float *d, int ng, int g0, __m256 col
     }
 }
 
+/* y[r] for 8 consecutive rows at once (rows ng * 32 bytes apart, scales ng apart): per group, the 8 rows' int32
+ * lanes go through one hadd tree into one vector of 8 row sums, which meets the 8 rows' scales in one FMA; the
+ * float sums stay in lanes, so a row needs no horizontal sum of its own and no scalar loop for a last partial
+ * chunk of groups (SmolLM2's k = 576 has 9). Summation order differs from dot_i8_q4_avx2's (float noise). */
 BD_AVX2 static void dot8_i8_q4_avx2(const uint8_t *w, const float *d, int ng, const int8_t *x, const int32_t *xg,
                                     float out[8]) {
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
