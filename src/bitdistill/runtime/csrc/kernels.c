@@ -319,7 +319,8 @@ BD_AVX2 static void scores_avx2(const float *q, int nq, const void *k, int half,
  * 128 columns per pass, then 64 (head_dim 64 in one pass of eight independent FMA chains: eight 8-column
  * passes of one chain each were bound by the FMA latency), then 8. The 64-column pass names its registers:
  * GCC kept a loop over an array of them in memory. */
-BD_AVX2 static inline __attribute__((always_inline)) void wsum_rows_avx2(float *o, const float *p, const void *v, int half, int j0, int j1, int hd, int acc) {
+BD_AVX2 static inline __attribute__((always_inline)) void wsum_rows_avx2(float *o, const float *p, const void *v,
+                                                                         int half, int j0, int j1, int hd, int acc) {
 #define WSUM_INIT(d) (acc ? _mm256_loadu_ps(o + (d)) : _mm256_setzero_ps())
     int d0 = 0;
     for (; d0 + 128 <= hd; d0 += 128) {
@@ -372,9 +373,10 @@ BD_AVX2 static void wsum_avx2(float *o, int nq, const float *p, size_t ps, const
     step = step < 8 ? 8 : step;
     for (int j0 = 0; j0 < n; j0 += step) {
         int j1 = j0 + step < n ? j0 + step : n;
-        for (int h = 0; h < nq; h++) {
-            if (half) /* a literal, as in scores_avx2 */ wsum_rows_avx2(o + (size_t)h * hd, p + h * ps, v, 1, j0, j1, hd, j0 > 0);
-            else wsum_rows_avx2(o + (size_t)h * hd, p + h * ps, v, 0, j0, j1, hd, j0 > 0);
+        for (int h = 0; h < nq; h++) { /* a literal half, as in scores_avx2 */
+            float *oh = o + (size_t)h * hd;
+            if (half) wsum_rows_avx2(oh, p + h * ps, v, 1, j0, j1, hd, j0 > 0);
+            else wsum_rows_avx2(oh, p + h * ps, v, 0, j0, j1, hd, j0 > 0);
         }
     }
 }
