@@ -70,7 +70,9 @@ def measure(variants: dict[str, dict[str, str]], packed: str, threads: list[int]
                 env |= {"BITDISTILL_PROFILE": "1"} | extra
                 cmd = [sys.executable, __file__, packed, "--worker", "--threads", str(n), "--prefill",
                        str(args.prefill), "--decode", str(args.decode), "--runs", str(args.runs), "--kv-dtype", args.kv_dtype]  # fmt: skip
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"decode_profile: variant {name!r} ({extra}) failed on {n} threads:\n{out.stderr[-2000:]}")
                 runs.setdefault(f"{name} {n}", []).append(json.loads(out.stdout.splitlines()[-1]))
     return runs
 
@@ -122,7 +124,7 @@ def main() -> int:
     p.add_argument("--lib", action="append", default=[], metavar="NAME=PATH",
                    help="a runtime library build to compare (default: the installed one)")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
-                   help="a variant: the installed library with environment variable VAR set to VALUE")  # fmt: skip
+                   help="a variant: the installed library (or --lib NAME's) with VAR=VALUE; repeat NAME for more")  # fmt: skip
     p.add_argument("--kv-dtype", choices=KV_DTYPES, default="fp32", help="the KV cache's element type")
     p.add_argument("--out", default=str(RESULTS / "decode-profile.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -132,9 +134,9 @@ def main() -> int:
         return 0
     libs = dict(spec.split("=", 1) for spec in args.lib)
     variants = {name: {"BITDISTILL_RUNTIME_LIB": path} for name, path in libs.items()}
-    for spec in args.env:
+    for spec in args.env:  # a name given twice (or also to --lib) gets all its settings
         name, var, value = spec.split("=", 2)
-        variants[name] = {var: value}
+        variants.setdefault(name, {})[var] = value
     variants = variants or {"installed": {}}
     threads = [int(t) for t in args.threads.split(",")]
     load_start = os.getloadavg()

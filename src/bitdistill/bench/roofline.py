@@ -33,9 +33,10 @@ def read_bandwidth(threads: int, mib: int = BUFFER_MIB, reps: int = 5) -> float:
 
 
 def int8_peak(threads: int, seconds: float = 0.2, reps: int = 3) -> float:
-    """Best-of-`reps` int8 multiply-adds/s of `threads` threads running independent vpmaddubsw + vpaddw pairs
-    (the prefill GEMM's inner step without loads): the compute roof prefill is measured against. 0 below
-    the AVX2 level (BITDISTILL_SIMD=scalar or a CPU without AVX2)."""
+    """Best-of-`reps` int8 multiply-adds/s of `threads` threads running the prefill GEMM's inner step without
+    loads at the kernels' SIMD level (AVX2: independent vpmaddubsw + vpaddw pairs; AVX-512 VNNI: zmm vpdpbusd):
+    the compute roof prefill is measured against. 0 below the AVX2 level (BITDISTILL_SIMD=scalar or a CPU
+    without AVX2)."""
     import ctypes
 
     sink = ctypes.c_int32()

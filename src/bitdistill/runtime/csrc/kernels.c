@@ -626,11 +626,9 @@ BD_AVX2 static inline __m256 scale8_avx2(__m256i acc, __m256i sx, __m256 f, cons
  * finished (minus sum(x), scales, bias) as one vector, instead of 8 horizontal sums and 8 scalar finishes
  * through an int32[4] round trip (perf: ~6 % of a decode token outside the kernel). The same float
  * operations as finish() in the same order, so the values are identical. */
-BD_AVX2 static void gemv8_t2_avx2(const bd_linear *L, int g, const int8_t *x, int32_t sx, float xs, float *y) {
-    const int nb = L->kp / BD_BLOCK, row = g * 4;
-    __m256i s[8];
-    dot4_lanes_i8_t2_avx2(L->w + (size_t)g * L->kp, x, nb, s);
-    dot4_lanes_i8_t2_avx2(L->w + (size_t)(g + 1) * L->kp, x, nb, s + 4);
+BD_AVX2 static inline __attribute__((always_inline)) void gemv8_finish(const bd_linear *L, int g, const __m256i s[8],
+                                                                       int32_t sx, float xs, float *y) {
+    const int row = g * 4;
     const __m256i acc = group_sums8(s), sx8 = _mm256_set1_epi32(sx);
     const float *bias = L->bias ? L->bias + row : NULL;
     if (L->scale_kind == BD_SCALE_TENSOR) {
@@ -642,28 +640,59 @@ BD_AVX2 static void gemv8_t2_avx2(const bd_linear *L, int g, const int8_t *x, in
     _mm256_storeu_ps(y + row, bias ? _mm256_add_ps(v, _mm256_loadu_ps(bias)) : v);
 }
 
+BD_AVX2 static void gemv8_t2_avx2(const bd_linear *L, int g, const int8_t *x, int32_t sx, float xs, float *y) {
+    const int nb = L->kp / BD_BLOCK;
+    __m256i s[8];
+    dot4_lanes_i8_t2_avx2(L->w + (size_t)g * L->kp, x, nb, s);
+    dot4_lanes_i8_t2_avx2(L->w + (size_t)(g + 1) * L->kp, x, nb, s + 4);
+    gemv8_finish(L, g, s, sx, xs, y);
+}
+
 /* vpdpbusd multiplies the unsigned codes by the signed activations and sums 4 products into int32 lanes in
  * one instruction (AVX2 needs maddubs + an int16 add + a periodic madd widening); two accumulators per row
  * cover its latency. Streams the row group sequentially, like dot4_i8_t2_avx2. */
-BD_VNNI static void dot4_i8_t2_vnni(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
-    const __m256i m3 = _mm256_set1_epi8(3);
-    __m256i a[4], c[4];
-    for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
+BD_VNNI static inline __attribute__((always_inline)) void dot4_lanes_i8_t2_vnni(const uint8_t *w, const int8_t *x,
+                                                                                  int nb, __m256i acc[4]) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    __m512i a[2], c[2]; /* rows 0-1 and 2-3: a row group's 128-byte block is two zmm loads */
+    for (int p = 0; p < 2; p++) a[p] = c[p] = _mm512_setzero_si512();
     for (int b = 0; b < nb; b++) {
         const uint8_t *wb = w + (size_t)b * BD_BLOCK;
         PREFETCH_AHEAD(wb);
         PREFETCH_AHEAD(wb + 64);
-        __m256i x0, x1, x2, x3;
-        load_block(x + (size_t)b * BD_BLOCK, &x0, &x1, &x2, &x3);
-        for (int r = 0; r < 4; r++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(wb + r * 32));
-            a[r] = _mm256_dpbusd_epi32(a[r], _mm256_and_si256(v, m3), x0);
-            c[r] = _mm256_dpbusd_epi32(c[r], _mm256_and_si256(_mm256_srli_epi16(v, 2), m3), x1);
-            a[r] = _mm256_dpbusd_epi32(a[r], _mm256_and_si256(_mm256_srli_epi16(v, 4), m3), x2);
-            c[r] = _mm256_dpbusd_epi32(c[r], _mm256_and_si256(_mm256_srli_epi16(v, 6), m3), x3);
+        const int8_t *xb = x + (size_t)b * BD_BLOCK;
+        const __m512i x0 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)xb));
+        const __m512i x1 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xb + 32)));
+        const __m512i x2 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xb + 64)));
+        const __m512i x3 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xb + 96)));
+        for (int p = 0; p < 2; p++) {
+            __m512i v = _mm512_loadu_si512(wb + p * 64);
+            a[p] = _mm512_dpbusd_epi32(a[p], _mm512_and_si512(v, m3), x0);
+            c[p] = _mm512_dpbusd_epi32(c[p], _mm512_and_si512(_mm512_srli_epi16(v, 2), m3), x1);
+            a[p] = _mm512_dpbusd_epi32(a[p], _mm512_and_si512(_mm512_srli_epi16(v, 4), m3), x2);
+            c[p] = _mm512_dpbusd_epi32(c[p], _mm512_and_si512(_mm512_srli_epi16(v, 6), m3), x3);
         }
     }
-    for (int r = 0; r < 4; r++) out[r] = hsum_i32(_mm256_add_epi32(a[r], c[r]));
+    for (int p = 0; p < 2; p++) {
+        const __m512i s = _mm512_add_epi32(a[p], c[p]);
+        acc[2 * p] = _mm512_castsi512_si256(s);
+        acc[2 * p + 1] = _mm512_extracti64x4_epi64(s, 1);
+    }
+}
+
+BD_VNNI static void dot4_i8_t2_vnni(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
+    __m256i acc[4];
+    dot4_lanes_i8_t2_vnni(w, x, nb, acc);
+    for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
+}
+
+/* the VNNI level's decode GEMV: gemv8_t2_avx2 with vpdpbusd lanes (the same finish code, so the same floats) */
+BD_VNNI static void gemv8_t2_vnni(const bd_linear *L, int g, const int8_t *x, int32_t sx, float xs, float *y) {
+    const int nb = L->kp / BD_BLOCK;
+    __m256i s[8];
+    dot4_lanes_i8_t2_vnni(L->w + (size_t)g * L->kp, x, nb, s);
+    dot4_lanes_i8_t2_vnni(L->w + (size_t)(g + 1) * L->kp, x, nb, s + 4);
+    gemv8_finish(L, g, s, sx, xs, y);
 }
 #endif
 
@@ -869,15 +898,68 @@ typedef void (*panel_tile_fn)(const uint8_t *, int, int, const int8_t *, int32_t
 static const panel_tile_fn PANEL_TILES[2][5] = {
     {panel_tile_1_1, panel_tile_1_2, panel_tile_1_3, panel_tile_1_4, panel_tile_1_5},
     {panel_tile_2_1, panel_tile_2_2, panel_tile_2_3, panel_tile_2_4, panel_tile_2_5}};
+
+/* The VNNI level's tile over the same panel layout: a 16-row panel's codes for one quad are its two 8-row vectors
+ * side by side, one zmm, and vpdpbusd with the token's 4 activations as an embedded {1to16} broadcast multiplies
+ * and adds them into int32 lanes in one instruction (no int16 stage, no widening, no broadcast register). An
+ * 8-row panel (nv = 1) leaves the upper half zero. Integer sums: the same values as the AVX2 and scalar levels. */
+#define VNNI_TILE_MAX 16
+BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const uint8_t *u, int nv, const int NT, int nq,
+                                                                         int kp, const int8_t *x, int32_t *out) {
+    /* named accumulators, not an array: GCC keeps an array of 8 zmm in memory (no scalar replacement at 512
+     * bytes), which put a load and a store around every vpdpbusd */
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0,
+            a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+#define VNNI_STEP(T, A)                                                                                          \
+    if (NT > T)                                                                                                  \
+        __asm__("vpdpbusd %[x4]%{1to16%}, %[w], %[a]"                                                          \
+                : [a] "+v"(A)                                                                                    \
+                : [w] "v"(w), [x4] "m"(*(const int32_t *)(x + (size_t)(T) * kp + 4 * q)));
+    for (int q = 0; q < nq; q++) {
+        const __m512i w = nv == 2 ? _mm512_loadu_si512(u + (size_t)q * 64)
+                                  : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(u + (size_t)q * 32)));
+        VNNI_STEP(0, a0) VNNI_STEP(1, a1) VNNI_STEP(2, a2) VNNI_STEP(3, a3)
+        VNNI_STEP(4, a4) VNNI_STEP(5, a5) VNNI_STEP(6, a6) VNNI_STEP(7, a7)
+        VNNI_STEP(8, a8) VNNI_STEP(9, a9) VNNI_STEP(10, a10) VNNI_STEP(11, a11)
+        VNNI_STEP(12, a12) VNNI_STEP(13, a13) VNNI_STEP(14, a14) VNNI_STEP(15, a15)
+    }
+#undef VNNI_STEP
+    const __m512i a[VNNI_TILE_MAX] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
+    for (int t = 0; t < NT; t++) _mm512_storeu_si512(out + (size_t)t * BD_PANEL_ROWS, a[t]);
+}
+
+#define VNNI_TILE(NT)                                                                                          \
+    BD_VNNI static void panel_tile_vnni_##NT(const uint8_t *u, int nv, int nq, int kp, const int8_t *x, int32_t *out) { \
+        panel_tile_vnni(u, nv, NT, nq, kp, x, out);                                                                \
+    }
+VNNI_TILE(1) VNNI_TILE(2) VNNI_TILE(3) VNNI_TILE(4) VNNI_TILE(5) VNNI_TILE(6) VNNI_TILE(7) VNNI_TILE(8)
+VNNI_TILE(9) VNNI_TILE(10) VNNI_TILE(11) VNNI_TILE(12) VNNI_TILE(13) VNNI_TILE(14) VNNI_TILE(15) VNNI_TILE(16)
+#undef VNNI_TILE
+
+typedef void (*vnni_tile_fn)(const uint8_t *, int, int, int, const int8_t *, int32_t *);
+static const vnni_tile_fn VNNI_TILES[VNNI_TILE_MAX] = {
+    panel_tile_vnni_1, panel_tile_vnni_2, panel_tile_vnni_3, panel_tile_vnni_4,
+    panel_tile_vnni_5, panel_tile_vnni_6, panel_tile_vnni_7, panel_tile_vnni_8,
+    panel_tile_vnni_9, panel_tile_vnni_10, panel_tile_vnni_11, panel_tile_vnni_12,
+    panel_tile_vnni_13, panel_tile_vnni_14, panel_tile_vnni_15, panel_tile_vnni_16,
+};
 #endif
 
 void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t *x, int nt, int32_t *out,
                          uint8_t *ubuf) {
 #if BD_X86
-    if (simd_on() == 1) {
+    const int lvl = simd_on();
+    if (lvl) {
         /* columns past k are zero activations: the quads up to k are the whole sum (k = 576 packs to 640) */
         const int nv = (ngr + 1) / 2, nq = (k + 3) / 4;
         unpack_panel_t2_avx2(w, ngr, kp, ubuf);
+        if (lvl >= 2) {
+            for (int t = 0; t < nt; t += VNNI_TILE_MAX) {
+                const int m = nt - t < VNNI_TILE_MAX ? nt - t : VNNI_TILE_MAX;
+                VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS);
+            }
+            return;
+        }
         for (int t = 0; t < nt; t += 5) {
             const int m = nt - t < 5 ? nt - t : 5;
             PANEL_TILES[nv - 1][m - 1](ubuf, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS);
@@ -1254,9 +1336,16 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
     if (T == 1 || !ubuf) { /* decode: stream the packed rows once (GEMV) */
         int g = g0;
 #if BD_X86
-        if (simd_on() == 1) /* the VNNI level keeps its own dot4 (untested here: no such machine) */
+        const int lvl = simd_on();
+        if (lvl)
             for (; g + 2 <= g1 && g * 4 + 8 <= n; g += 2)
-                for (int t = 0; t < T; t++) gemv8_t2_avx2(L, g, xq + (size_t)t * kp, xsum[t], xs[t], y + (size_t)t * n);
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xt = xq + (size_t)t * kp;
+                    if (lvl >= 2)
+                        gemv8_t2_vnni(L, g, xt, xsum[t], xs[t], y + (size_t)t * n);
+                    else
+                        gemv8_t2_avx2(L, g, xt, xsum[t], xs[t], y + (size_t)t * n);
+                }
 #endif
         for (; g < g1; g++)
             for (int t = 0; t < T; t++) {
@@ -1374,10 +1463,28 @@ BD_AVX2 static int32_t int8_peak_avx2(long iters) {
                                  _mm256_add_epi16(_mm256_add_epi16(a4, a5), _mm256_add_epi16(a6, a7)));
     return _mm256_extract_epi16(s, 0);
 }
+
+/* The VNNI level's tile step: independent zmm vpdpbusd into 8 int32 accumulators (64 multiply-adds each). */
+BD_VNNI static int32_t int8_peak_vnni(long iters) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    const __m512i v = _mm512_set1_epi8(1), x = _mm512_set1_epi8(1);
+    for (long i = 0; i < iters; i++)
+        __asm__ volatile("vpdpbusd %[x], %[v], %[a0]\n\t vpdpbusd %[x], %[v], %[a1]\n\t"
+                         "vpdpbusd %[x], %[v], %[a2]\n\t vpdpbusd %[x], %[v], %[a3]\n\t"
+                         "vpdpbusd %[x], %[v], %[a4]\n\t vpdpbusd %[x], %[v], %[a5]\n\t"
+                         "vpdpbusd %[x], %[v], %[a6]\n\t vpdpbusd %[x], %[v], %[a7]"
+                         : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4),
+                           [a5] "+v"(a5), [a6] "+v"(a6), [a7] "+v"(a7)
+                         : [v] "v"(v), [x] "v"(x));
+    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                       _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+    return _mm512_reduce_add_epi32(s);
+}
 #endif
 
-/* int8 multiply-adds done by nthreads threads running `iters` rounds of 8 vpmaddubsw each (time the call to get
- * the rate); 0 below the AVX2 level. *sink gets the accumulators' value so the loop cannot be dropped. */
+/* int8 multiply-adds done by nthreads threads running `iters` rounds of 8 of the level's tile instruction
+ * (vpmaddubsw: 32 each; VNNI's zmm vpdpbusd: 64) (time the call to get the rate); 0 below the AVX2 level.
+ * *sink gets the accumulators' value so the loop cannot be dropped. */
 double bd_int8_peak_macs(long iters, int nthreads, int32_t *sink) {
     int32_t all = 0;
     int ran = 0; /* threads that ran it (1 in a build without OpenMP) */
@@ -1387,10 +1494,10 @@ double bd_int8_peak_macs(long iters, int nthreads, int32_t *sink) {
 #pragma omp parallel num_threads(nthreads) reduction(+ : all, ran)
 #endif
     {
-        all += int8_peak_avx2(iters);
+        all += simd_on() >= 2 ? int8_peak_vnni(iters) : int8_peak_avx2(iters);
         ran += 1;
     }
 #endif
     *sink = all;
-    return (double)iters * 8 * 32 * ran;
+    return (double)iters * 8 * (simd_on() >= 2 ? 64 : 32) * ran;
 }
