@@ -728,30 +728,8 @@ static void unpack4_t2_scalar(const uint8_t *w, int nb, uint8_t *u) {
         }
 }
 
-#if BD_X86
-BD_AVX2 static void unpack4_t2_avx2(const uint8_t *w, int nb, uint8_t *u) {
-    const int kp = nb * BD_BLOCK;
-    const __m256i m3 = _mm256_set1_epi8(3);
-    for (int b = 0; b < nb; b++)
-        for (int r = 0; r < 4; r++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * BD_BLOCK + r * 32));
-            uint8_t *ub = u + (size_t)r * kp + (size_t)b * BD_BLOCK;
-            for (int i = 0; i < 4; i++) /* epi16 shifts: the mask drops the bits shifted in from the next byte */
-                _mm256_storeu_si256((__m256i *)(ub + 32 * i),
-                                    _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), m3));
-        }
-}
-#endif
-
-void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u) {
-#if BD_X86
-    if (simd_on()) {
-        unpack4_t2_avx2(w, nb, u);
-        return;
-    }
-#endif
-    unpack4_t2_scalar(w, nb, u);
-}
+/* the scalar level's prefill (every SIMD level has its panel tile in bd_gemm_panel_i8_t2) */
+void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u) { unpack4_t2_scalar(w, nb, u); }
 
 static void dot4_i8_u8_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
     for (int r = 0; r < 4; r++) {
@@ -762,39 +740,13 @@ static void dot4_i8_u8_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t
     }
 }
 
-#if BD_X86
-BD_VNNI static void dot4_i8_u8_vnni(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
-    __m256i a[4], c[4];
-    for (int r = 0; r < 4; r++) a[r] = c[r] = _mm256_setzero_si256();
-    for (int i = 0; i < kp; i += 64) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(x + i));
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + i + 32));
-        for (int r = 0; r < 4; r++) {
-            const uint8_t *ur = u + (size_t)r * kp + i;
-            a[r] = _mm256_dpbusd_epi32(a[r], _mm256_loadu_si256((const __m256i *)ur), x0);
-            c[r] = _mm256_dpbusd_epi32(c[r], _mm256_loadu_si256((const __m256i *)(ur + 32)), x1);
-        }
-    }
-    for (int r = 0; r < 4; r++) out[r] = hsum_i32(_mm256_add_epi32(a[r], c[r]));
-}
-#endif
-
-void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
-#if BD_X86
-    int lvl = simd_on(); /* kp is a multiple of 128 */
-    if (lvl >= 2) {
-        dot4_i8_u8_vnni(u, kp, x, out);
-        return;
-    }
-#endif
-    dot4_i8_u8_scalar(u, kp, x, out); /* the AVX2 level multiplies unpacked codes in bd_gemm_panel_i8_t2 instead */
-}
+void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) { dot4_i8_u8_scalar(u, kp, x, out); }
 
 
 /* ---- prefill GEMM: a panel of up to 16 rows x blocks of tokens ---- */
 
 /* out[t][r] = sum_i u[r][i] * x[t][i] for nt tokens (rows of x kp apart): 4 unpacked rows, one token at a time
- * (the scalar and VNNI levels' prefill; the AVX2 level has the panel kernel below). */
+ * (the scalar level's prefill; the SIMD levels have the panel tiles below). */
 void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *out) {
     for (int t = 0; t < nt; t++) bd_dot4_i8_u8(u, kp, x + (size_t)t * kp, out + 4 * t);
 }
