@@ -504,3 +504,39 @@ def test_cli_kv_dtype_reaches_the_engine(bitnet_dir, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as bad:
         main(["generate", str(packed), "--prompt", "x", "--kv-dtype", "fp8"])
     assert bad.value.code == 2 and "fp8" in capsys.readouterr().err
+
+
+def test_thread_picker_probes_less_while_the_same_count_stays_faster() -> None:
+    """Probe pairs start at calls 0 and PROBE; then each pair whose records name the same faster count doubles
+    the gap to the next (x8 when the slower count took at least twice as long), up to PROBE_MAX, and a
+    change of the faster count brings the gap back to PROBE."""
+    from bitdistill.runtime.engine import ThreadPicker
+
+    def probes(pick: ThreadPicker, calls: int, one: float, full: float) -> list[int]:
+        """Drive `calls` decode calls, recording the given seconds per token; the calls that probed one thread."""
+        starts = []
+        for _ in range(calls):
+            i = pick.calls.get("decode", -1) + 1
+            if i == pick.next_probe.get("decode", 0):
+                starts.append(i)
+            n = pick.threads("decode")
+            pick.record("decode", n, one if n == 1 else full)
+        return starts
+
+    P, M = ThreadPicker.PROBE, ThreadPicker.PROBE_MAX
+    pick = ThreadPicker(2)
+    # idle cores: two threads 1.3x faster, not clearly: the gap doubles each pair up to PROBE_MAX
+    expected, at, gap = [0, P], P, P
+    while at + min(2 * gap, M) < 4000:
+        gap = min(2 * gap, M)
+        at += gap
+        expected.append(at)  # 0, 32, 96, 224, 480, 992, 1504, ...
+    assert probes(pick, 4000, one=0.013, full=0.010) == expected
+    assert pick.gap["decode"] == M
+    # a core gets busy: the next pair finds one thread 3x faster, a change: back to PROBE, then x8 steps
+    start = pick.next_probe["decode"]
+    got = probes(pick, start + 2 * P + 8 * P - pick.calls["decode"] + 1, one=0.010, full=0.030)
+    assert got == [start, start + P, start + P + 8 * P]
+    pick2 = ThreadPicker(2)
+    assert probes(pick2, 2 * P + 1, one=0.010, full=0.030) == [0, P]  # the first finding backs off at once
+    assert pick2.gap["decode"] == 8 * P

@@ -81,9 +81,16 @@ class ThreadPicker:
     one thread is now only ~10 % faster (the futex barrier and the work dispenser let two degrade
     gracefully), so the margin is 5 %. Results never depend on the count (rows are computed whole by one
     thread), so switching is free of numerical effects. `used` counts the picks per (kind, threads), for
-    benchmarks to report (`picks`)."""
+    benchmarks to report (`picks`).
+
+    Probes back off while the records keep naming the same count: at each pair the gap to the next one
+    doubles (x8 when the slower count took at least twice as long) up to PROBE_MAX calls, and it is PROBE
+    again while a record is missing or when the faster count changes. With a core busy, a 2-thread probe
+    costs ~3 decode tokens, and a probe every 32 calls made two threads ~7 % slower than one (bench
+    --scaling, AVX-512 VM)."""
 
     PROBE = 32
+    PROBE_MAX = 512
     WINDOW = 5
     MARGIN = 0.95
 
@@ -92,6 +99,9 @@ class ThreadPicker:
         self.calls: dict[str, int] = {}
         self.recent: dict[tuple[str, int], deque[float]] = {}
         self.used: dict[tuple[str, int], int] = {}
+        self.next_probe: dict[str, int] = {}  # the call that starts a kind's next probe pair
+        self.gap: dict[str, int] = {}  # calls between its probe pairs
+        self.faster: dict[str, int | None] = {}  # the count the records named faster at the last pair
 
     def threads(self, kind: str) -> int:
         n = self._pick(kind)
@@ -112,10 +122,28 @@ class ThreadPicker:
         if self.max == 1:
             return 1
         i = self.calls[kind] = self.calls.get(kind, -1) + 1
-        if i % self.PROBE in (0, 1):
-            return 1 if i % self.PROBE == 0 else self.max
+        start = self.next_probe.get(kind, 0)
+        if i == start:  # a probe pair: one thread now, all threads on the next call
+            self._schedule(kind, i)
+            return 1
+        if i == start - self.gap[kind] + 1:
+            return self.max
+        return self._faster(kind)
+
+    def _faster(self, kind: str) -> int:
         one, full = self.sec_per_token(kind, 1), self.sec_per_token(kind, self.max)
         return 1 if one is not None and full is not None and one < self.MARGIN * full else self.max
+
+    def _schedule(self, kind: str, i: int) -> None:
+        """At the start of a probe pair: the gap to the next one, from the records so far."""
+        one, full = self.sec_per_token(kind, 1), self.sec_per_token(kind, self.max)
+        won = None if one is None or full is None else self._faster(kind)
+        if won is None or self.faster.get(kind) not in (None, won):
+            gap = self.PROBE
+        else:
+            clear = max(one, full) >= 2 * min(one, full)
+            gap = min(self.gap.get(kind, self.PROBE) * (8 if clear else 2), self.PROBE_MAX)
+        self.faster[kind], self.gap[kind], self.next_probe[kind] = won, gap, i + gap
 
     def record(self, kind: str, threads: int, sec_per_token: float) -> None:
         self.recent.setdefault((kind, threads), deque(maxlen=self.WINDOW)).append(sec_per_token)
