@@ -865,8 +865,8 @@ static const panel_tile_fn PANEL_TILES[2][5] = {
 #define VNNI_TILE_MAX 16
 BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const uint8_t *u, int nv, const int NT, int nq,
                                                                          int kp, const int8_t *x, int32_t *out) {
-    /* named accumulators, not an array: GCC keeps an array of 8 zmm in memory (no scalar replacement at 512
-     * bytes), which put a load and a store around every vpdpbusd */
+    /* named accumulators, not an array: GCC kept an array of 8 or 16 zmm in memory (no scalar replacement at
+     * that size), with a load and a store around every vpdpbusd */
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0,
             a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
 #define VNNI_STEP(T, A)                                                                                          \
@@ -875,8 +875,9 @@ BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const 
                 : [a] "+v"(A)                                                                                    \
                 : [w] "v"(w), [x4] "m"(*(const int32_t *)(x + (size_t)(T) * kp + 4 * q)));
     for (int q = 0; q < nq; q++) {
+        const __m256i *u8 = (const __m256i *)(u + (size_t)q * 32); /* nv = 1: an 8-row panel */
         const __m512i w = nv == 2 ? _mm512_loadu_si512(u + (size_t)q * 64)
-                                  : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(u + (size_t)q * 32)));
+                                  : _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_loadu_si256(u8), 0);
         VNNI_STEP(0, a0) VNNI_STEP(1, a1) VNNI_STEP(2, a2) VNNI_STEP(3, a3)
         VNNI_STEP(4, a4) VNNI_STEP(5, a5) VNNI_STEP(6, a6) VNNI_STEP(7, a7)
         VNNI_STEP(8, a8) VNNI_STEP(9, a9) VNNI_STEP(10, a10) VNNI_STEP(11, a11)
@@ -887,9 +888,10 @@ BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const 
     for (int t = 0; t < NT; t++) _mm512_storeu_si512(out + (size_t)t * BD_PANEL_ROWS, a[t]);
 }
 
-#define VNNI_TILE(NT)                                                                                          \
-    BD_VNNI static void panel_tile_vnni_##NT(const uint8_t *u, int nv, int nq, int kp, const int8_t *x, int32_t *out) { \
-        panel_tile_vnni(u, nv, NT, nq, kp, x, out);                                                                \
+#define VNNI_TILE(NT)                                                                                     \
+    BD_VNNI static void panel_tile_vnni_##NT(const uint8_t *u, int nv, int nq, int kp, const int8_t *x,      \
+                                             int32_t *out) {                                                 \
+        panel_tile_vnni(u, nv, NT, nq, kp, x, out);                                                           \
     }
 VNNI_TILE(1) VNNI_TILE(2) VNNI_TILE(3) VNNI_TILE(4) VNNI_TILE(5) VNNI_TILE(6) VNNI_TILE(7) VNNI_TILE(8)
 VNNI_TILE(9) VNNI_TILE(10) VNNI_TILE(11) VNNI_TILE(12) VNNI_TILE(13) VNNI_TILE(14) VNNI_TILE(15) VNNI_TILE(16)
