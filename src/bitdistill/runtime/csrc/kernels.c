@@ -271,9 +271,25 @@ BD_AVX2 static inline __m256 group_sums8_f32(const __m256 s[8]) {
  * head_dim 64 a lone key is only 8 FMAs, and reducing each with its own horizontal sum cost as much again.
  * The nq query heads of one kv head (grouped-query attention) take each block of keys in turn while it is in
  * L1, so the keys come from memory once, not once per head; each head's arithmetic is unchanged. */
+/* q . k for 4 consecutive keys (rows hd apart from element r), each along its row: lanes of 8, one FMA chain
+ * per key in column order (the order of the side-by-side loop in scores_rows_avx2) */
+BD_AVX2 static inline __attribute__((always_inline)) void keys4_rowwise(const float *q, const void *k, int half,
+                                                                        size_t r, int hd, __m256 *a0, __m256 *a1,
+                                                                        __m256 *a2, __m256 *a3) {
+    __m256 b0 = *a0, b1 = *a1, b2 = *a2, b3 = *a3;
+    for (int i = 0; i < hd; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        b0 = _mm256_fmadd_ps(qv, kv8(k, half, r + i), b0);
+        b1 = _mm256_fmadd_ps(qv, kv8(k, half, r + hd + i), b1);
+        b2 = _mm256_fmadd_ps(qv, kv8(k, half, r + 2 * (size_t)hd + i), b2);
+        b3 = _mm256_fmadd_ps(qv, kv8(k, half, r + 3 * (size_t)hd + i), b3);
+    }
+    *a0 = b0, *a1 = b1, *a2 = b2, *a3 = b3;
+}
+
 BD_AVX2 static inline __attribute__((always_inline)) void scores_rows_avx2(const float *q, int nq, const void *k,
-                                                                           int half, int n, int hd, float scale,
-                                                                           float *out, size_t os) {
+                                                                           int half, int rowwise, int n, int hd,
+                                                                           float scale, float *out, size_t os) {
     int j = 0;
     if (hd % 8 == 0)
         for (; j + 8 <= n; j += 8) {
@@ -285,12 +301,25 @@ BD_AVX2 static inline __attribute__((always_inline)) void scores_rows_avx2(const
             for (size_t b = 0; b < 8 * row; b += 64) _mm_prefetch((const char *)k + (j + 16) * row + b, _MM_HINT_T0);
             for (int h = 0; h < nq; h++) {
                 const float *qh = q + (size_t)h * hd;
-                __m256 s[8];
-                for (int u = 0; u < 8; u++) s[u] = _mm256_setzero_ps();
-                for (int i = 0; i < hd; i += 8) {
-                    const __m256 qv = _mm256_loadu_ps(qh + i);
-                    for (int u = 0; u < 8; u++) s[u] = _mm256_fmadd_ps(qv, kv8(k, half, (size_t)(j + u) * hd + i), s[u]);
-                }
+                /* named sums: with an array indexed in two loop orders GCC kept it in memory */
+                __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+                const size_t r = (size_t)j * hd;
+                if (rowwise) { /* see scores_avx2 */
+                    keys4_rowwise(qh, k, half, r, hd, &s0, &s1, &s2, &s3);
+                    keys4_rowwise(qh, k, half, r + 4 * (size_t)hd, hd, &s4, &s5, &s6, &s7);
+                } else
+                    for (int i = 0; i < hd; i += 8) {
+                        const __m256 qv = _mm256_loadu_ps(qh + i);
+                        s0 = _mm256_fmadd_ps(qv, kv8(k, half, r + i), s0);
+                        s1 = _mm256_fmadd_ps(qv, kv8(k, half, r + hd + i), s1);
+                        s2 = _mm256_fmadd_ps(qv, kv8(k, half, r + 2 * (size_t)hd + i), s2);
+                        s3 = _mm256_fmadd_ps(qv, kv8(k, half, r + 3 * (size_t)hd + i), s3);
+                        s4 = _mm256_fmadd_ps(qv, kv8(k, half, r + 4 * (size_t)hd + i), s4);
+                        s5 = _mm256_fmadd_ps(qv, kv8(k, half, r + 5 * (size_t)hd + i), s5);
+                        s6 = _mm256_fmadd_ps(qv, kv8(k, half, r + 6 * (size_t)hd + i), s6);
+                        s7 = _mm256_fmadd_ps(qv, kv8(k, half, r + 7 * (size_t)hd + i), s7);
+                    }
+                const __m256 s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
                 _mm256_storeu_ps(out + h * os + j, _mm256_mul_ps(group_sums8_f32(s), _mm256_set1_ps(scale)));
             }
         }
@@ -314,11 +343,17 @@ BD_AVX2 static inline __attribute__((always_inline)) void scores_rows_avx2(const
 }
 
 /* a literal half, so the inlined loops hold no per-load branch on the cache's element type (that branch
- * cost half the speed of these loops) */
+ * cost half the speed of these loops), and a literal order for an 8-key block: at head_dim 128 and more, 4 keys
+ * at a time along their rows — 8 rows side by side, 512 B apart, read a cold cache at ~12 GB/s where rows
+ * read in turn make ~25 (Zen 4 VM; Qwen3-shape decode attention ~20 % faster in a harness); at 64 that order
+ * measured ~10 % slower than side by side. Each key's sum has the same FMAs in the same order either way. */
 BD_AVX2 static void scores_avx2(const float *q, int nq, const void *k, int half, int n, int hd, float scale,
                                 float *out, size_t os) {
-    if (half) scores_rows_avx2(q, nq, k, 1, n, hd, scale, out, os);
-    else scores_rows_avx2(q, nq, k, 0, n, hd, scale, out, os);
+    const int rowwise = hd >= 128;
+    if (half && rowwise) scores_rows_avx2(q, nq, k, 1, 1, n, hd, scale, out, os);
+    else if (half) scores_rows_avx2(q, nq, k, 1, 0, n, hd, scale, out, os);
+    else if (rowwise) scores_rows_avx2(q, nq, k, 0, 1, n, hd, scale, out, os);
+    else scores_rows_avx2(q, nq, k, 0, 0, n, hd, scale, out, os);
 }
 
 /* o = sum_j p[j] v[j] over keys j0..j1-1, added to o (acc) or from zero, with the output held in registers
