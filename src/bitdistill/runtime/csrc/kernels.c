@@ -267,36 +267,44 @@ BD_AVX2 static inline __m256 group_sums8_f32(const __m256 s[8]) {
     return _mm256_add_ps(_mm256_permute2f128_ps(a, c, 0x20), _mm256_permute2f128_ps(a, c, 0x31));
 }
 
-/* Eight keys at a time, their eight dot products reduced by one hadd tree and stored as one vector: with
- * head_dim 64 a lone key is only 8 FMAs, and reducing each with its own horizontal sum cost as much again.
- * The nq query heads of one kv head (grouped-query attention) take each block of keys in turn while it is in
- * L1, so the keys come from memory once, not once per head; each head's arithmetic is unchanged. */
-/* q . k for 4 consecutive keys (rows hd apart from element r), each along its row: lanes of 8, one FMA chain
- * per key in column order (the order of the side-by-side loop in scores_rows_avx2) */
-BD_AVX2 static inline __attribute__((always_inline)) void keys4_rowwise(const float *q, const void *k, int half,
-                                                                        size_t r, int hd, __m256 *a0, __m256 *a1,
-                                                                        __m256 *a2, __m256 *a3) {
-    __m256 b0 = *a0, b1 = *a1, b2 = *a2, b3 = *a3;
+/* q . k for NK (4 or 8) consecutive keys side by side (rows hd apart from element r), into lanes of 8 per key:
+ * one FMA chain per key over the columns in order, so 8 keys at once and two passes of 4 give the same bits */
+BD_AVX2 static inline __attribute__((always_inline)) void keys_dot(const float *q, const void *k, int half, size_t r,
+                                                                   int hd, const int NK, __m256 *a0, __m256 *a1,
+                                                                   __m256 *a2, __m256 *a3, __m256 *a4, __m256 *a5,
+                                                                   __m256 *a6, __m256 *a7) {
+    __m256 b0 = *a0, b1 = *a1, b2 = *a2, b3 = *a3, b4 = b0, b5 = b0, b6 = b0, b7 = b0;
+    if (NK > 4) b4 = *a4, b5 = *a5, b6 = *a6, b7 = *a7;
     for (int i = 0; i < hd; i += 8) {
         const __m256 qv = _mm256_loadu_ps(q + i);
         b0 = _mm256_fmadd_ps(qv, kv8(k, half, r + i), b0);
         b1 = _mm256_fmadd_ps(qv, kv8(k, half, r + hd + i), b1);
         b2 = _mm256_fmadd_ps(qv, kv8(k, half, r + 2 * (size_t)hd + i), b2);
         b3 = _mm256_fmadd_ps(qv, kv8(k, half, r + 3 * (size_t)hd + i), b3);
+        if (NK > 4) {
+            b4 = _mm256_fmadd_ps(qv, kv8(k, half, r + 4 * (size_t)hd + i), b4);
+            b5 = _mm256_fmadd_ps(qv, kv8(k, half, r + 5 * (size_t)hd + i), b5);
+            b6 = _mm256_fmadd_ps(qv, kv8(k, half, r + 6 * (size_t)hd + i), b6);
+            b7 = _mm256_fmadd_ps(qv, kv8(k, half, r + 7 * (size_t)hd + i), b7);
+        }
     }
     *a0 = b0, *a1 = b1, *a2 = b2, *a3 = b3;
+    if (NK > 4) *a4 = b4, *a5 = b5, *a6 = b6, *a7 = b7;
 }
 
+/* Eight keys at a time, their eight dot products reduced by one hadd tree and stored as one vector: with
+ * head_dim 64 a lone key is only 8 FMAs, and reducing each with its own horizontal sum cost as much again.
+ * The nq query heads of one kv head (grouped-query attention) take each block of keys in turn while it is in
+ * L1, so the keys come from memory once, not once per head; each head's arithmetic is unchanged. */
 BD_AVX2 static inline __attribute__((always_inline)) void scores_rows_avx2(const float *q, int nq, const void *k,
                                                                            int half, int rowwise, int n, int hd,
                                                                            float scale, float *out, size_t os) {
     int j = 0;
     if (hd % 8 == 0)
         for (; j + 8 <= n; j += 8) {
-            /* the rows of the 8 keys two blocks on: this loop walks 8 rows side by side, a pattern the hardware
-             * prefetchers follow poorly (a cold Qwen3-shape cache scored at ~10 GB/s where a plain read of it
-             * makes ~28 on a Zen 4 VM; with this, that decode's attention phase 4.3 -> 3.3 ms a token on one
-             * thread, SmolLM2's within noise). A prefetch past the cache's end never faults. */
+            /* the rows of the 8 keys two blocks on, which the hardware prefetchers fetch late from a cold cache
+             * (Qwen3-shape decode attention 4.3 -> 3.3 ms a token on one Zen 4 thread with this; SmolLM2's within
+             * noise). A prefetch past the cache's end never faults. */
             const size_t row = (size_t)hd << (half ? 1 : 2);
             for (size_t b = 0; b < 8 * row; b += 64) _mm_prefetch((const char *)k + (j + 16) * row + b, _MM_HINT_T0);
             for (int h = 0; h < nq; h++) {
@@ -305,20 +313,10 @@ BD_AVX2 static inline __attribute__((always_inline)) void scores_rows_avx2(const
                 __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
                 const size_t r = (size_t)j * hd;
                 if (rowwise) { /* see scores_avx2 */
-                    keys4_rowwise(qh, k, half, r, hd, &s0, &s1, &s2, &s3);
-                    keys4_rowwise(qh, k, half, r + 4 * (size_t)hd, hd, &s4, &s5, &s6, &s7);
+                    keys_dot(qh, k, half, r, hd, 4, &s0, &s1, &s2, &s3, NULL, NULL, NULL, NULL);
+                    keys_dot(qh, k, half, r + 4 * (size_t)hd, hd, 4, &s4, &s5, &s6, &s7, NULL, NULL, NULL, NULL);
                 } else
-                    for (int i = 0; i < hd; i += 8) {
-                        const __m256 qv = _mm256_loadu_ps(qh + i);
-                        s0 = _mm256_fmadd_ps(qv, kv8(k, half, r + i), s0);
-                        s1 = _mm256_fmadd_ps(qv, kv8(k, half, r + hd + i), s1);
-                        s2 = _mm256_fmadd_ps(qv, kv8(k, half, r + 2 * (size_t)hd + i), s2);
-                        s3 = _mm256_fmadd_ps(qv, kv8(k, half, r + 3 * (size_t)hd + i), s3);
-                        s4 = _mm256_fmadd_ps(qv, kv8(k, half, r + 4 * (size_t)hd + i), s4);
-                        s5 = _mm256_fmadd_ps(qv, kv8(k, half, r + 5 * (size_t)hd + i), s5);
-                        s6 = _mm256_fmadd_ps(qv, kv8(k, half, r + 6 * (size_t)hd + i), s6);
-                        s7 = _mm256_fmadd_ps(qv, kv8(k, half, r + 7 * (size_t)hd + i), s7);
-                    }
+                    keys_dot(qh, k, half, r, hd, 8, &s0, &s1, &s2, &s3, &s4, &s5, &s6, &s7);
                 const __m256 s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
                 _mm256_storeu_ps(out + h * os + j, _mm256_mul_ps(group_sums8_f32(s), _mm256_set1_ps(scale)));
             }
@@ -651,12 +649,6 @@ BD_AVX2 static inline __attribute__((always_inline)) void dot4_lanes_i8_t2_avx2(
     }
 }
 
-BD_AVX2 static void dot4_i8_t2_avx2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
-    __m256i acc[4];
-    dot4_lanes_i8_t2_avx2(w, x, nb, acc);
-    for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
-}
-
 /* 8 outputs of a per-tensor scale: (float)(acc - sum(x)) * f (+ bias), f = delta / s; finish() lane by lane,
  * shared by decode's 8-row GEMV and the prefill epilogue (scale_panel) */
 BD_AVX2 static inline __m256 scale8_avx2(__m256i acc, __m256i sx, __m256 f, const float *bias) {
@@ -682,17 +674,27 @@ BD_AVX2 static inline __attribute__((always_inline)) void gemv8_finish(const bd_
     _mm256_storeu_ps(y + row, bias ? _mm256_add_ps(v, _mm256_loadu_ps(bias)) : v);
 }
 
-BD_AVX2 static void gemv8_t2_avx2(const bd_linear *L, int g, const int8_t *x, int32_t sx, float xs, float *y) {
-    const int nb = L->kp / BD_BLOCK;
-    __m256i s[8];
-    dot4_lanes_i8_t2_avx2(L->w + (size_t)g * L->kp, x, nb, s);
-    dot4_lanes_i8_t2_avx2(L->w + (size_t)(g + 1) * L->kp, x, nb, s + 4);
-    gemv8_finish(L, g, s, sx, xs, y);
-}
+/* A level's two uses of its lane kernel dot4_lanes_i8_t2_LEVEL: 4 rows' sums (bd_dot4_i8_t2) and decode's
+ * 8-row GEMV, two row groups' lanes finished as one vector by gemv8_finish (the same floats at every level). */
+#define T2_KERNELS(LEVEL, TARGET)                                                                              \
+    TARGET static void dot4_i8_t2_##LEVEL(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {       \
+        __m256i acc[4];                                                                                       \
+        dot4_lanes_i8_t2_##LEVEL(w, x, nb, acc);                                                              \
+        for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);                                                \
+    }                                                                                                         \
+    TARGET static void gemv8_t2_##LEVEL(const bd_linear *L, int g, const int8_t *x, int32_t sx, float xs,    \
+                                        float *y) {                                                           \
+        const int nb = L->kp / BD_BLOCK;                                                                      \
+        __m256i s[8];                                                                                         \
+        dot4_lanes_i8_t2_##LEVEL(L->w + (size_t)g * L->kp, x, nb, s);                                         \
+        dot4_lanes_i8_t2_##LEVEL(L->w + (size_t)(g + 1) * L->kp, x, nb, s + 4);                               \
+        gemv8_finish(L, g, s, sx, xs, y);                                                                     \
+    }
+T2_KERNELS(avx2, BD_AVX2)
 
 /* vpdpbusd multiplies the unsigned codes by the signed activations and sums 4 products into int32 lanes in
  * one instruction (AVX2 needs maddubs + an int16 add + a periodic madd widening); two accumulators per row
- * cover its latency. Streams the row group sequentially, like dot4_i8_t2_avx2. */
+ * cover its latency. Streams the row group sequentially, like dot4_lanes_i8_t2_avx2. */
 BD_VNNI static inline __attribute__((always_inline)) void dot4_lanes_i8_t2_vnni(const uint8_t *w, const int8_t *x,
                                                                                   int nb, __m256i acc[4]) {
     const __m512i m3 = _mm512_set1_epi8(3);
@@ -722,20 +724,8 @@ BD_VNNI static inline __attribute__((always_inline)) void dot4_lanes_i8_t2_vnni(
     }
 }
 
-BD_VNNI static void dot4_i8_t2_vnni(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
-    __m256i acc[4];
-    dot4_lanes_i8_t2_vnni(w, x, nb, acc);
-    for (int r = 0; r < 4; r++) out[r] = hsum_i32(acc[r]);
-}
-
-/* the VNNI level's decode GEMV: gemv8_t2_avx2 with vpdpbusd lanes (the same finish code, so the same floats) */
-BD_VNNI static void gemv8_t2_vnni(const bd_linear *L, int g, const int8_t *x, int32_t sx, float xs, float *y) {
-    const int nb = L->kp / BD_BLOCK;
-    __m256i s[8];
-    dot4_lanes_i8_t2_vnni(L->w + (size_t)g * L->kp, x, nb, s);
-    dot4_lanes_i8_t2_vnni(L->w + (size_t)(g + 1) * L->kp, x, nb, s + 4);
-    gemv8_finish(L, g, s, sx, xs, y);
-}
+T2_KERNELS(vnni, BD_VNNI)
+#undef T2_KERNELS
 #endif
 
 void bd_dot4_i8_t2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
