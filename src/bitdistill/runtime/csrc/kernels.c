@@ -743,8 +743,9 @@ void bd_dot4_i8_t2(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     dot4_i8_t2_scalar(w, x, nb, out);
 }
 
-/* Expand one row group to plain codes u[4][nb*128] (column order), reused across prefill tokens. */
-static void unpack4_t2_scalar(const uint8_t *w, int nb, uint8_t *u) {
+/* Expand one row group to plain codes u[4][nb*128] (column order), reused across prefill tokens: the scalar
+ * level's prefill (every SIMD level has its panel tile in bd_gemm_panel_i8_t2). */
+void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u) {
     int kp = nb * BD_BLOCK;
     for (int b = 0; b < nb; b++)
         for (int r = 0; r < 4; r++) {
@@ -760,10 +761,7 @@ static void unpack4_t2_scalar(const uint8_t *w, int nb, uint8_t *u) {
         }
 }
 
-/* the scalar level's prefill (every SIMD level has its panel tile in bd_gemm_panel_i8_t2) */
-void bd_unpack4_t2(const uint8_t *w, int nb, uint8_t *u) { unpack4_t2_scalar(w, nb, u); }
-
-static void dot4_i8_u8_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
+void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) {
     for (int r = 0; r < 4; r++) {
         const uint8_t *ur = u + (size_t)r * kp;
         int32_t s = 0;
@@ -771,9 +769,6 @@ static void dot4_i8_u8_scalar(const uint8_t *u, int kp, const int8_t *x, int32_t
         out[r] = s;
     }
 }
-
-void bd_dot4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int32_t out[4]) { dot4_i8_u8_scalar(u, kp, x, out); }
-
 
 /* ---- prefill GEMM: a panel of up to 16 rows x blocks of tokens ---- */
 
@@ -1363,7 +1358,8 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
                 const int ngn = g1 - gn < BD_PANEL_ROWS / 4 ? g1 - gn : BD_PANEL_ROWS / 4;
                 const char *wn = (const char *)(L->w + (size_t)gn * kp);
                 for (size_t b = 0; b < (size_t)ngn * kp; b += 64) _mm_prefetch(wn + b, _MM_HINT_T1);
-                for (int t = 0; t < nt; t++) _mm_prefetch((const char *)(y + (size_t)(t0 + t) * n + gn * 4), _MM_HINT_T1);
+                for (int t = 0; t < nt; t++)
+                    _mm_prefetch((const char *)(y + (size_t)(t0 + t) * n + gn * 4), _MM_HINT_T1);
             }
 #endif
             bd_gemm_panel_i8_t2(L->w + (size_t)g * kp, ngr, L->k, kp, xq + (size_t)t0 * kp, nt, acc, ubuf);
