@@ -1318,15 +1318,11 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
         int g = g0;
 #if BD_X86
         const int lvl = simd_on();
+        void (*gemv8)(const bd_linear *, int, const int8_t *, int32_t, float, float *) =
+            lvl >= 2 ? gemv8_t2_vnni : gemv8_t2_avx2;
         if (lvl)
             for (; g + 2 <= g1 && g * 4 + 8 <= n; g += 2)
-                for (int t = 0; t < T; t++) {
-                    const int8_t *xt = xq + (size_t)t * kp;
-                    if (lvl >= 2)
-                        gemv8_t2_vnni(L, g, xt, xsum[t], xs[t], y + (size_t)t * n);
-                    else
-                        gemv8_t2_avx2(L, g, xt, xsum[t], xs[t], y + (size_t)t * n);
-                }
+                for (int t = 0; t < T; t++) gemv8(L, g, xq + (size_t)t * kp, xsum[t], xs[t], y + (size_t)t * n);
 #endif
         for (; g < g1; g++)
             for (int t = 0; t < T; t++) {
@@ -1482,16 +1478,17 @@ BD_VNNI static int32_t int8_peak_vnni(long iters) {
 double bd_int8_peak_macs(long iters, int nthreads, int32_t *sink) {
     int32_t all = 0;
     int ran = 0; /* threads that ran it (1 in a build without OpenMP) */
-    if (!BD_X86 || simd_on() < 1) return 0.0;
+    const int lvl = simd_on(), vnni = lvl >= 2;
+    if (!BD_X86 || lvl < 1) return 0.0;
 #if BD_X86
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) reduction(+ : all, ran)
 #endif
     {
-        all += simd_on() >= 2 ? int8_peak_vnni(iters) : int8_peak_avx2(iters);
+        all += vnni ? int8_peak_vnni(iters) : int8_peak_avx2(iters);
         ran += 1;
     }
 #endif
     *sink = all;
-    return (double)iters * 8 * (simd_on() >= 2 ? 64 : 32) * ran;
+    return (double)iters * 8 * (vnni ? 64 : 32) * ran;
 }
