@@ -133,6 +133,23 @@ def test_dense_float_head(simd, dtype: str, n: int, k: int) -> None:
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("n,k", [(37, 64), (8, 13), (12, 200)])
+def test_dense_float_head_batch_equals_token_by_token(simd, dtype: str, n: int, k: int) -> None:
+    """9 tokens (two 4-token blocks and one left over, k = 13 / 200 ending inside 8- and 16-column steps): each
+    token's logits have the same bits as that token alone (the batch runs the same FMA chains side by side)."""
+    rng = np.random.default_rng(n * k)
+    w32 = rng.normal(size=(n, k)).astype(np.float32)
+    tw = torch.from_numpy(w32).to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+    bits = tw.numpy() if dtype != "bf16" else tw.view(torch.int16).numpy().view(np.uint16)
+    x = _x(9, k, seed=5)
+    y = kernels.dense_forward(bits, dtype, x, threads=2)
+    alone = np.concatenate([kernels.dense_forward(bits, dtype, x[t : t + 1], threads=1) for t in range(9)])
+    np.testing.assert_array_equal(y, alone)
+    ref = x.astype(np.float64) @ tw.float().numpy().astype(np.float64).T
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("n,k", [(37, 64), (10, 45), (256, 1000), (45, 576)])
 def test_dense_int8_head(simd, n: int, k: int) -> None:
     rng = np.random.default_rng(k)
