@@ -238,6 +238,34 @@ def test_threads_give_identical_results(tmp_path) -> None:
         np.testing.assert_array_equal(outs[0], out)
 
 
+def test_last_layer_computes_only_the_rows_that_get_logits(tmp_path) -> None:
+    """The last layer runs its attention, o_proj and FFN only on the rows that get logits (engine.c, keep_rows),
+    gathered through private or shared buffers: any set of output rows (the last, a few, enough to split by
+    rows on 2-3 threads, and, computed in full, unsorted with a repeat) has the same bits as those rows of the all-logits call, and
+    the keys/values of every token are still cached (the next decode step agrees too)."""
+    model = _model("llama", "o_down")
+    pack_model(model, tmp_path / "p", head_dtype="fp32")
+    prompt = np.random.default_rng(7).integers(0, 96, 45).tolist()
+    picks = [[44], [3, 17, 44], list(range(0, 45, 2)), [30, 2, 30, 44, 0] + list(range(5, 25))]
+    for threads in (1, 2, 3):
+        engine = load(tmp_path / "p", threads=threads)
+        engine.threads = threads
+        engine._pick.threads = lambda kind, n=threads: n
+        engine.reset(64, max_batch=len(prompt))
+        full = engine.forward(prompt, all_logits=True)
+        after = engine.forward([3])
+        for rows in picks:
+            engine.reset(64, max_batch=len(prompt))
+            n = len(prompt)
+            got = engine.forward_seqs(np.array(prompt), np.arange(n), np.zeros(n), np.array(rows))
+            np.testing.assert_array_equal(got, full[rows])
+            engine.pos = n  # decode on from the prompt forward_seqs cached
+            np.testing.assert_array_equal(engine.forward([3]), after)
+        engine.reset(64, max_batch=len(prompt))
+        np.testing.assert_array_equal(engine.forward(prompt), full[-1])
+        np.testing.assert_array_equal(engine.forward([3]), after)
+
+
 def test_thread_count_is_validated_and_clamped(tmp_path) -> None:
     """Counts outside 1..4 per core are refused; a valid count is clamped to the cores this process may use."""
     import os
