@@ -49,10 +49,12 @@ def target_ids(tokenizer, prompt: str, target: str, prompt_ids: list[int]) -> li
     return encode(tokenizer, target, special=False)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    z = x.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+def _log_norm(x: np.ndarray) -> np.ndarray:
+    """log Σ exp(x) over the last axis in float64, so log p(token) = x[token] - _log_norm(x): only the label
+    words' log-probabilities are read, not the whole vocabulary's. exp runs in float32 (numpy's SIMD path, a
+    few times the float64 one; ~1e-7 relative), the sum and the log in float64."""
+    m = x.max(axis=-1, keepdims=True)
+    return m[..., 0].astype(np.float64) + np.log(np.exp(x - m).sum(axis=-1, dtype=np.float64))
 
 
 def _left_cut(ids: list[int], budget: int, bos: int | None) -> list[int]:
@@ -96,14 +98,16 @@ def score_label_words(
     p_ids, targets = _prepare(engine, tokenizer, prompt, label_words, max_length)
     longest = max(len(t) for t in targets)
     engine.reset(len(p_ids) + longest)
-    first = _log_softmax(engine.forward(p_ids))
+    first = engine.forward(p_ids)
+    norm = _log_norm(first)
     scores = np.zeros(len(targets))
     for i, t in enumerate(targets):
-        s = first[t[0]]
+        s = first[t[0]] - norm
         if len(t) > 1:
             engine.pos = len(p_ids)  # continue from the cached prompt; later cache rows are overwritten
-            lp = _log_softmax(engine.forward(t[:-1], all_logits=True))
-            s += sum(lp[j, t[j + 1]] for j in range(len(t) - 1))
+            lg = engine.forward(t[:-1], all_logits=True)
+            z = _log_norm(lg)
+            s += sum(lg[j, t[j + 1]] - z[j] for j in range(len(t) - 1))
         scores[i] = s
     return _checked(scores)
 
@@ -153,8 +157,9 @@ def iter_label_word_scores(
         engine.reset(max(int(slots.sum()), batch_tokens), max_batch=max(int(lens.sum()), batch_tokens))
         tokens = np.concatenate([p for p, _ in items])
         pos = np.concatenate([np.arange(n) for n in lens])
-        first = _log_softmax(engine.forward_seqs(tokens, pos, np.repeat(base, lens), np.cumsum(lens) - 1))
-        scores = np.array([[first[s, t[0]] for t in ts] for s, (_, ts) in enumerate(items)])
+        first = engine.forward_seqs(tokens, pos, np.repeat(base, lens), np.cumsum(lens) - 1)
+        norm = _log_norm(first)
+        scores = np.array([[first[s, t[0]] - norm[s] for t in ts] for s, (_, ts) in enumerate(items)])
         for w in range(len(label_words)):
             conts = [(s, ts[w]) for s, (_, ts) in enumerate(items) if len(ts[w]) > 1]
             if not conts:
@@ -163,10 +168,11 @@ def iter_label_word_scores(
             who = np.array([s for s, _ in conts])
             tokens = np.concatenate([t[:-1] for _, t in conts])
             pos = np.concatenate([lens[s] + np.arange(k) for s, k in zip(who, n, strict=True)])
-            lp = _log_softmax(engine.forward_seqs(tokens, pos, np.repeat(base[who], n), np.arange(n.sum())))
+            lg = engine.forward_seqs(tokens, pos, np.repeat(base[who], n), np.arange(n.sum()))
+            z = _log_norm(lg)
             row = 0
             for s, t in conts:
-                scores[s, w] += sum(lp[row + j, t[j + 1]] for j in range(len(t) - 1))
+                scores[s, w] += sum(lg[row + j, t[j + 1]] - z[row + j] for j in range(len(t) - 1))
                 row += len(t) - 1
         for s in range(len(items)):
             yield _checked(scores[s])
