@@ -424,17 +424,18 @@ def test_fp16_kv_cache(tmp_path) -> None:
 
 
 def test_thread_picker_uses_the_faster_count_and_keeps_probing() -> None:
-    """Calls 0 and 1 of every PROBE time one thread and all; between probes the faster count (by the median
+    """Calls 0 and 1 of every PROBE time all threads and one (all first: a single call runs as many as
+    asked); between probes the faster count (by the median
     seconds per token of its last WINDOW calls) runs, per kind of call; one thread never picks more."""
     from bitdistill.runtime.engine import ThreadPicker
 
     pick = ThreadPicker(2)
-    assert [pick.threads("decode") for _ in range(2)] == [1, 2]
+    assert [pick.threads("decode") for _ in range(2)] == [2, 1]
     assert pick.threads("decode") == 2  # nothing recorded yet: all threads
     pick.record("decode", 1, 0.010)
     pick.record("decode", 2, 0.020)  # another process holds a core: two threads are slower
-    assert pick.threads("decode") == 1 and pick.threads("prefill") == 1  # prefill: its own probe, call 0
-    assert pick.threads("prefill") == 2
+    assert pick.threads("decode") == 1 and pick.threads("prefill") == 2  # prefill: its own probe, call 0
+    assert pick.threads("prefill") == 1
     pick.record("decode", 2, 0.001)  # median of [0.020, 0.001] = 0.0105: one thread no longer 5 % faster
     assert pick.threads("decode") == 2
     for _ in range(ThreadPicker.WINDOW):

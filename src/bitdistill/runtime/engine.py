@@ -74,7 +74,8 @@ class ThreadPicker:
     been clearly faster for that kind of call. On a machine where another process holds a core, every
     barrier of a step waits for the thread that shares that core (a scheduling round trip each, ~150 per
     decode token), and one thread beats two; on idle cores two win. Every `PROBE`-th call of a kind times
-    one thread and the next times all; each count's record is the median seconds per token of its last
+    all threads and the next times one (all first: a kind's first call, often its only one — a prompt's
+    prefill, a one-batch classification — runs as many threads as asked); each count's record is the median seconds per token of its last
     `WINDOW` calls, and the faster count runs the calls in between, one thread only when 1 - MARGIN faster.
     A record of single calls was too noisy on a shared VM: with an average, a few slow 2-thread tokens on
     idle cores handed a quarter of the decode calls to one thread (bench --threads 2). With a core busy,
@@ -123,11 +124,11 @@ class ThreadPicker:
             return 1
         i = self.calls[kind] = self.calls.get(kind, -1) + 1
         start = self.next_probe.get(kind, 0)
-        if i == start:  # a probe pair: one thread now, all threads on the next call
+        if i == start:  # a probe pair: all threads now, one thread on the next call
             self._schedule(kind, i)
-            return 1
-        if i == start - self.gap[kind] + 1:
             return self.max
+        if i == start - self.gap[kind] + 1:
+            return 1
         return self._faster(kind)
 
     def _faster(self, kind: str) -> int:
