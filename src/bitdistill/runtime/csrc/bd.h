@@ -80,6 +80,7 @@ void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s);
 double bd_sumsq(const float *x, int n);
 void bd_to_f16(const float *x, uint16_t *h, int n); /* round to nearest even */
 void bd_silu_mul(float *g, const float *u, int n);  /* g = silu(g) * u */
+void bd_silu_mul_to(float *y, const float *g, const float *u, int n); /* y = silu(g) * u (y may be g) */
 /* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
 /* nq query heads of one kv head: out[h * os + j] = q[h].k[j] * scale; o[h] = sum_j p[h * ps + j] v[j] */
 void bd_scores(const float *q, int nq, const void *k, int half, int n, int hd, float scale, float *out, size_t os);

@@ -570,8 +570,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     FOR_ROWS(C) for (int t = C.t0; t < C.t1; t++) {
         const float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
         if (m->act == BD_ACT_SILU) {
-            memcpy(tl->act, g, (size_t)I * sizeof(float));
-            bd_silu_mul(tl->act, u, I);
+            bd_silu_mul_to(tl->act, g, u, I);
         } else {
             for (int i = 0; i < I; i++) tl->act[i] = act(m->act, g[i]) * u[i];
         }

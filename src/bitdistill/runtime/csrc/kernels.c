@@ -491,8 +491,8 @@ static float exp_scalar(float x) {
     return y * p2;
 }
 
-static void silu_mul_scalar(float *g, const float *u, int n) {
-    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + exp_scalar(-g[i])) * u[i];
+static void silu_mul_scalar(float *y, const float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) y[i] = g[i] / (1.0f + exp_scalar(-g[i])) * u[i];
 }
 
 #if BD_X86
@@ -510,26 +510,30 @@ BD_AVX2 static __m256 exp_avx2(__m256 x) {
     return _mm256_blendv_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), _mm256_set1_ps(INFINITY), over);
 }
 
-BD_AVX2 static void silu_mul_avx2(float *g, const float *u, int n) {
+BD_AVX2 static void silu_mul_avx2(float *y, const float *g, const float *u, int n) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 x = _mm256_loadu_ps(g + i);
         __m256 e = exp_avx2(_mm256_xor_ps(x, sign));
-        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
     }
-    silu_mul_scalar(g + i, u + i, n - i);
+    silu_mul_scalar(y + i, g + i, u + i, n - i);
 }
 #endif
 
-void bd_silu_mul(float *g, const float *u, int n) {
+void bd_silu_mul_to(float *y, const float *g, const float *u, int n) {
 #if BD_X86
     if (simd_on()) {
-        silu_mul_avx2(g, u, n);
+        silu_mul_avx2(y, g, u, n);
         return;
     }
 #endif
-    silu_mul_scalar(g, u, n);
+    silu_mul_scalar(y, g, u, n);
+}
+
+void bd_silu_mul(float *g, const float *u, int n) {
+    bd_silu_mul_to(g, g, u, n);
 }
 
 /* ---- attention softmax over a head's scores, in place: exp(s - max) / sum ---- */
