@@ -472,6 +472,62 @@ static void keep_rows(const int32_t *keep, int nkeep, int H, bd_rows *R, bd_stat
     *R = K;
 }
 
+/* kv head kh's keys and values of every token: its norm (Qwen3, Gemma3), RoPE (cos|sin rows cs), into the
+ * cache slot of the token's position in its sequence */
+static void cache_kv(const bd_model *m, const bd_layer *L, int li, int kh, int T, const int32_t *pos,
+                     const int32_t *seq0, const float *cs, bd_state *st) {
+    const int hd = m->head_dim, kvd = m->n_kv * hd, half = st->kv16;
+    const size_t es = half ? 2 : sizeof(float), base = ((size_t)li * m->n_kv + kh) * st->max_seq * hd;
+    char *kb = (char *)st->kc + base * es, *vb = (char *)st->vc + base * es;
+    for (int t = 0; t < T; t++) {
+        float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd, *vv = st->v + (size_t)t * kvd + (size_t)kh * hd;
+        if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
+        rope(kv, cs + (size_t)t * hd, hd);
+        size_t at = (size_t)(seq0[t] + pos[t]) * hd;
+        if (half) {
+            bd_to_f16(kv, (uint16_t *)kb + at, hd);
+            bd_to_f16(vv, (uint16_t *)vb + at, hd);
+        } else {
+            memcpy((float *)kb + at, kv, hd * sizeof(float));
+            memcpy((float *)vb + at, vv, hd * sizeof(float));
+        }
+    }
+}
+
+/* The attention of kv head kh's query heads for output rows [i0, i1) (row i is token keep[i], or i), into
+ * st->att row i: the rep query heads together (bd_scores/bd_wsum read each key and value once for all of
+ * them); their scores are rows of tl->scores, max_seq apart. */
+static void attend_rows(const bd_model *m, const bd_layer *L, int li, int kh, int i0, int i1, const int32_t *keep,
+                        const int32_t *pos, const int32_t *seq0, const float *cs, bd_state *st, bd_tls *tl) {
+    const int hd = m->head_dim, rep = m->n_heads / m->n_kv, qd = m->n_heads * hd, half = st->kv16;
+    const size_t es = half ? 2 : sizeof(float), base = ((size_t)li * m->n_kv + kh) * st->max_seq * hd;
+    const char *kb = (const char *)st->kc + base * es, *vb = (const char *)st->vc + base * es;
+    float *sc = tl->scores;
+    const size_t ss = st->max_seq;
+    for (int i = i0; i < i1; i++) {
+        const int t = keep ? keep[i] : i;
+        /* slots [lo, hi] of this token's sequence: keys with position > pos - window */
+        int p = pos[t], hi = seq0[t] + p;
+        int lo = seq0[t] + ((L->window > 0 && p - L->window + 1 > 0) ? p - L->window + 1 : 0), n = hi - lo + 1;
+        float *qh = st->q + (size_t)t * qd + (size_t)kh * rep * hd;
+        for (int h = 0; h < rep; h++) {
+            if (L->q_norm) rmsnorm(qh + (size_t)h * hd, L->q_norm, hd, m->eps, qh + (size_t)h * hd);
+            rope(qh + (size_t)h * hd, cs + (size_t)t * hd, hd);
+        }
+        bd_scores(qh, rep, kb + (size_t)lo * hd * es, half, n, hd, m->attn_scale, sc + lo, ss);
+        for (int h = 0; h < rep; h++) {
+            float *sh = sc + h * ss + lo;
+            if (m->attn_softcap > 0.0f)
+                for (int j = 0; j < n; j++) sh[j] = tanhf(sh[j] / m->attn_softcap) * m->attn_softcap;
+            bd_softmax(sh, n);
+        }
+        bd_wsum(st->att + (size_t)i * qd + (size_t)kh * rep * hd, rep, sc + lo, ss, vb + (size_t)lo * hd * es, half,
+                n, hd);
+    }
+}
+
+#define ATT_ROWS 16 /* rows per attention unit of a long batch split by (kv head, rows) */
+
 /* Token t sits at position pos[t] of a sequence whose first token's KV row is cache slot seq0[t]; its own row
  * is slot seq0[t] + pos[t] and it attends to the slots of its sequence only (padding-free batching). With keep
  * (the last layer), see keep_rows: *R becomes the plan of the kept rows. */
@@ -479,7 +535,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
                           const int32_t *seq0, const int32_t *keep, int nkeep, bd_rows *R, bd_state *st, int tid,
                           int nth) {
     const int H = m->hidden, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv;
-    const int qd = nh * hd, kvd = nkv * hd, I = m->inter, rep = nh / nkv;
+    const int qd = nh * hd, I = m->inter;
     bd_tls *tl = &st->tls[tid];
     unsigned long long *pt = &tl->tick;
 
@@ -493,50 +549,28 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     for (int j = 0; j < 3; j++) group_linear(qkv, 3, j, T, H, m->eps, qkv_out[j], R, st, tl, nth);
     PROF(P_QKV);
     BARRIER
-    /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention */
+    /* by kv head: its keys/values for every token (norm, RoPE, cache), then its query heads' attention; a
+     * long batch whose kv heads do not divide among the threads caches every head's keys first, then hands
+     * out (kv head, 16 rows) units, so SmolLM2's 3 kv heads do not leave one of 2 threads waiting for the
+     * other's second head at the barrier below */
     float *cs = tl->rope; /* [T][head_dim]: cos | sin per token, computed with this thread's first kv head */
-    for (int kh, first = 1; (kh = grab(st, tl, nkv)) >= 0; first = 0) {
-        if (first)
-            for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
-        const int half = st->kv16;
-        const size_t es = half ? 2 : sizeof(float), base = ((size_t)li * nkv + kh) * st->max_seq * hd;
-        char *kb = (char *)st->kc + base * es, *vb = (char *)st->vc + base * es;
-        for (int t = 0; t < T; t++) {
-            float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd, *vv = st->v + (size_t)t * kvd + (size_t)kh * hd;
-            if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
-            rope(kv, cs + (size_t)t * hd, hd);
-            size_t at = (size_t)(seq0[t] + pos[t]) * hd;
-            if (half) {
-                bd_to_f16(kv, (uint16_t *)kb + at, hd);
-                bd_to_f16(vv, (uint16_t *)vb + at, hd);
-            } else {
-                memcpy((float *)kb + at, kv, hd * sizeof(float));
-                memcpy((float *)vb + at, vv, hd * sizeof(float));
-            }
+    const int nrows = keep ? nkeep : T, chunked = nth > 1 && nkv % nth != 0 && nrows >= 2 * ATT_ROWS;
+    if (!chunked) {
+        for (int kh, first = 1; (kh = grab(st, tl, nkv)) >= 0; first = 0) {
+            if (first)
+                for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
+            cache_kv(m, L, li, kh, T, pos, seq0, cs, st);
+            attend_rows(m, L, li, kh, 0, nrows, keep, pos, seq0, cs, st, tl);
         }
-        /* the kv head's rep query heads together (bd_scores/bd_wsum read each key and value once for all
-         * of them); their scores are rows of tl->scores, max_seq apart */
-        float *sc = tl->scores;
-        const size_t ss = st->max_seq;
-        for (int i = 0; i < (keep ? nkeep : T); i++) { /* the output row i of token t */
-            const int t = keep ? keep[i] : i;
-            /* slots [lo, hi] of this token's sequence: keys with position > pos - window */
-            int p = pos[t], hi = seq0[t] + p;
-            int lo = seq0[t] + ((L->window > 0 && p - L->window + 1 > 0) ? p - L->window + 1 : 0), n = hi - lo + 1;
-            float *qh = st->q + (size_t)t * qd + (size_t)kh * rep * hd;
-            for (int h = 0; h < rep; h++) {
-                if (L->q_norm) rmsnorm(qh + (size_t)h * hd, L->q_norm, hd, m->eps, qh + (size_t)h * hd);
-                rope(qh + (size_t)h * hd, cs + (size_t)t * hd, hd);
-            }
-            bd_scores(qh, rep, kb + (size_t)lo * hd * es, half, n, hd, m->attn_scale, sc + lo, ss);
-            for (int h = 0; h < rep; h++) {
-                float *sh = sc + h * ss + lo;
-                if (m->attn_softcap > 0.0f)
-                    for (int j = 0; j < n; j++) sh[j] = tanhf(sh[j] / m->attn_softcap) * m->attn_softcap;
-                bd_softmax(sh, n);
-            }
-            bd_wsum(st->att + (size_t)i * qd + (size_t)kh * rep * hd, rep, sc + lo, ss, vb + (size_t)lo * hd * es,
-                    half, n, hd);
+    } else {
+        for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
+        for (int kh; (kh = grab(st, tl, nkv)) >= 0;) cache_kv(m, L, li, kh, T, pos, seq0, cs, st);
+        BARRIER
+        /* the last rows first (they attend to the most keys): the dispenser then ends on short units */
+        const int nc = (nrows + ATT_ROWS - 1) / ATT_ROWS;
+        for (int u; (u = grab(st, tl, nc * nkv)) >= 0;) {
+            const int c = nc - 1 - u / nkv, i0 = c * ATT_ROWS, i1 = i0 + ATT_ROWS < nrows ? i0 + ATT_ROWS : nrows;
+            attend_rows(m, L, li, u % nkv, i0, i1, keep, pos, seq0, cs, st, tl);
         }
     }
     PROF(P_ATTN);
