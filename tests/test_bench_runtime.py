@@ -48,12 +48,37 @@ def test_classify_bench_alternates_and_compares_predictions(monkeypatch, tmp_pat
     assert "| runtime-2 (int8 head) | 42.00 [41.00-43.00] | 3.8x | 75.0 % | 1.0000 | 100 |" in table
 
 
+def test_engine_bench_rounds_take_turns_and_pool_the_runs(monkeypatch, tmp_path) -> None:
+    """With rounds, the engines take turns (one worker per engine per round) and each engine's table cell is
+    the median over the runs of all its rounds, its peak RSS the largest (stand-in workers, known numbers)."""
+    from bitdistill.bench import engines as engines_bench
+
+    calls = []
+
+    def engine(eng, *args):
+        calls.append(eng)
+        k = len(calls)
+        return {"decode": [10.0 * k, 10.0 * k + 1], "prefill": [100.0 * k], "peak_rss_mib": 50.0 + k,
+                "gguf_bytes": 1, "head_dtype": "x"}  # fmt: skip
+
+    monkeypatch.setattr(engines_bench, "_run_engine", engine)
+    res = engines_bench.run_bench("m", engines=("a", "b"), runs=2, rounds=3, work=tmp_path, log=lambda *a: None)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    a = res["engines"]["a"]
+    assert a["decode_tok_s"]["runs"] == [10.0, 11.0, 30.0, 31.0, 50.0, 51.0]
+    assert a["decode_tok_s"]["median"] == 30.5 and a["prefill_tok_s"]["median"] == 300.0
+    assert a["peak_rss_mib"] == 55.0 and len(a["loadavg_before"]) == 3 and res["rounds"] == 3
+    assert "median of 3 rounds x 2 runs, engines taking turns" in engines_bench.format_table(res)
+
+
 def test_bench_cli_refuses_bad_input(tmp_path, capsys) -> None:
     assert main(["bench", "--classify", "--data", str(tmp_path / "missing")]) == 2
     assert main(["bench", "--classify", "--data", str(tmp_path), "--batch-tokens", "0"]) == 2
     assert main(["bench", "--scaling", "--runs", "0"]) == 2
+    assert main(["bench", "--engines", "runtime-2", "--rounds", "0"]) == 2
     err = capsys.readouterr().err
     assert "--classify needs --data" in err and "--batch-tokens 0" in err and "--runs" in err
+    assert "--rounds must be at least 1" in err
     assert "Traceback" not in err
 
 

@@ -7,7 +7,10 @@ Every measurement runs in its own subprocess (so peak RSS is that engine's alone
   a path         any model directory / GGUF load_any understands (BitNet or converted as is).
 The runtime worker never imports torch (checked); PyTorch workers use transformers with a KV cache.
 Per engine: `runs` repetitions of a `prefill`-token prompt then `decode` greedy tokens; the table shows
-the median with min/max.
+the median with min/max. With `rounds` > 1 the engines take turns, one worker process each per round, and
+each engine's runs of every round are pooled: on a VM whose speed drifts for tens of seconds at a time, one
+engine's block of runs can fall in a slow spell the next one misses, and alternating spreads the spells over
+all of them (the ratios between engines are what the tables are for).
 """
 
 from __future__ import annotations
@@ -128,11 +131,13 @@ def run_bench(
     out: Path | None = None,
     roofline: bool = False,
     llama_bench: Path | None = None,
+    rounds: int = 1,
 ) -> dict:
     """Run every engine in its own subprocess; return the results dict (also what the JSON holds).
     roofline: measure the machine's read bandwidth first and give each runtime engine's decode speed as a
     fraction of bandwidth / bytes read per token (see roofline.py). llama_bench: the llama-bench binary the
-    llama-bench-* engines run (llama_bench.py)."""
+    llama-bench-* engines run (llama_bench.py). rounds: the engines take turns this many times (see the
+    module docstring), `runs` runs each per turn."""
     work = Path(work or Path("runs") / "bench" / spec.replace("/", "_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -149,18 +154,29 @@ def run_bench(
         "prefill_tokens": prefill,
         "decode_tokens": decode,
         "runs": runs,
+        "rounds": rounds,
         "head_dtype": head_dtype,
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "engines": {},
     }
     roofs = _measure_roofs(threads, results, log) if roofline else None
     workload = {"threads": threads, "prefill": prefill, "decode": decode, "runs": runs}
-    for eng in engines:
-        log(f"running {eng} ...")
+    pooled: dict[str, dict] = {}
+    for rnd, eng in ((i, e) for i in range(rounds) for e in engines):
+        log(f"running {eng}" + (f" (round {rnd + 1} of {rounds})" if rounds > 1 else "") + " ...")
         load_before = os.getloadavg()
         r = _run_engine(eng, spec, work, packed, head_dtype, workload, llama_bench)
-        r["loadavg_before"] = load_before
-        r["loadavg_after"] = os.getloadavg()
+        r["loadavg_before"], r["loadavg_after"] = [load_before], [os.getloadavg()]
+        log(f"  decode {_median(r['decode']):.1f} tok/s, prefill {_median(r['prefill']):.1f} tok/s, "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
+        if eng in pooled:  # a later round: its runs join the earlier ones
+            p = pooled[eng]
+            for k in ("decode", "prefill", "loadavg_before", "loadavg_after"):
+                p[k] += r[k]
+            p["peak_rss_mib"] = max(p["peak_rss_mib"], r["peak_rss_mib"])
+        else:
+            pooled[eng] = r
+        r = dict(pooled[eng])
         r["decode_tok_s"] = spread(r.pop("decode"))
         r["prefill_tok_s"] = spread(r.pop("prefill"))
         if roofs is not None and eng.startswith("runtime-"):
@@ -169,8 +185,6 @@ def run_bench(
         results["engines"][eng] = r
         if out is not None:  # partial results survive an interrupted run
             write_json(results, out)
-        log(f"  decode {r['decode_tok_s']['median']:.1f} tok/s, prefill {r['prefill_tok_s']['median']:.1f} tok/s, "
-            f"peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
     results["machine"]["loadavg_end"] = os.getloadavg()
     if out is not None:
         write_json(results, out)
@@ -180,6 +194,10 @@ def run_bench(
         for r in results["engines"].values():
             r["decode_speedup_vs_torch_fp32"] = r["decode_tok_s"]["median"] / base
     return results
+
+
+def _median(xs: list[float]) -> float:
+    return spread(xs)["median"]
 
 
 def _run_engine(
@@ -244,10 +262,15 @@ def _add_prefill_roof(r: dict, peak: float) -> None:
     r["prefill_peak_fraction"] = macs / peak if peak > 0 else None
 
 
+def _runs_text(res: dict) -> str:
+    rounds = res.get("rounds", 1)
+    return f"{res['runs']} runs" if rounds == 1 else f"{rounds} rounds x {res['runs']} runs, engines taking turns"
+
+
 def format_table(res: dict) -> str:
     head = (
         f"model {res['model']}, {res['threads']} threads, batch 1, prefill {res['prefill_tokens']} / decode "
-        f"{res['decode_tokens']} tokens, median of {res['runs']} runs [min-max]; "
+        f"{res['decode_tokens']} tokens, median of {_runs_text(res)} [min-max]; "
         f"load avg {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f}"
     )
     bw = res["machine"].get("read_bandwidth_gb_s")

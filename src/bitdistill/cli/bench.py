@@ -36,6 +36,11 @@ def register(subparsers) -> None:
         "--runs", type=int, default=None, help="timed runs per engine (default 5; 1 with --classify)"
     )
     p.add_argument(
+        "--rounds", type=int, default=1,
+        help="the engines take turns this many times, --runs runs each per turn, all pooled (a machine whose "
+        "speed drifts then slows every engine alike; default 1)",
+    )  # fmt: skip
+    p.add_argument(
         "--engines", default=None,
         help=f"comma-separated subset of {', '.join(ENGINES)} (default: all; llama.cpp when installed); "
         "runtime-BITS uses --head-dtype, runtime-BITS-HEAD names its head dtype (HEAD in "
@@ -110,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
         engines = tuple(e for e in engines if e != ENGINES[-1])
     if not engines:
         raise BitDistillError("--engines: no engine left to run")
-    if min(args.prefill, args.decode, args.runs) < 1:
-        raise BitDistillError("--prefill, --decode and --runs must be at least 1")
+    if min(args.prefill, args.decode, args.runs, args.rounds) < 1:
+        raise BitDistillError("--prefill, --decode, --runs and --rounds must be at least 1")
     from .._threads import check_threads
 
     args.threads = check_threads(args.threads)  # the workers' OpenMP crashes on absurd counts
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_bench(
         args.model, args.threads, args.prefill, args.decode, args.runs, engines,
         Path(args.work) if args.work else None, args.head_dtype, out=out, roofline=args.roofline,
-        llama_bench=llama_bench,
+        llama_bench=llama_bench, rounds=args.rounds,
     )  # fmt: skip
     table = format_table(res)
     print(table)
