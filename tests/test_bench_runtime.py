@@ -61,9 +61,20 @@ def test_engine_bench_rounds_take_turns_and_pool_the_runs(monkeypatch, tmp_path)
         return {"decode": [10.0 * k, 10.0 * k + 1], "prefill": [100.0 * k], "peak_rss_mib": 50.0 + k,
                 "gguf_bytes": 1, "head_dtype": "x"}  # fmt: skip
 
+    from bitdistill.bench import roofline
+
+    bandwidth = iter([30e9, 35e9, 60e9, 34e9, 31e9, 36e9])  # 1 thread, 2 threads; per round
+
     monkeypatch.setattr(engines_bench, "_run_engine", engine)
-    res = engines_bench.run_bench("m", engines=("a", "b"), runs=2, rounds=3, work=tmp_path, log=lambda *a: None)
+    monkeypatch.setattr(roofline, "read_bandwidth", lambda n: next(bandwidth))
+    monkeypatch.setattr(roofline, "int8_peak", lambda n: 1e11 * n)
+    res = engines_bench.run_bench(
+        "m", engines=("a", "b"), runs=2, rounds=3, work=tmp_path, log=lambda *a: None, roofline=True
+    )
     assert calls == ["a", "b", "a", "b", "a", "b"]
+    # a bandwidth sample per round, the median of them the roofline's (the 60 GB/s burst does not count)
+    assert res["machine"]["read_bandwidth_samples_gb_s"] == {"1": [30.0, 60.0, 31.0], "2": [35.0, 34.0, 36.0]}
+    assert res["machine"]["read_bandwidth_gb_s"] == {"1": 31.0, "2": 35.0}
     a = res["engines"]["a"]
     assert a["decode_tok_s"]["runs"] == [10.0, 11.0, 30.0, 31.0, 50.0, 51.0]
     assert a["decode_tok_s"]["median"] == 30.5 and a["prefill_tok_s"]["median"] == 300.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -159,10 +160,12 @@ def run_bench(
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "engines": {},
     }
-    roofs = _measure_roofs(threads, results, log) if roofline else None
+    roofs = None
     workload = {"threads": threads, "prefill": prefill, "decode": decode, "runs": runs}
     pooled: dict[str, dict] = {}
     for rnd, eng in ((i, e) for i in range(rounds) for e in engines):
+        if roofline and eng == engines[0]:  # a bandwidth sample per round (see _measure_roofs)
+            roofs = _measure_roofs(threads, results, log, roofs)
         log(f"running {eng}" + (f" (round {rnd + 1} of {rounds})" if rounds > 1 else "") + " ...")
         load_before = os.getloadavg()
         r = _run_engine(eng, spec, work, packed, head_dtype, workload, llama_bench)
@@ -176,13 +179,14 @@ def run_bench(
             p["peak_rss_mib"] = max(p["peak_rss_mib"], r["peak_rss_mib"])
         else:
             pooled[eng] = r
-        r = dict(pooled[eng])
-        r["decode_tok_s"] = spread(r.pop("decode"))
-        r["prefill_tok_s"] = spread(r.pop("prefill"))
-        if roofs is not None and eng.startswith("runtime-"):
-            _add_roofline(r, packed, eng, head_dtype, roofs["bandwidth"][threads], prefill + (decode - 1) / 2)
-            _add_prefill_roof(r, roofs["int8_peak"][threads])
-        results["engines"][eng] = r
+        for e, p in pooled.items():  # every engine's cells from its runs so far (and the bandwidth median)
+            r = dict(p)
+            r["decode_tok_s"] = spread(r.pop("decode"))
+            r["prefill_tok_s"] = spread(r.pop("prefill"))
+            if roofs is not None and e.startswith("runtime-"):
+                _add_roofline(r, packed, e, head_dtype, roofs["bandwidth"][threads], prefill + (decode - 1) / 2)
+                _add_prefill_roof(r, roofs["int8_peak"][threads])
+            results["engines"][e] = r
         if out is not None:  # partial results survive an interrupted run
             write_json(results, out)
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -227,18 +231,26 @@ def _run_engine(
     return r
 
 
-def _measure_roofs(threads: int, results: dict, log) -> dict[str, dict[int, float]]:
+def _measure_roofs(threads: int, results: dict, log, roofs: dict | None = None) -> dict[str, dict[int, float]]:
     """Read bandwidth (bytes/s) and int8 multiply-add peak (MAC/s) with 1 and `threads` threads, recorded in
-    results["machine"]."""
+    results["machine"]. Called again with the previous `roofs` (once per round), it adds a bandwidth sample
+    and the roofline is the median of the samples: a shared VM's bandwidth moves with its neighbours (one
+    bench's 2-thread reading was 56 GB/s, the runs around it 34-36), so one reading can misplace it."""
     from .roofline import int8_peak, read_bandwidth
 
-    bw = {n: read_bandwidth(n) for n in sorted({1, threads})}
+    samples = roofs["bandwidth_samples"] if roofs else {n: [] for n in sorted({1, threads})}
+    for n, xs in samples.items():
+        xs.append(read_bandwidth(n))
+    bw = {n: statistics.median(xs) for n, xs in samples.items()}
     results["machine"]["read_bandwidth_gb_s"] = {str(n): b / 1e9 for n, b in bw.items()}
-    log("read bandwidth: " + ", ".join(f"{b / 1e9:.1f} GB/s with {n} thread(s)" for n, b in bw.items()))
+    results["machine"]["read_bandwidth_samples_gb_s"] = {str(n): [x / 1e9 for x in xs] for n, xs in samples.items()}
+    log("read bandwidth: " + ", ".join(f"{xs[-1] / 1e9:.1f} GB/s with {n} thread(s)" for n, xs in samples.items()))
+    if roofs:
+        return {**roofs, "bandwidth": bw}
     peak = {n: int8_peak(n) for n in sorted({1, threads})}
     results["machine"]["int8_peak_gmac_s"] = {str(n): p / 1e9 for n, p in peak.items()}
     log("int8 multiply-add peak: " + ", ".join(f"{p / 1e9:.0f} GMAC/s with {n} thread(s)" for n, p in peak.items()))
-    return {"bandwidth": bw, "int8_peak": peak}
+    return {"bandwidth": bw, "int8_peak": peak, "bandwidth_samples": samples}
 
 
 def _add_roofline(r: dict, packed: dict, eng: str, head_dtype: str, bandwidth: float, position: float) -> None:
