@@ -553,7 +553,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
      * long batch whose kv heads do not divide among the threads caches every head's keys first, then hands
      * out (kv head, 16 rows) units, so SmolLM2's 3 kv heads do not leave one of 2 threads waiting for the
      * other's second head at the barrier below */
-    float *cs = tl->rope; /* [T][head_dim]: cos | sin per token, computed with this thread's first kv head */
+    float *cs = tl->rope; /* [T][head_dim]: cos | sin per token, with this thread's first kv head (or up front) */
     const int nrows = keep ? nkeep : T, chunked = nth > 1 && nkv % nth != 0 && nrows >= 2 * ATT_ROWS;
     if (!chunked) {
         for (int kh, first = 1; (kh = grab(st, tl, nkv)) >= 0; first = 0) {

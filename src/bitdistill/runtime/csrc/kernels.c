@@ -903,7 +903,8 @@ BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const 
         __asm__("vpdpbusd (%[p])%{1to16%}, %[w], %[a]\n\t"                                                    \
                 "add %[s], %[p]"                                                                                 \
                 : [a] "+v"(A), [p] "+r"(xp)                                                                      \
-                : [w] "v"(w), [s] "r"(stride));
+                : [w] "v"(w), [s] "r"(stride)                                                                    \
+                : "memory"); /* it reads the activations through xp */
     for (int q = 0; q < nq; q++) {
         const __m256i *u8 = (const __m256i *)(u + (size_t)q * 32); /* nv = 1: an 8-row panel */
         const __m512i w = nv == 2 ? _mm512_loadu_si512(u + (size_t)q * 64)
