@@ -302,10 +302,11 @@ def test_silu_gate_twins_agree_and_match_torch(simd) -> None:
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
 def test_gemv_and_gemm_epilogues_agree_bit_for_bit(simd, granularity: str) -> None:
     """Decode finishes 8 rows as one vector (gemv8_finish, at each SIMD level), the GEMM per panel
-    (scale_panel) and the ragged tail row by row (finish): the same float operations in the same order, so
-    equal outputs — what lets a prompt scored alone equal the same prompt in a batch. n = 37: 4 vectors of
-    8 and a tail."""
-    n, k, t = 37, 576, 5
+    (scale_panel, or at the VNNI level the tile's own epilogue) and the ragged tail row by row (finish): the same
+    float operations in the same order, so equal outputs — what lets a prompt scored alone equal the same
+    prompt in a batch. n = 37: 4 vectors of 8 and a tail, two full 16-row panels and one of 5 rows; t = 21:
+    a 16-token tile and a 5-token one."""
+    n, k, t = 37, 576, 21
     lin = _bitlinear(n, k, granularity, bias=True, seed=3)
     x = _x(t, k, seed=2)
     q, delta = ternarize(lin.weight, granularity)

@@ -887,8 +887,21 @@ static const panel_tile_fn PANEL_TILES[2][5] = {
  * and adds them into int32 lanes in one instruction (no int16 stage, no widening, no broadcast register). An
  * 8-row panel (nv = 1) leaves the upper half zero. Integer sums: the same values as the AVX2 and scalar levels. */
 #define VNNI_TILE_MAX 16
+
+/* Where a VNNI tile's sums go: with y, straight from its registers as the per-tensor-scale epilogue's floats,
+ * y[t * n + r] = (float)(sum - xsum[t]) * f[t] (+ bias[r]) for rows r < rows — scale_panel's operations lane by
+ * lane, so the same floats, without the int32 round trip through memory and a second pass; else the int32
+ * sums into out. */
+typedef struct {
+    float *y;
+    int n, rows;
+    const int32_t *xsum;
+    const float *f, *bias;
+} vnni_epilogue;
+
 BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const uint8_t *u, int nv, const int NT, int nq,
-                                                                         int kp, const int8_t *x, int32_t *out) {
+                                                                         int kp, const int8_t *x, int32_t *out,
+                                                                         const vnni_epilogue *e) {
     /* named accumulators, not an array: GCC kept an array of 8 or 16 zmm in memory (no scalar replacement at
      * that size), with a load and a store around every vpdpbusd */
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0,
@@ -917,19 +930,30 @@ BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const 
     }
 #undef VNNI_STEP
     const __m512i a[VNNI_TILE_MAX] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
-    for (int t = 0; t < NT; t++) _mm512_storeu_si512(out + (size_t)t * BD_PANEL_ROWS, a[t]);
+    if (!e) {
+        for (int t = 0; t < NT; t++) _mm512_storeu_si512(out + (size_t)t * BD_PANEL_ROWS, a[t]);
+        return;
+    }
+    const __mmask16 rows = (__mmask16)((1u << e->rows) - 1);
+    const __m512 bias = e->bias ? _mm512_maskz_loadu_ps(rows, e->bias) : _mm512_setzero_ps();
+    for (int t = 0; t < NT; t++) {
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a[t], _mm512_set1_epi32(e->xsum[t]))),
+                                 _mm512_set1_ps(e->f[t]));
+        if (e->bias) v = _mm512_add_ps(v, bias);
+        _mm512_mask_storeu_ps(e->y + (size_t)t * e->n, rows, v);
+    }
 }
 
 #define VNNI_TILE(NT)                                                                                     \
     BD_VNNI static void panel_tile_vnni_##NT(const uint8_t *u, int nv, int nq, int kp, const int8_t *x,      \
-                                             int32_t *out) {                                                 \
-        panel_tile_vnni(u, nv, NT, nq, kp, x, out);                                                           \
+                                             int32_t *out, const vnni_epilogue *e) {                         \
+        panel_tile_vnni(u, nv, NT, nq, kp, x, out, e);                                                        \
     }
 VNNI_TILE(1) VNNI_TILE(2) VNNI_TILE(3) VNNI_TILE(4) VNNI_TILE(5) VNNI_TILE(6) VNNI_TILE(7) VNNI_TILE(8)
 VNNI_TILE(9) VNNI_TILE(10) VNNI_TILE(11) VNNI_TILE(12) VNNI_TILE(13) VNNI_TILE(14) VNNI_TILE(15) VNNI_TILE(16)
 #undef VNNI_TILE
 
-typedef void (*vnni_tile_fn)(const uint8_t *, int, int, int, const int8_t *, int32_t *);
+typedef void (*vnni_tile_fn)(const uint8_t *, int, int, int, const int8_t *, int32_t *, const vnni_epilogue *);
 static const vnni_tile_fn VNNI_TILES[VNNI_TILE_MAX] = {
     panel_tile_vnni_1, panel_tile_vnni_2, panel_tile_vnni_3, panel_tile_vnni_4,
     panel_tile_vnni_5, panel_tile_vnni_6, panel_tile_vnni_7, panel_tile_vnni_8,
@@ -949,7 +973,7 @@ void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t 
         if (lvl >= 2) {
             for (int t = 0; t < nt; t += VNNI_TILE_MAX) {
                 const int m = nt - t < VNNI_TILE_MAX ? nt - t : VNNI_TILE_MAX;
-                VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS);
+                VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS, NULL);
             }
             return;
         }
@@ -969,6 +993,28 @@ void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t 
             for (int t = 0; t < m; t++) memcpy(out + (size_t)(t0 + t) * BD_PANEL_ROWS + 4 * g, a + 4 * t, 16);
         }
     }
+}
+
+/* The VNNI level's prefill panel with the per-tensor-scale epilogue in the tile (vnni_epilogue): y rows
+ * [0, rows) of nt tokens, n apart, from xsum[t] and f[t] (and bias). 0 at the other levels: the caller then
+ * takes bd_gemm_panel_i8_t2 and scale_panel. */
+static int gemm_panel_scaled(const uint8_t *w, int ngr, int k, int kp, const int8_t *x, int nt, const int32_t *xsum,
+                             const float *f, const float *bias, int rows, float *y, int n, uint8_t *ubuf) {
+#if BD_X86
+    if (simd_on() >= 2) {
+        const int nv = (ngr + 1) / 2, nq = (k + 3) / 4;
+        unpack_panel_t2_avx2(w, ngr, kp, ubuf);
+        for (int t = 0; t < nt; t += VNNI_TILE_MAX) {
+            const int m = nt - t < VNNI_TILE_MAX ? nt - t : VNNI_TILE_MAX;
+            const vnni_epilogue e = {y + (size_t)t * n, n, rows, xsum + t, f + t, bias};
+            VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, NULL, &e);
+        }
+        return 1;
+    }
+#endif
+    (void)w, (void)ngr, (void)k, (void)kp, (void)x, (void)nt, (void)xsum, (void)f, (void)bias, (void)rows, (void)y;
+    (void)n, (void)ubuf;
+    return 0;
 }
 
 /* ---- int8 x int8 (LM head): 4 consecutive rows of a row-major [n][k] matrix ---- */
@@ -1410,8 +1456,12 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
                     _mm_prefetch((const char *)(y + (size_t)(t0 + t) * n + gn * 4), _MM_HINT_T1);
             }
 #endif
-            bd_gemm_panel_i8_t2(L->w + (size_t)g * kp, ngr, L->k, kp, xq + (size_t)t0 * kp, nt, acc, ubuf);
             const int rows = n - g * 4 < ngr * 4 ? n - g * 4 : ngr * 4;
+            if (L->scale_kind == BD_SCALE_TENSOR &&
+                gemm_panel_scaled(L->w + (size_t)g * kp, ngr, L->k, kp, xq + (size_t)t0 * kp, nt, xsum + t0, f,
+                                  L->bias ? L->bias + g * 4 : NULL, rows, y + (size_t)t0 * n + g * 4, n, ubuf))
+                continue;
+            bd_gemm_panel_i8_t2(L->w + (size_t)g * kp, ngr, L->k, kp, xq + (size_t)t0 * kp, nt, acc, ubuf);
             if (L->scale_kind == BD_SCALE_TENSOR) { /* = finish(), with the division hoisted */
                 scale_panel(y + (size_t)t0 * n + g * 4, n, acc, xsum + t0, f, L->bias ? L->bias + g * 4 : NULL, rows, nt);
                 continue;
