@@ -280,6 +280,26 @@ def test_attention_helpers(simd, kv16: bool, n: int, hd: int, nq: int) -> None:
         np.testing.assert_array_equal(o[h], alone_o[0])
 
 
+@pytest.mark.parametrize("n", [1, 13, 64, 576, 1539])
+def test_rmsnorm_and_the_max_it_hands_to_the_quantization(simd, n: int) -> None:
+    """bd_rmsnorm: y = w * (x * inv) with inv = 1 / sqrt(float(sum(x^2) in double / n) + eps), the formula
+    written out in numpy float32 (the products rounded in the same order: the same bits at every level, and in
+    place too); the max |y| it returns is the quantization's absmax of y."""
+    rng = np.random.default_rng(n)
+    x = (rng.normal(size=n) * 3).astype(np.float32)
+    w = rng.normal(size=n).astype(np.float32)
+    ss = float((x.astype(np.float64) ** 2).sum())
+    inv = np.float32(1.0) / np.sqrt(np.float32(np.float32(ss / n) + np.float32(1e-6)))
+    ref = w * (x * inv)
+    y = np.zeros(n, np.float32)
+    amax = lib().bd_rmsnorm(ptr(x), ptr(w), n, 1e-6, ptr(y))
+    np.testing.assert_allclose(y, ref, rtol=2e-7)  # the double sum may round its last bit apart from numpy's
+    assert amax == np.abs(y).max()
+    same = x.copy()
+    lib().bd_rmsnorm(ptr(same), ptr(w), n, 1e-6, ptr(same))  # in place (the q/k norms)
+    np.testing.assert_array_equal(same, y)
+
+
 def test_silu_gate_twins_agree_and_match_torch(simd) -> None:
     """silu(g) * u: the SIMD path equals the scalar one bit for bit (same operations lane by lane), and both
     are within a few ulp of torch's, also at the clamped extremes of exp."""

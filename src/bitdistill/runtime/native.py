@@ -114,6 +114,8 @@ def lib() -> C.CDLL:
         L.bd_int8_peak_macs.argtypes = [C.c_long, i32, vp]
         L.bd_int8_peak_macs.restype = C.c_double
     L.bd_attend_test.argtypes = [vp, i32, vp, vp, i32, i32, C.c_float, i32, vp, vp]
+    L.bd_rmsnorm.argtypes = [vp, vp, i32, C.c_float, vp]
+    L.bd_rmsnorm.restype = C.c_float
     _SIMD_DEFAULT = -1 if env.simd is None else env.simd
     L.bd_set_simd(_SIMD_DEFAULT)
     L.bd_set_profile(int(env.profile))

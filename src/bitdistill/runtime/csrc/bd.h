@@ -76,6 +76,8 @@ void bd_set_simd(int level);
 int bd_has_openmp(void);
 int bd_max_threads(void);
 void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum);
+void bd_quantize_row_amax(const float *x, int k, int kp, float amax, int8_t *xq, float *s, int32_t *sum);
+float bd_rmsnorm(const float *x, const float *w, int n, float eps, float *y); /* returns max |y| */
 void bd_quantize_row_sym(const float *x, int k, int8_t *xq, float *s);
 double bd_sumsq(const float *x, int n);
 void bd_to_f16(const float *x, uint16_t *h, int n); /* round to nearest even */

@@ -295,11 +295,7 @@ static inline int n_chunks(int n, int nth, int min) {
     return c < 1 ? 1 : c;
 }
 
-static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) {
-    double ss = bd_sumsq(x, n);
-    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * inv);
-}
+static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) { bd_rmsnorm(x, w, n, eps, y); }
 
 /* The per-token steps of a long batch on several threads (embedding, residual adds, norms, activation
  * quantization: ~10 % of a 128-token prefill on 2 threads, done by every thread in full) are split by rows:
@@ -353,11 +349,11 @@ static void prep_input(const float *src, const float *norm, const bd_rows *R, in
                        bd_qin in) {
     for (int t = R->t0; t < R->t1; t++) {
         const float *row = src + (size_t)t * n;
-        if (norm) {
-            rmsnorm(row, norm, n, eps, tmp);
-            row = tmp;
-        }
-        bd_quantize_row(row, n, kp, in.q + (size_t)t * kp, &in.s[t], &in.sum[t]);
+        if (norm) /* the norm hands over max |row| for the quantization */
+            bd_quantize_row_amax(tmp, n, kp, bd_rmsnorm(row, norm, n, eps, tmp), in.q + (size_t)t * kp, &in.s[t],
+                                 &in.sum[t]);
+        else
+            bd_quantize_row(row, n, kp, in.q + (size_t)t * kp, &in.s[t], &in.sum[t]);
     }
 }
 
@@ -608,12 +604,12 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
         } else {
             for (int i = 0; i < I; i++) tl->act[i] = act(m->act, g[i]) * u[i];
         }
-        const float *row = tl->act;
-        if (L->down.sub_norm) {
-            rmsnorm(row, L->down.sub_norm, I, m->eps, tl->h);
-            row = tl->h;
-        }
-        bd_quantize_row(row, I, L->down.kp, in.q + (size_t)t * L->down.kp, &in.s[t], &in.sum[t]);
+        int8_t *q = in.q + (size_t)t * L->down.kp;
+        if (L->down.sub_norm) /* SubLN: the norm hands over max |row| */
+            bd_quantize_row_amax(tl->h, I, L->down.kp, bd_rmsnorm(tl->act, L->down.sub_norm, I, m->eps, tl->h), q,
+                                 &in.s[t], &in.sum[t]);
+        else
+            bd_quantize_row(tl->act, I, L->down.kp, q, &in.s[t], &in.sum[t]);
     }
     PROF(P_PREP);
     if (R->split) BARRIER

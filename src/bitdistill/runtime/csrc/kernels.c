@@ -177,13 +177,17 @@ static int32_t quant(const float *x, int k, float sc, float lo, int8_t *xq) {
     return quant_scalar(x, k, sc, lo, xq);
 }
 
-void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum) {
-    float amax = absmax(x, k);
+/* bd_quantize_row of a row whose max |x| the caller already has (bd_rmsnorm computed it as it wrote the row) */
+void bd_quantize_row_amax(const float *x, int k, int kp, float amax, int8_t *xq, float *s, int32_t *sum) {
     /* torch: s = 127 / clamp(amax, min=eps); q = clamp(round_half_even(x * s), -128, 127) */
     float sc = 127.0f / (amax < BD_EPS ? BD_EPS : amax);
     *sum = quant(x, k, sc, -128.0f, xq);
     for (int i = k; i < kp; i++) xq[i] = 0;
     *s = sc;
+}
+
+void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum) {
+    bd_quantize_row_amax(x, k, kp, absmax(x, k), xq, s, sum);
 }
 
 /* Symmetric [-127, 127] variant for the int8 LM head (keeps the AVX2 sign trick overflow free). */
@@ -220,6 +224,42 @@ double bd_sumsq(const float *x, int n) {
     double s = 0.0;
     for (int i = 0; i < n; i++) s += (double)x[i] * x[i];
     return s;
+}
+
+/* RMSNorm y = w * (x * inv), inv = 1 / sqrt(sum(x^2) / n + eps) (the sum in double, bd_sumsq), returning
+ * max |y| with absmax's operations (the same value), so a quantization right after it skips a pass */
+#if BD_X86
+BD_AVX2 static float rmsnorm_avx2(const float *x, const float *w, int n, float inv, float *y) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), vi = _mm256_set1_ps(inv);
+    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+        const __m256 b = _mm256_mul_ps(_mm256_loadu_ps(w + i + 8), _mm256_mul_ps(_mm256_loadu_ps(x + i + 8), vi));
+        _mm256_storeu_ps(y + i, a);
+        _mm256_storeu_ps(y + i + 8, b);
+        m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, a));
+        m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, b));
+    }
+    float buf[8], amax = 0.0f;
+    _mm256_storeu_ps(buf, _mm256_max_ps(m0, m1));
+    for (int j = 0; j < 8; j++) amax = fmaxf(amax, buf[j]);
+    for (; i < n; i++) {
+        y[i] = w[i] * (x[i] * inv);
+        amax = fmaxf(amax, fabsf(y[i]));
+    }
+    return amax;
+}
+#endif
+
+float bd_rmsnorm(const float *x, const float *w, int n, float eps, float *y) {
+    const double ss = bd_sumsq(x, n);
+    const float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+#if BD_X86
+    if (simd_on()) return rmsnorm_avx2(x, w, n, inv, y);
+#endif
+    for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] * inv);
+    return absmax_scalar(y, n);
 }
 
 /* KV cache rows are float, or IEEE half (half != 0) for the fp16 cache */
