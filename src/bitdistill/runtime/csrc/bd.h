@@ -106,6 +106,10 @@ void bd_row_to_f32(const void *w, int dtype, const float *rscale, int row, int k
 /* Row-group range [g0, g1) of a ternary linear, T tokens; out float [T][n] (scaled, biased). */
 void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const float *xs, const int32_t *xsum,
                     int T, float *y, uint8_t *ubuf);
+int bd_silu_pair_ok(const bd_linear *G, const bd_linear *U, int T);
+/* gate and up of the FFN, yg = gate, ya = silu(gate) * up, as bd_linear_rows twice and bd_silu_mul_to would */
+void bd_linear_rows_silu(const bd_linear *G, const bd_linear *U, int g0, int g1, const int8_t *xq, const float *xs,
+                         const int32_t *xsum, int T, float *yg, float *ya, uint8_t *ubuf);
 /* Rows [r0, r1) of a dense (head) matrix, T tokens. xq/xs used for int8, x for float dtypes. */
 /* q4: xq rows zero padded to ceil(k/64)*64 with group sums xg [T][ceil(k/64)] (bd_q4_group_sums). */
 void bd_dense_rows(const void *w, int dtype, const float *rscale, int n, int k, int r0, int r1, const float *x,

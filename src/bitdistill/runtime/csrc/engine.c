@@ -591,25 +591,38 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
         PROF(P_PREP);
     }
     if (R->split) BARRIER
-    group_linear(gu, 2, 0, T, H, m->eps, st->g, R, st, tl, nth);
-    group_linear(gu, 2, 1, T, H, m->eps, st->u, R, st, tl, nth);
+    /* SiLU in the up projection's epilogue where the kernels have one (bd_linear_rows_silu: VNNI prefill,
+     * one shared input); st->u then holds silu(gate) * up, the same floats as the two passes below */
+    const int fused = m->act == BD_ACT_SILU && !own_norms(gu, 2) && bd_silu_pair_ok(&L->gate, &L->up, T);
+    if (fused) {
+        const int ng = L->gate.np / BD_ROWS, nc = n_chunks(ng, nth, 8);
+        const bd_qin gin = qin(st, tl, R, 0);
+        for (int c, a, b; (c = grab(st, tl, nc)) >= 0;) {
+            part(ng, c, nc, &a, &b);
+            bd_linear_rows_silu(&L->gate, &L->up, a, b, gin.q, gin.s, gin.sum, T, st->g, st->u, tl->ubuf);
+        }
+    } else {
+        group_linear(gu, 2, 0, T, H, m->eps, st->g, R, st, tl, nth);
+        group_linear(gu, 2, 1, T, H, m->eps, st->u, R, st, tl, nth);
+    }
     PROF(P_FFN);
     BARRIER
     /* each thread forms act(gate) * up itself, row by row, as it quantizes down's input: the gate and up rows
      * of a token come from whichever threads took them, and this needs no extra barrier */
     FOR_ROWS(C) for (int t = C.t0; t < C.t1; t++) {
-        const float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I;
-        if (m->act == BD_ACT_SILU) {
+        const float *g = st->g + (size_t)t * I, *u = st->u + (size_t)t * I, *a = tl->act;
+        if (fused)
+            a = u;
+        else if (m->act == BD_ACT_SILU)
             bd_silu_mul_to(tl->act, g, u, I);
-        } else {
+        else
             for (int i = 0; i < I; i++) tl->act[i] = act(m->act, g[i]) * u[i];
-        }
         int8_t *q = in.q + (size_t)t * L->down.kp;
         if (L->down.sub_norm) /* SubLN: the norm hands over max |row| */
-            bd_quantize_row_amax(tl->h, I, L->down.kp, bd_rmsnorm(tl->act, L->down.sub_norm, I, m->eps, tl->h), q,
+            bd_quantize_row_amax(tl->h, I, L->down.kp, bd_rmsnorm(a, L->down.sub_norm, I, m->eps, tl->h), q,
                                  &in.s[t], &in.sum[t]);
         else
-            bd_quantize_row(tl->act, I, L->down.kp, q, &in.s[t], &in.sum[t]);
+            bd_quantize_row(a, I, L->down.kp, q, &in.s[t], &in.sum[t]);
     }
     PROF(P_PREP);
     if (R->split) BARRIER

@@ -550,6 +550,23 @@ BD_AVX2 static __m256 exp_avx2(__m256 x) {
     return _mm256_blendv_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), _mm256_set1_ps(INFINITY), over);
 }
 
+/* exp_avx2's operations on 16 lanes (roundscale toward -inf is its floor, a mask blend its blendv): lane by lane
+ * the same floats, for the SiLU the VNNI prefill tile applies in its epilogue */
+BD_VNNI static inline __m512 exp_avx512(__m512 x) {
+    const __mmask16 over = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_HI), _CMP_GT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+    __m512 fx = _mm512_roundscale_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                                   _mm512_set1_ps(0.5f)),
+                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm512_sub_ps(x, _mm512_mul_ps(fx, _mm512_set1_ps(0.693359375f)));
+    x = _mm512_sub_ps(x, _mm512_mul_ps(fx, _mm512_set1_ps(-2.12194440e-4f)));
+    __m512 z = _mm512_mul_ps(x, x), y = _mm512_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 6; i++) y = _mm512_add_ps(_mm512_mul_ps(y, x), _mm512_set1_ps(EXP_P[i]));
+    y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(y, z), x), _mm512_set1_ps(1.0f));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    return _mm512_mask_blend_ps(over, _mm512_mul_ps(y, _mm512_castsi512_ps(bits)), _mm512_set1_ps(INFINITY));
+}
+
 BD_AVX2 static void silu_mul_avx2(float *y, const float *g, const float *u, int n) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     int i = 0;
@@ -937,6 +954,7 @@ typedef struct {
     int n, rows;
     const int32_t *xsum;
     const float *f, *bias;
+    const float *gate; /* with it, y = silu(gate) * (the scaled sum), silu_mul_avx2's operations: the FFN's act */
 } vnni_epilogue;
 
 BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const uint8_t *u, int nv, const int NT, int nq,
@@ -980,6 +998,13 @@ BD_VNNI static inline __attribute__((always_inline)) void panel_tile_vnni(const 
         __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a[t], _mm512_set1_epi32(e->xsum[t]))),
                                  _mm512_set1_ps(e->f[t]));
         if (e->bias) v = _mm512_add_ps(v, bias);
+        if (e->gate) {
+            const __m512 g = _mm512_maskz_loadu_ps(rows, e->gate + (size_t)t * e->n);
+            const __m512 neg = _mm512_castsi512_ps( /* -g: the sign bit flipped (xor_ps needs AVX512DQ) */
+                _mm512_xor_si512(_mm512_castps_si512(g), _mm512_set1_epi32((int)0x80000000u)));
+            const __m512 ex = exp_avx512(neg);
+            v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), ex)), v);
+        }
         _mm512_mask_storeu_ps(e->y + (size_t)t * e->n, rows, v);
     }
 }
@@ -1039,21 +1064,22 @@ void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t 
  * [0, rows) of nt tokens, n apart, from xsum[t] and f[t] (and bias). 0 at the other levels: the caller then
  * takes bd_gemm_panel_i8_t2 and scale_panel. */
 static int gemm_panel_scaled(const uint8_t *w, int ngr, int k, int kp, const int8_t *x, int nt, const int32_t *xsum,
-                             const float *f, const float *bias, int rows, float *y, int n, uint8_t *ubuf) {
+                             const float *f, const float *bias, int rows, float *y, int n, uint8_t *ubuf,
+                             const float *gate) {
 #if BD_X86
     if (simd_on() >= 2) {
         const int nv = (ngr + 1) / 2, nq = (k + 3) / 4;
         unpack_panel_t2_avx2(w, ngr, kp, ubuf);
         for (int t = 0; t < nt; t += VNNI_TILE_MAX) {
             const int m = nt - t < VNNI_TILE_MAX ? nt - t : VNNI_TILE_MAX;
-            const vnni_epilogue e = {y + (size_t)t * n, n, rows, xsum + t, f + t, bias};
+            const vnni_epilogue e = {y + (size_t)t * n, n, rows, xsum + t, f + t, bias, gate ? gate + (size_t)t * n : NULL};
             VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, NULL, &e);
         }
         return 1;
     }
 #endif
     (void)w, (void)ngr, (void)k, (void)kp, (void)x, (void)nt, (void)xsum, (void)f, (void)bias, (void)rows, (void)y;
-    (void)n, (void)ubuf;
+    (void)n, (void)ubuf, (void)gate;
     return 0;
 }
 
@@ -1499,7 +1525,7 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
             const int rows = n - g * 4 < ngr * 4 ? n - g * 4 : ngr * 4;
             if (L->scale_kind == BD_SCALE_TENSOR &&
                 gemm_panel_scaled(L->w + (size_t)g * kp, ngr, L->k, kp, xq + (size_t)t0 * kp, nt, xsum + t0, f,
-                                  L->bias ? L->bias + g * 4 : NULL, rows, y + (size_t)t0 * n + g * 4, n, ubuf))
+                                  L->bias ? L->bias + g * 4 : NULL, rows, y + (size_t)t0 * n + g * 4, n, ubuf, NULL))
                 continue;
             bd_gemm_panel_i8_t2(L->w + (size_t)g * kp, ngr, L->k, kp, xq + (size_t)t0 * kp, nt, acc, ubuf);
             if (L->scale_kind == BD_SCALE_TENSOR) { /* = finish(), with the division hoisted */
@@ -1511,6 +1537,52 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
                 const int32_t *at = acc + (size_t)BD_PANEL_ROWS * t, sx = xsum[t0 + t];
                 for (int r = 0; r < rows; r++) yt[r] = finish(L, g * 4 + r, at[r] - sx, xs[t0 + t]);
             }
+        }
+    }
+}
+
+/* Whether bd_linear_rows_silu runs the FFN's gate and up of a T-token batch: the VNNI level's prefill path
+ * (T > 1), per-tensor scales, the same shapes. */
+int bd_silu_pair_ok(const bd_linear *G, const bd_linear *U, int T) {
+    return simd_on() >= 2 && T > 1 && G->scale_kind == BD_SCALE_TENSOR && U->scale_kind == BD_SCALE_TENSOR &&
+           G->n == U->n && G->k == U->k && G->kp == U->kp && G->np == U->np;
+}
+
+/* The FFN's gate and up over row groups [g0, g1), panel by panel: the gate panel's floats into yg, then the up
+ * panel's tile multiplies its own floats by silu of those (still in L1) and writes act = silu(gate) * up into
+ * ya — the values bd_linear_rows and bd_silu_mul_to make in two passes over yg and the up output, without the
+ * second pass (~4 % of a SmolLM2 prefill, half of it waiting on memory). Only where bd_silu_pair_ok. */
+void bd_linear_rows_silu(const bd_linear *G, const bd_linear *U, int g0, int g1, const int8_t *xq, const float *xs,
+                         const int32_t *xsum, int T, float *yg, float *ya, uint8_t *ubuf) {
+    const int kp = G->kp, n = G->n;
+    enum { TB_MAX = 128 };
+    int tb = 196608 / kp;
+    tb = tb < 8 ? 8 : tb > TB_MAX ? TB_MAX : tb;
+    float fg[TB_MAX], fu[TB_MAX];
+    for (int t0 = 0; t0 < T; t0 += tb) {
+        const int nt = T - t0 < tb ? T - t0 : tb;
+        for (int t = 0; t < nt; t++) {
+            fg[t] = G->scale[0] / xs[t0 + t];
+            fu[t] = U->scale[0] / xs[t0 + t];
+        }
+        for (int g = g0; g < g1; g += BD_PANEL_ROWS / 4) {
+            const int ngr = g1 - g < BD_PANEL_ROWS / 4 ? g1 - g : BD_PANEL_ROWS / 4;
+            const int rows = n - g * 4 < ngr * 4 ? n - g * 4 : ngr * 4;
+            const size_t at = (size_t)t0 * n + g * 4;
+#if BD_X86
+            const int gn = g + BD_PANEL_ROWS / 4; /* the next panel's rows of both, into L2 (see bd_linear_rows) */
+            if (gn < g1) {
+                const size_t bytes = (size_t)(g1 - gn < BD_PANEL_ROWS / 4 ? g1 - gn : BD_PANEL_ROWS / 4) * kp;
+                for (size_t b = 0; b < bytes; b += 64) {
+                    _mm_prefetch((const char *)(G->w + (size_t)gn * kp) + b, _MM_HINT_T1);
+                    _mm_prefetch((const char *)(U->w + (size_t)gn * kp) + b, _MM_HINT_T1);
+                }
+            }
+#endif
+            gemm_panel_scaled(G->w + (size_t)g * kp, ngr, G->k, kp, xq + (size_t)t0 * kp, nt, xsum + t0, fg,
+                              G->bias ? G->bias + g * 4 : NULL, rows, yg + at, n, ubuf, NULL);
+            gemm_panel_scaled(U->w + (size_t)g * kp, ngr, U->k, kp, xq + (size_t)t0 * kp, nt, xsum + t0, fu,
+                              U->bias ? U->bias + g * 4 : NULL, rows, ya + at, n, ubuf, yg + at);
         }
     }
 }
