@@ -536,16 +536,25 @@ static void silu_mul_scalar(float *y, const float *g, const float *u, int n) {
 }
 
 #if BD_X86
+/* exp's range reduction by ln 2 in two parts and its polynomial, y = 1 + x + z * poly(x), written once for both
+ * widths (P: _mm256 or _mm512, T: its float vector type), so the two do the same operations lane by lane */
+#define EXP_POLY(P, T, x, fx, y)                                                                   \
+    do {                                                                                           \
+        x = P##_sub_ps(x, P##_mul_ps(fx, P##_set1_ps(0.693359375f)));                              \
+        x = P##_sub_ps(x, P##_mul_ps(fx, P##_set1_ps(-2.12194440e-4f)));                           \
+        const T z_ = P##_mul_ps(x, x);                                                             \
+        y = P##_set1_ps(EXP_P[0]);                                                                 \
+        for (int i_ = 1; i_ < 6; i_++) y = P##_add_ps(P##_mul_ps(y, x), P##_set1_ps(EXP_P[i_]));    \
+        y = P##_add_ps(P##_add_ps(P##_mul_ps(y, z_), x), P##_set1_ps(1.0f));                       \
+    } while (0)
+
 BD_AVX2 static __m256 exp_avx2(__m256 x) {
     const __m256 over = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_HI), _CMP_GT_OQ);
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
     __m256 fx = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                               _mm256_set1_ps(0.5f)));
-    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(0.693359375f)));
-    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(-2.12194440e-4f)));
-    __m256 z = _mm256_mul_ps(x, x), y = _mm256_set1_ps(EXP_P[0]);
-    for (int i = 1; i < 6; i++) y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(EXP_P[i]));
-    y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(y, z), x), _mm256_set1_ps(1.0f));
+    __m256 y;
+    EXP_POLY(_mm256, __m256, x, fx, y);
     __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
     return _mm256_blendv_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), _mm256_set1_ps(INFINITY), over);
 }
@@ -558,11 +567,8 @@ BD_VNNI static inline __m512 exp_avx512(__m512 x) {
     __m512 fx = _mm512_roundscale_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                                    _mm512_set1_ps(0.5f)),
                                      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    x = _mm512_sub_ps(x, _mm512_mul_ps(fx, _mm512_set1_ps(0.693359375f)));
-    x = _mm512_sub_ps(x, _mm512_mul_ps(fx, _mm512_set1_ps(-2.12194440e-4f)));
-    __m512 z = _mm512_mul_ps(x, x), y = _mm512_set1_ps(EXP_P[0]);
-    for (int i = 1; i < 6; i++) y = _mm512_add_ps(_mm512_mul_ps(y, x), _mm512_set1_ps(EXP_P[i]));
-    y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(y, z), x), _mm512_set1_ps(1.0f));
+    __m512 y;
+    EXP_POLY(_mm512, __m512, x, fx, y);
     __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
     return _mm512_mask_blend_ps(over, _mm512_mul_ps(y, _mm512_castsi512_ps(bits)), _mm512_set1_ps(INFINITY));
 }
