@@ -1031,6 +1031,23 @@ static const vnni_tile_fn VNNI_TILES[VNNI_TILE_MAX] = {
     panel_tile_vnni_9, panel_tile_vnni_10, panel_tile_vnni_11, panel_tile_vnni_12,
     panel_tile_vnni_13, panel_tile_vnni_14, panel_tile_vnni_15, panel_tile_vnni_16,
 };
+
+/* An unpacked panel (ubuf: nv 8-row vectors, nq quads) against nt tokens, 16 at a time: int32 sums into out
+ * (BD_PANEL_ROWS per token), or with e the epilogue's floats (e->y, e->xsum, e->f, e->gate for token 0, each
+ * stepped per tile) */
+BD_VNNI static void vnni_panel_tiles(const uint8_t *ubuf, int nv, int nq, int kp, const int8_t *x, int nt,
+                                     int32_t *out, const vnni_epilogue *e) {
+    for (int t = 0; t < nt; t += VNNI_TILE_MAX) {
+        const int m = nt - t < VNNI_TILE_MAX ? nt - t : VNNI_TILE_MAX;
+        if (!e) {
+            VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS, NULL);
+            continue;
+        }
+        const vnni_epilogue et = {e->y + (size_t)t * e->n, e->n, e->rows, e->xsum + t, e->f + t, e->bias,
+                                  e->gate ? e->gate + (size_t)t * e->n : NULL};
+        VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, NULL, &et);
+    }
+}
 #endif
 
 void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t *x, int nt, int32_t *out,
@@ -1042,10 +1059,7 @@ void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t 
         const int nv = (ngr + 1) / 2, nq = (k + 3) / 4;
         unpack_panel_t2_avx2(w, ngr, kp, ubuf);
         if (lvl >= 2) {
-            for (int t = 0; t < nt; t += VNNI_TILE_MAX) {
-                const int m = nt - t < VNNI_TILE_MAX ? nt - t : VNNI_TILE_MAX;
-                VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS, NULL);
-            }
+            vnni_panel_tiles(ubuf, nv, nq, kp, x, nt, out, NULL);
             return;
         }
         for (int t = 0; t < nt; t += 5) {
@@ -1074,13 +1088,9 @@ static int gemm_panel_scaled(const uint8_t *w, int ngr, int k, int kp, const int
                              const float *gate) {
 #if BD_X86
     if (simd_on() >= 2) {
-        const int nv = (ngr + 1) / 2, nq = (k + 3) / 4;
         unpack_panel_t2_avx2(w, ngr, kp, ubuf);
-        for (int t = 0; t < nt; t += VNNI_TILE_MAX) {
-            const int m = nt - t < VNNI_TILE_MAX ? nt - t : VNNI_TILE_MAX;
-            const vnni_epilogue e = {y + (size_t)t * n, n, rows, xsum + t, f + t, bias, gate ? gate + (size_t)t * n : NULL};
-            VNNI_TILES[m - 1](ubuf, nv, nq, kp, x + (size_t)t * kp, NULL, &e);
-        }
+        const vnni_epilogue e = {y, n, rows, xsum, f, bias, gate};
+        vnni_panel_tiles(ubuf, (ngr + 1) / 2, (k + 3) / 4, kp, x, nt, NULL, &e);
         return 1;
     }
 #endif
@@ -1453,6 +1463,27 @@ static void scale_panel(float *y, int n, const int32_t *acc, const int32_t *xsum
         for (int r = 0; r < rows; r++) y[(size_t)t * n + r] = scale_one(acc[(size_t)t * BD_PANEL_ROWS + r], xsum[t], f[t], bias, r);
 }
 
+/* prefill's token block: activations that stay in L2 (~192 KiB), 8 to PREFILL_TB_MAX tokens */
+enum { PREFILL_TB_MAX = 128 };
+static int prefill_block(int kp) {
+    const int tb = 196608 / kp;
+    return tb < 8 ? 8 : tb > PREFILL_TB_MAX ? PREFILL_TB_MAX : tb;
+}
+
+/* The packed rows of the panel after the one at row group g (groups below g1), into L2 while this one
+ * multiplies: its unpack otherwise waited on DRAM, where prefill first reads each weight (perf, SmolLM2
+ * prefill: unpack 6.3 -> 2.8 % of the time) */
+static void prefetch_next_panel(const uint8_t *w, int g, int g1, int kp) {
+#if BD_X86
+    const int gn = g + BD_PANEL_ROWS / 4;
+    if (gn >= g1) return;
+    const size_t bytes = (size_t)(g1 - gn < BD_PANEL_ROWS / 4 ? g1 - gn : BD_PANEL_ROWS / 4) * kp;
+    for (size_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)(w + (size_t)gn * kp) + b, _MM_HINT_T1);
+#else
+    (void)w, (void)g, (void)g1, (void)kp;
+#endif
+}
+
 void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const float *xs, const int32_t *xsum,
                     int T, float *y, uint8_t *ubuf) {
     const int nb = L->kp / BD_BLOCK, kp = L->kp, n = L->n;
@@ -1502,31 +1533,24 @@ void bd_linear_rows(const bd_linear *L, int g0, int g1, const int8_t *xq, const 
             }
         return;
     }
-    /* prefill as GEMM: blocks of tokens whose activations stay in L2 (~192 KiB), and inside a block each panel of
-     * up to 16 rows is unpacked once and multiplied with every token of the block (bd_gemm_panel_i8_t2) */
-    enum { TB_MAX = 128 };
-    int tb = 196608 / kp;
-    tb = tb < 8 ? 8 : tb > TB_MAX ? TB_MAX : tb;
-    int32_t acc[TB_MAX * BD_PANEL_ROWS];
-    float f[TB_MAX]; /* per-tensor scale: finish's delta / s once per token, not per output */
+    /* prefill as GEMM: blocks of tokens whose activations stay in L2 (prefill_block), and inside a block each
+     * panel of up to 16 rows is unpacked once and multiplied with every token of the block (bd_gemm_panel_i8_t2) */
+    const int tb = prefill_block(kp);
+    int32_t acc[PREFILL_TB_MAX * BD_PANEL_ROWS];
+    float f[PREFILL_TB_MAX]; /* per-tensor scale: finish's delta / s once per token, not per output */
     for (int t0 = 0; t0 < T; t0 += tb) {
         const int nt = T - t0 < tb ? T - t0 : tb;
         if (L->scale_kind == BD_SCALE_TENSOR)
             for (int t = 0; t < nt; t++) f[t] = L->scale[0] / xs[t0 + t];
         for (int g = g0; g < g1; g += BD_PANEL_ROWS / 4) {
             const int ngr = g1 - g < BD_PANEL_ROWS / 4 ? g1 - g : BD_PANEL_ROWS / 4;
+            prefetch_next_panel(L->w, g, g1, kp);
 #if BD_X86
-            /* the next panel's packed rows and output lines, into L2 while this panel multiplies: its unpack
-             * otherwise waited on DRAM (it is where prefill first reads each weight) and its epilogue's stores
-             * on a line per token (perf, SmolLM2 prefill: unpack 6.3 -> 2.8 %, epilogue 8.7 -> 4.8 % of the time) */
-            const int gn = g + BD_PANEL_ROWS / 4;
-            if (gn < g1) {
-                const int ngn = g1 - gn < BD_PANEL_ROWS / 4 ? g1 - gn : BD_PANEL_ROWS / 4;
-                const char *wn = (const char *)(L->w + (size_t)gn * kp);
-                for (size_t b = 0; b < (size_t)ngn * kp; b += 64) _mm_prefetch(wn + b, _MM_HINT_T1);
+            /* and the next panel's output lines, which the epilogue's stores otherwise waited on, a line per
+             * token (perf, SmolLM2 prefill: epilogue 8.7 -> 4.8 % of the time) */
+            if (g + BD_PANEL_ROWS / 4 < g1)
                 for (int t = 0; t < nt; t++)
-                    _mm_prefetch((const char *)(y + (size_t)(t0 + t) * n + gn * 4), _MM_HINT_T1);
-            }
+                    _mm_prefetch((const char *)(y + (size_t)(t0 + t) * n + (g + BD_PANEL_ROWS / 4) * 4), _MM_HINT_T1);
 #endif
             const int rows = n - g * 4 < ngr * 4 ? n - g * 4 : ngr * 4;
             if (L->scale_kind == BD_SCALE_TENSOR &&
@@ -1560,11 +1584,8 @@ int bd_silu_pair_ok(const bd_linear *G, const bd_linear *U, int T) {
  * second pass (~4 % of a SmolLM2 prefill, half of it waiting on memory). Only where bd_silu_pair_ok. */
 void bd_linear_rows_silu(const bd_linear *G, const bd_linear *U, int g0, int g1, const int8_t *xq, const float *xs,
                          const int32_t *xsum, int T, float *yg, float *ya, uint8_t *ubuf) {
-    const int kp = G->kp, n = G->n;
-    enum { TB_MAX = 128 };
-    int tb = 196608 / kp;
-    tb = tb < 8 ? 8 : tb > TB_MAX ? TB_MAX : tb;
-    float fg[TB_MAX], fu[TB_MAX];
+    const int kp = G->kp, n = G->n, tb = prefill_block(kp);
+    float fg[PREFILL_TB_MAX], fu[PREFILL_TB_MAX];
     for (int t0 = 0; t0 < T; t0 += tb) {
         const int nt = T - t0 < tb ? T - t0 : tb;
         for (int t = 0; t < nt; t++) {
@@ -1575,16 +1596,8 @@ void bd_linear_rows_silu(const bd_linear *G, const bd_linear *U, int g0, int g1,
             const int ngr = g1 - g < BD_PANEL_ROWS / 4 ? g1 - g : BD_PANEL_ROWS / 4;
             const int rows = n - g * 4 < ngr * 4 ? n - g * 4 : ngr * 4;
             const size_t at = (size_t)t0 * n + g * 4;
-#if BD_X86
-            const int gn = g + BD_PANEL_ROWS / 4; /* the next panel's rows of both, into L2 (see bd_linear_rows) */
-            if (gn < g1) {
-                const size_t bytes = (size_t)(g1 - gn < BD_PANEL_ROWS / 4 ? g1 - gn : BD_PANEL_ROWS / 4) * kp;
-                for (size_t b = 0; b < bytes; b += 64) {
-                    _mm_prefetch((const char *)(G->w + (size_t)gn * kp) + b, _MM_HINT_T1);
-                    _mm_prefetch((const char *)(U->w + (size_t)gn * kp) + b, _MM_HINT_T1);
-                }
-            }
-#endif
+            prefetch_next_panel(G->w, g, g1, kp);
+            prefetch_next_panel(U->w, g, g1, kp);
             gemm_panel_scaled(G->w + (size_t)g * kp, ngr, G->k, kp, xq + (size_t)t0 * kp, nt, xsum + t0, fg,
                               G->bias ? G->bias + g * 4 : NULL, rows, yg + at, n, ubuf, NULL);
             gemm_panel_scaled(U->w + (size_t)g * kp, ngr, U->k, kp, xq + (size_t)t0 * kp, nt, xsum + t0, fu,
