@@ -160,18 +160,20 @@ def run_bench(
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "engines": {},
     }
-    roofs = None
+    counts = sorted({1, threads})
+    peak = _measure_peak(counts, results, log) if roofline else None
+    bandwidth: dict[int, list[float]] = {n: [] for n in counts}
     workload = {"threads": threads, "prefill": prefill, "decode": decode, "runs": runs}
     pooled: dict[str, dict] = {}
     for rnd, eng in ((i, e) for i in range(rounds) for e in engines):
-        if roofline and eng == engines[0]:  # a bandwidth sample per round (see _measure_roofs)
-            roofs = _measure_roofs(threads, results, log, roofs)
+        if roofline and eng == engines[0]:  # a bandwidth sample per round (see _sample_bandwidth)
+            _sample_bandwidth(bandwidth, results, log)
         log(f"running {eng}" + (f" (round {rnd + 1} of {rounds})" if rounds > 1 else "") + " ...")
         load_before = os.getloadavg()
         r = _run_engine(eng, spec, work, packed, head_dtype, workload, llama_bench)
         r["loadavg_before"], r["loadavg_after"] = [load_before], [os.getloadavg()]
-        log(f"  decode {_median(r['decode']):.1f} tok/s, prefill {_median(r['prefill']):.1f} tok/s, "
-            f"peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
+        log(f"  decode {statistics.median(r['decode']):.1f} tok/s, prefill {statistics.median(r['prefill']):.1f} "
+            f"tok/s, peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
         if eng in pooled:  # a later round: its runs join the earlier ones
             p = pooled[eng]
             for k in ("decode", "prefill", "loadavg_before", "loadavg_after"):
@@ -183,9 +185,10 @@ def run_bench(
             r = dict(p)
             r["decode_tok_s"] = spread(r.pop("decode"))
             r["prefill_tok_s"] = spread(r.pop("prefill"))
-            if roofs is not None and e.startswith("runtime-"):
-                _add_roofline(r, packed, e, head_dtype, roofs["bandwidth"][threads], prefill + (decode - 1) / 2)
-                _add_prefill_roof(r, roofs["int8_peak"][threads])
+            if roofline and e.startswith("runtime-"):
+                bw = statistics.median(bandwidth[threads])
+                _add_roofline(r, packed, e, head_dtype, bw, prefill + (decode - 1) / 2)
+                _add_prefill_roof(r, peak[threads])
             results["engines"][e] = r
         if out is not None:  # partial results survive an interrupted run
             write_json(results, out)
@@ -198,10 +201,6 @@ def run_bench(
         for r in results["engines"].values():
             r["decode_speedup_vs_torch_fp32"] = r["decode_tok_s"]["median"] / base
     return results
-
-
-def _median(xs: list[float]) -> float:
-    return spread(xs)["median"]
 
 
 def _run_engine(
@@ -231,26 +230,27 @@ def _run_engine(
     return r
 
 
-def _measure_roofs(threads: int, results: dict, log, roofs: dict | None = None) -> dict[str, dict[int, float]]:
-    """Read bandwidth (bytes/s) and int8 multiply-add peak (MAC/s) with 1 and `threads` threads, recorded in
-    results["machine"]. Called again with the previous `roofs` (once per round), it adds a bandwidth sample
-    and the roofline is the median of the samples: a shared VM's bandwidth moves with its neighbours (one
-    bench's 2-thread reading was 56 GB/s, the runs around it 34-36), so one reading can misplace it."""
-    from .roofline import int8_peak, read_bandwidth
+def _measure_peak(counts: list[int], results: dict, log) -> dict[int, float]:
+    """The int8 multiply-add peak (MAC/s) with each thread count, recorded in results["machine"]."""
+    from .roofline import int8_peak
 
-    samples = roofs["bandwidth_samples"] if roofs else {n: [] for n in sorted({1, threads})}
-    for n, xs in samples.items():
-        xs.append(read_bandwidth(n))
-    bw = {n: statistics.median(xs) for n, xs in samples.items()}
-    results["machine"]["read_bandwidth_gb_s"] = {str(n): b / 1e9 for n, b in bw.items()}
-    results["machine"]["read_bandwidth_samples_gb_s"] = {str(n): [x / 1e9 for x in xs] for n, xs in samples.items()}
-    log("read bandwidth: " + ", ".join(f"{xs[-1] / 1e9:.1f} GB/s with {n} thread(s)" for n, xs in samples.items()))
-    if roofs:
-        return {**roofs, "bandwidth": bw}
-    peak = {n: int8_peak(n) for n in sorted({1, threads})}
+    peak = {n: int8_peak(n) for n in counts}
     results["machine"]["int8_peak_gmac_s"] = {str(n): p / 1e9 for n, p in peak.items()}
     log("int8 multiply-add peak: " + ", ".join(f"{p / 1e9:.0f} GMAC/s with {n} thread(s)" for n, p in peak.items()))
-    return {"bandwidth": bw, "int8_peak": peak, "bandwidth_samples": samples}
+    return peak
+
+
+def _sample_bandwidth(samples: dict[int, list[float]], results: dict, log) -> None:
+    """One more read-bandwidth sample (bytes/s) per thread count; results["machine"] gets them all and their
+    median, the roofline's: a shared VM's bandwidth moves with its neighbours (this one's 2-thread reads went
+    between ~35 and ~55 GB/s for minutes at a time), so one reading can misplace it."""
+    from .roofline import read_bandwidth
+
+    for n, xs in samples.items():
+        xs.append(read_bandwidth(n))
+    results["machine"]["read_bandwidth_gb_s"] = {str(n): statistics.median(xs) / 1e9 for n, xs in samples.items()}
+    results["machine"]["read_bandwidth_samples_gb_s"] = {str(n): [x / 1e9 for x in xs] for n, xs in samples.items()}
+    log("read bandwidth: " + ", ".join(f"{xs[-1] / 1e9:.1f} GB/s with {n} thread(s)" for n, xs in samples.items()))
 
 
 def _add_roofline(r: dict, packed: dict, eng: str, head_dtype: str, bandwidth: float, position: float) -> None:
