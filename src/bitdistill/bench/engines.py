@@ -174,13 +174,7 @@ def run_bench(
         r["loadavg_before"], r["loadavg_after"] = [load_before], [os.getloadavg()]
         log(f"  decode {statistics.median(r['decode']):.1f} tok/s, prefill {statistics.median(r['prefill']):.1f} "
             f"tok/s, peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
-        if eng in pooled:  # a later round: its runs join the earlier ones
-            p = pooled[eng]
-            for k in ("decode", "prefill", "loadavg_before", "loadavg_after"):
-                p[k] += r[k]
-            p["peak_rss_mib"] = max(p["peak_rss_mib"], r["peak_rss_mib"])
-        else:
-            pooled[eng] = r
+        _pool(pooled, eng, r)
         for e, p in pooled.items():  # every engine's cells from its runs so far (and the bandwidth median)
             r = dict(p)
             r["decode_tok_s"] = spread(r.pop("decode"))
@@ -201,6 +195,17 @@ def run_bench(
         for r in results["engines"].values():
             r["decode_speedup_vs_torch_fp32"] = r["decode_tok_s"]["median"] / base
     return results
+
+
+def _pool(pooled: dict[str, dict], eng: str, r: dict) -> None:
+    """Add one worker's result for `eng` to pooled: a later round's runs join the earlier ones."""
+    if eng not in pooled:
+        pooled[eng] = r
+        return
+    p = pooled[eng]
+    for k in ("decode", "prefill", "loadavg_before", "loadavg_after"):
+        p[k] += r[k]
+    p["peak_rss_mib"] = max(p["peak_rss_mib"], r["peak_rss_mib"])
 
 
 def _run_engine(
