@@ -295,7 +295,6 @@ static inline int n_chunks(int n, int nth, int min) {
     return c < 1 ? 1 : c;
 }
 
-static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) { bd_rmsnorm(x, w, n, eps, y); }
 
 /* The per-token steps of a long batch on several threads (embedding, residual adds, norms, activation
  * quantization: ~10 % of a 128-token prefill on 2 threads, done by every thread in full) are split by rows:
@@ -359,7 +358,7 @@ static void prep_input(const float *src, const float *norm, const bd_rows *R, in
 
 /* this thread's rows of src[T][n] normed by `norm` into dst[T][n] */
 static void norm_rows(const float *src, const float *norm, const bd_rows *R, int n, float eps, float *dst) {
-    for (int t = R->t0; t < R->t1; t++) rmsnorm(src + (size_t)t * n, norm, n, eps, dst + (size_t)t * n);
+    for (int t = R->t0; t < R->t1; t++) bd_rmsnorm(src + (size_t)t * n, norm, n, eps, dst + (size_t)t * n);
 }
 
 /* the row groups of a linear, in chunks taken from the dispenser (at least 8 groups = 32 rows each) */
@@ -435,7 +434,7 @@ static void residual(const float *src, const float *norm, const bd_rows *R, int 
     for (int t = R->t0; t < R->t1; t++) {
         const float *o = src + (size_t)t * H;
         if (norm) {
-            rmsnorm(o, norm, H, eps, tl->o);
+            bd_rmsnorm(o, norm, H, eps, tl->o);
             o = tl->o;
         }
         float *xt = R->x + (size_t)t * H;
@@ -477,7 +476,7 @@ static void cache_kv(const bd_model *m, const bd_layer *L, int li, int kh, int T
     char *kb = (char *)st->kc + base * es, *vb = (char *)st->vc + base * es;
     for (int t = 0; t < T; t++) {
         float *kv = st->k + (size_t)t * kvd + (size_t)kh * hd, *vv = st->v + (size_t)t * kvd + (size_t)kh * hd;
-        if (L->k_norm) rmsnorm(kv, L->k_norm, hd, m->eps, kv);
+        if (L->k_norm) bd_rmsnorm(kv, L->k_norm, hd, m->eps, kv);
         rope(kv, cs + (size_t)t * hd, hd);
         size_t at = (size_t)(seq0[t] + pos[t]) * hd;
         if (half) {
@@ -507,7 +506,7 @@ static void attend_rows(const bd_model *m, const bd_layer *L, int li, int kh, in
         int lo = seq0[t] + ((L->window > 0 && p - L->window + 1 > 0) ? p - L->window + 1 : 0), n = hi - lo + 1;
         float *qh = st->q + (size_t)t * qd + (size_t)kh * rep * hd;
         for (int h = 0; h < rep; h++) {
-            if (L->q_norm) rmsnorm(qh + (size_t)h * hd, L->q_norm, hd, m->eps, qh + (size_t)h * hd);
+            if (L->q_norm) bd_rmsnorm(qh + (size_t)h * hd, L->q_norm, hd, m->eps, qh + (size_t)h * hd);
             rope(qh + (size_t)h * hd, cs + (size_t)t * hd, hd);
         }
         bd_scores(qh, rep, kb + (size_t)lo * hd * es, half, n, hd, m->attn_scale, sc + lo, ss);
@@ -683,7 +682,7 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
         /* final norm (+ symmetric int8 quantization for an int8 head) of the rows that need logits */
         for (int t = 0; t < nout; t++) {
             float *h = tl->h + (size_t)t * H;
-            rmsnorm(R->x + (size_t)(keep ? t : out_rows[t]) * H, m->final_norm, H, m->eps, h);
+            bd_rmsnorm(R->x + (size_t)(keep ? t : out_rows[t]) * H, m->final_norm, H, m->eps, h);
             if (m->head_dtype == BD_I8) bd_quantize_row_sym(h, H, tl->xq + (size_t)t * H, &tl->xs[t]);
             if (m->head_dtype == BD_Q4) {
                 int ng = (H + BD_Q4_GROUP - 1) / BD_Q4_GROUP;
