@@ -150,6 +150,8 @@ typedef struct {
     int32_t *ssum;
     int nslots;
     int32_t *pos, *seq0, *rows;           /* bd_forward's single-sequence arguments to bd_forward_seqs */
+    int nrope;                            /* distinct RoPE tables (inv_freq, scale) among the layers */
+    int32_t *rope_of;                     /* [n_layers]: the layer's table, 0..nrope-1 */
     bd_tls *tls;
     bd_barrier barrier;
     char pad[64];
@@ -170,7 +172,7 @@ void bd_state_free(bd_state *st) {
         }
     free(st->tls);
     free(st->kc); free(st->vc); free(st->q); free(st->k); free(st->v); free(st->att); free(st->g); free(st->u);
-    free(st->tmp); free(st->pos); free(st->seq0); free(st->rows);
+    free(st->tmp); free(st->pos); free(st->seq0); free(st->rows); free(st->rope_of);
     free(st->x); free(st->sq); free(st->ss); free(st->ssum); free(st);
 }
 
@@ -228,8 +230,15 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
     st->seq0 = state_alloc(T, sizeof(int32_t));
     st->rows = state_alloc(T, sizeof(int32_t));
     st->tls = calloc(nthreads, sizeof(bd_tls));
+    st->rope_of = state_alloc(imax(m->n_layers, 1), sizeof(int32_t));
     int ok = st->kc && st->vc && st->q && st->k && st->v && st->att && st->g && st->u && st->tmp && st->tls && st->pos &&
-             st->seq0 && st->rows;
+             st->seq0 && st->rows && st->rope_of;
+    for (int li = 0; ok && li < m->n_layers; li++) { /* layers share a table when they share its inputs */
+        const bd_layer *L = &m->layers[li];
+        int r = 0;
+        while (r < li && !(m->layers[r].inv_freq == L->inv_freq && m->layers[r].rope_scale == L->rope_scale)) r++;
+        st->rope_of[li] = r < li ? st->rope_of[r] : st->nrope++;
+    }
     if (ok && nthreads > 1) {
         /* one slot, or one per linear of a group when the linears have their own SubLN (allnorm) */
         st->nslots = 1;
@@ -251,7 +260,7 @@ bd_state *bd_state_new(const bd_model *m, int max_seq, int max_t, int nthreads, 
         t->xq = state_alloc(T, imax(st->kp_max, m->hidden));
         t->xsum = state_alloc(T, sizeof(int32_t));
         t->ubuf = state_alloc(BD_PANEL_ROWS, st->kp_max);
-        t->rope = state_alloc(T * m->head_dim, F);
+        t->rope = state_alloc(T * m->head_dim * imax(st->nrope, 1), F);
         t->xg = state_alloc(T * ((m->hidden + BD_Q4_GROUP - 1) / BD_Q4_GROUP), sizeof(int32_t));
         t->act = state_alloc(st->width, F);
         ok = t->x && t->h && t->o && t->xs && t->scores && t->xq && t->xsum && t->ubuf && t->rope && t->xg && t->act;
@@ -408,8 +417,9 @@ static inline float act(int kind, float x) {
     return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
 }
 
-/* cos/sin of one position (as HF: (pos * inv_freq).cos() * attention_scaling), computed once per token and
- * layer and shared by every head, instead of per head */
+/* cos/sin of one position (as HF: (pos * inv_freq).cos() * attention_scaling). Every thread computes them
+ * once per token and forward call (rope_tables) for all layers and heads that share inv_freq and scale: per
+ * layer, the 2 x head_dim/2 libm calls per token were ~4 % of a one-thread SmolLM2 prefill. */
 static void rope_table(const float *inv_freq, float scale, int hd, int pos, float *cs) {
     int half = hd / 2;
     for (int i = 0; i < half; i++) {
@@ -426,6 +436,18 @@ static void rope(float *v, const float *cs, int hd) {
         float x1 = v[i], x2 = v[i + half];
         v[i] = x1 * cs[i] - x2 * sn[i];
         v[i + half] = x2 * cs[i] + x1 * sn[i];
+    }
+}
+
+/* this thread's tl->rope: one [T][head_dim] table (cos | sin per token) per distinct (inv_freq, scale) */
+static void rope_tables(const bd_model *m, const bd_state *st, const int32_t *pos, int T, float *rope) {
+    const int hd = m->head_dim;
+    for (int li = 0, done = 0; li < m->n_layers && done < st->nrope; li++) {
+        const int r = st->rope_of[li];
+        if (r != done) continue; /* tables are numbered in order of their first layer */
+        for (int t = 0; t < T; t++)
+            rope_table(m->layers[li].inv_freq, m->layers[li].rope_scale, hd, pos[t], rope + ((size_t)r * T + t) * hd);
+        done++;
     }
 }
 
@@ -548,17 +570,14 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
      * long batch whose kv heads do not divide among the threads caches every head's keys first, then hands
      * out (kv head, 16 rows) units, so SmolLM2's 3 kv heads do not leave one of 2 threads waiting for the
      * other's second head at the barrier below */
-    float *cs = tl->rope; /* [T][head_dim]: cos | sin per token, with this thread's first kv head (or up front) */
+    const float *cs = tl->rope + (size_t)st->rope_of[li] * T * hd; /* see rope_tables */
     const int nrows = keep ? nkeep : T, chunked = nth > 1 && nkv % nth != 0 && nrows >= 2 * ATT_ROWS;
     if (!chunked) {
-        for (int kh, first = 1; (kh = grab(st, tl, nkv)) >= 0; first = 0) {
-            if (first)
-                for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
+        for (int kh; (kh = grab(st, tl, nkv)) >= 0;) {
             cache_kv(m, L, li, kh, T, pos, seq0, cs, st);
             attend_rows(m, L, li, kh, 0, nrows, keep, pos, seq0, cs, st, tl);
         }
     } else {
-        for (int t = 0; t < T; t++) rope_table(L->inv_freq, L->rope_scale, hd, pos[t], cs + (size_t)t * hd);
         for (int kh; (kh = grab(st, tl, nkv)) >= 0;) cache_kv(m, L, li, kh, T, pos, seq0, cs, st);
         BARRIER
         /* the last rows first (they attend to the most keys): the dispenser then ends on short units */
@@ -669,6 +688,7 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
             if (m->embed_scale != 1.0f)
                 for (int i = 0; i < H; i++) x[i] *= m->embed_scale;
         }
+        rope_tables(m, st, pos, T, tl->rope);
         PROF(P_EMB);
         if (R->split) BARRIER
         /* the last layer keeps only the output rows (see keep_rows), which then are rows 0..nout-1: when they
