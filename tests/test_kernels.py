@@ -280,6 +280,35 @@ def test_attention_helpers(simd, kv16: bool, n: int, hd: int, nq: int) -> None:
         np.testing.assert_array_equal(o[h], alone_o[0])
 
 
+@pytest.mark.parametrize("kv16", [False, True])
+@pytest.mark.parametrize("hd", [16, 64, 80, 128, 256])
+@pytest.mark.parametrize("nq", [1, 3, 5])
+def test_weighted_value_sums_vnni_equal_avx2_bit_for_bit(kv16: bool, hd: int, nq: int) -> None:
+    """bd_wsum at the VNNI level (all query heads of a kv head per value row, 16-lane vectors) adds each lane's
+    keys in the same order with the same FMAs as the AVX2 level (one head at a time, in L1 chunks): equal
+    floats, so a machine's SIMD level does not change the attention output. 300 keys span several chunks;
+    nq = 5 takes a group of 4 heads and a lone one."""
+    set_simd(SIMD_VNNI)
+    if simd_level() != SIMD_VNNI:
+        set_simd(True)
+        pytest.skip("this CPU has no vnni path")
+    rng = np.random.default_rng(hd * 10 + nq)
+    n = 300
+    p = rng.uniform(size=(nq, n)).astype(np.float32)
+    v = rng.normal(size=(n, hd)).astype(np.float16 if kv16 else np.float32)
+    out = {}
+    try:
+        for level in (SIMD_VNNI, SIMD_AVX2):
+            set_simd(level)
+            o = np.zeros((nq, hd), np.float32)
+            lib().bd_wsum(ptr(o), nq, ptr(p), n, ptr(v), int(kv16), n, hd)
+            out[level] = o
+    finally:
+        set_simd(True)
+    np.testing.assert_array_equal(out[SIMD_VNNI], out[SIMD_AVX2])
+    np.testing.assert_allclose(out[SIMD_VNNI], p.astype(np.float64) @ v.astype(np.float64), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("n", [1, 13, 64, 576, 1539])
 def test_rmsnorm_and_the_max_it_hands_to_the_quantization(simd, n: int) -> None:
     """bd_rmsnorm: y = w * (x * inv) with inv = 1 / sqrt(float(sum(x^2) in double / n) + eps), the formula

@@ -490,8 +490,62 @@ void bd_scores(const float *q, int nq, const void *k, int half, int n, int hd, f
 }
 
 /* o[h] = sum_j p[h * ps + j] v[j] for nq heads (rows of o, hd apart) sharing n values */
+#if BD_X86
+/* wsum at the VNNI level: up to 4 query heads x 64 columns in 16 zmm accumulators, so each value row is
+ * loaded once per key for all the heads (the AVX2 loop loads it once per head, 9 loads per 8 FMAs). Every
+ * lane adds its keys in order with one FMA each, as wsum_rows_avx2 does: the same floats. */
+BD_VNNI static inline __m512 kv16_avx512(const void *v, int half, size_t i) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)v + i)))
+                : _mm512_loadu_ps((const float *)v + i);
+}
+
+BD_VNNI static inline __attribute__((always_inline)) void wsum_cols_avx512(float *o, const float *p, size_t ps,
+                                                                           const void *v, int half, int n, int hd,
+                                                                           int d0, const int NH, const int NC) {
+    __m512 a0[4], a1[4], a2[4], a3[4]; /* head h's NC column vectors; unrolled by the literal NH and NC */
+    __m512 *a[4] = {a0, a1, a2, a3};
+    for (int h = 0; h < NH; h++)
+        for (int c = 0; c < NC; c++) a[h][c] = _mm512_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        const size_t r = (size_t)j * hd + d0;
+        __m512 vv[4];
+        for (int c = 0; c < NC; c++) vv[c] = kv16_avx512(v, half, r + 16 * c);
+        for (int h = 0; h < NH; h++) {
+            const __m512 pj = _mm512_set1_ps(p[h * ps + j]);
+            for (int c = 0; c < NC; c++) a[h][c] = _mm512_fmadd_ps(pj, vv[c], a[h][c]);
+        }
+    }
+    for (int h = 0; h < NH; h++)
+        for (int c = 0; c < NC; c++) _mm512_storeu_ps(o + (size_t)h * hd + d0 + 16 * c, a[h][c]);
+}
+
+#define WSUM_HEADS(NC, half)                                                                             \
+    switch (nh) {                                                                                         \
+    case 1: wsum_cols_avx512(o, p, ps, v, half, n, hd, d0, 1, NC); break;                                  \
+    case 2: wsum_cols_avx512(o, p, ps, v, half, n, hd, d0, 2, NC); break;                                  \
+    case 3: wsum_cols_avx512(o, p, ps, v, half, n, hd, d0, 3, NC); break;                                  \
+    default: wsum_cols_avx512(o, p, ps, v, half, n, hd, d0, 4, NC); break;                                 \
+    }
+
+BD_VNNI static void wsum_avx512(float *o, int nq, const float *p, size_t ps, const void *v, int half, int n, int hd) {
+    for (int h0 = 0; h0 < nq; h0 += 4, o += (size_t)4 * hd, p += 4 * ps) {
+        const int nh = nq - h0 < 4 ? nq - h0 : 4;
+        int d0 = 0;
+        for (; d0 + 64 <= hd; d0 += 64)
+            if (half) WSUM_HEADS(4, 1) else WSUM_HEADS(4, 0)
+        for (; d0 < hd; d0 += 16)
+            if (half) WSUM_HEADS(1, 1) else WSUM_HEADS(1, 0)
+    }
+}
+#undef WSUM_HEADS
+#endif
+
 void bd_wsum(float *o, int nq, const float *p, size_t ps, const void *v, int half, int n, int hd) {
 #if BD_X86
+    if (simd_on() >= 2 && hd % 16 == 0) {
+        wsum_avx512(o, nq, p, ps, v, half, n, hd);
+        return;
+    }
     if (simd_on()) {
         wsum_avx2(o, nq, p, ps, v, half, n, hd);
         return;
@@ -631,10 +685,39 @@ BD_AVX2 static void softmax_avx2(float *s, int n) {
     for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, _mm256_div_ps(_mm256_loadu_ps(s + j), vs));
     for (; j < n; j++) s[j] = s[j] / sum;
 }
+
+/* 16 lanes and the tail under a mask register (Zen 4 VM: masked zmm loads and stores are cheap where AVX2's
+ * vmaskmovps was not, see docs/runtime.md); exp lane by lane as exp_avx2, the sum in another order */
+BD_VNNI static void softmax_avx512(float *s, int n) {
+    const int nf = n & ~15;
+    const __mmask16 tail = (__mmask16)((1u << (n - nf)) - 1);
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < nf; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
+    m = _mm512_mask_max_ps(m, tail, m, _mm512_maskz_loadu_ps(tail, s + nf));
+    const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+    __m512 acc = _mm512_setzero_ps();
+    for (int j = 0; j < nf; j += 16) {
+        __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vmx));
+        _mm512_storeu_ps(s + j, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    if (tail) {
+        __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, s + nf), vmx));
+        _mm512_mask_storeu_ps(s + nf, tail, e);
+        acc = _mm512_mask_add_ps(acc, tail, acc, e);
+    }
+    const __m512 vs = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+    for (int j = 0; j < nf; j += 16) _mm512_storeu_ps(s + j, _mm512_div_ps(_mm512_loadu_ps(s + j), vs));
+    if (tail) _mm512_mask_storeu_ps(s + nf, tail, _mm512_div_ps(_mm512_maskz_loadu_ps(tail, s + nf), vs));
+}
 #endif
 
 void bd_softmax(float *s, int n) {
 #if BD_X86
+    if (simd_on() >= 2) {
+        softmax_avx512(s, n);
+        return;
+    }
     if (simd_on()) {
         softmax_avx2(s, n);
         return;
