@@ -934,41 +934,82 @@ void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *
  * activations broadcast gives each row's two pair sums in its own 32-bit lane: the rows of a panel are summed
  * in the lanes themselves, with no horizontal sums per output as a row-major dot product needs (those, and the
  * widening per 4x2 tile, cost the old kernel about half its time at k = 576). Rows past ngr groups get code 0. */
-BD_AVX2 static void unpack_panel_t2_avx2(const uint8_t *w, int ngr, int kp, uint8_t *u) {
+/* block b (128 columns) of 8-row vector v into the layout of nv vectors */
+BD_AVX2 static inline void unpack_vector_t2_avx2(const uint8_t *w, int ngr, int kp, int nv, int v, int b, uint8_t *u) {
     const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i p[8], t[8], s[8];
+    for (int r = 0; r < 8; r++) {
+        const int g = 2 * v + r / 4;
+        p[r] = g < ngr ? _mm256_loadu_si256((const __m256i *)(w + (size_t)g * kp + (size_t)b * BD_BLOCK + (r % 4) * 32))
+                       : _mm256_setzero_si256();
+    }
+    /* 8 x 8 transpose of the packed 32-bit quads (row r's quad j -> vector j, lane r) once, then the four 2-bit
+     * fields of each: byte j of a row holds columns j, j+32, j+64, j+96, so field i of packed quad j is column
+     * quad 8i + j of the block (transposing each field's codes instead took four transposes) */
+    for (int r = 0; r < 8; r += 2) {
+        t[r] = _mm256_unpacklo_epi32(p[r], p[r + 1]);
+        t[r + 1] = _mm256_unpackhi_epi32(p[r], p[r + 1]);
+    }
+    for (int r = 0; r < 8; r += 4) {
+        s[r] = _mm256_unpacklo_epi64(t[r], t[r + 2]);
+        s[r + 1] = _mm256_unpackhi_epi64(t[r], t[r + 2]);
+        s[r + 2] = _mm256_unpacklo_epi64(t[r + 1], t[r + 3]);
+        s[r + 3] = _mm256_unpackhi_epi64(t[r + 1], t[r + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        const __m256i q[2] = {_mm256_permute2x128_si256(s[j], s[4 + j], 0x20),  /* packed quad j */
+                              _mm256_permute2x128_si256(s[j], s[4 + j], 0x31)}; /* and j + 4 */
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 4; i++) /* column quad b*32 + 8i + j + 4h */
+                _mm256_storeu_si256((__m256i *)(u + ((size_t)(b * 32 + 8 * i + j + 4 * h) * nv + v) * 32),
+                                    _mm256_and_si256(_mm256_srli_epi16(q[h], 2 * i), m3));
+    }
+}
+
+BD_AVX2 static void unpack_panel_t2_avx2(const uint8_t *w, int ngr, int kp, uint8_t *u) {
     const int nv = (ngr + 1) / 2, nb = kp / BD_BLOCK;
     for (int v = 0; v < nv; v++)
+        for (int b = 0; b < nb; b++) unpack_vector_t2_avx2(w, ngr, kp, nv, v, b, u);
+}
+
+/* The same layout two 8-row vectors at a time (a 16-row panel's quad is then one 64-byte store): rows r and
+ * 8 + r share a register, the AVX2 transpose runs on both halves, and one two-source permute per quad
+ * joins the halves. A lone last vector takes the AVX2 loop. */
+BD_VNNI static void unpack_panel_t2_avx512(const uint8_t *w, int ngr, int kp, uint8_t *u) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    const int nv = (ngr + 1) / 2, nb = kp / BD_BLOCK;
+    int v = 0;
+    for (; v + 2 <= nv; v += 2)
         for (int b = 0; b < nb; b++) {
-            __m256i p[8];
+            __m512i p[8], t[8], s[8];
             for (int r = 0; r < 8; r++) {
-                const int g = 2 * v + r / 4;
-                p[r] = g < ngr ? _mm256_loadu_si256((const __m256i *)(w + (size_t)g * kp + (size_t)b * BD_BLOCK +
-                                                                       (r % 4) * 32))
-                               : _mm256_setzero_si256();
+                const int g = 2 * v + r / 4, g2 = g + 2;
+                const __m256i a = _mm256_loadu_si256((const __m256i *)(w + (size_t)g * kp + (size_t)b * BD_BLOCK +
+                                                                        (r % 4) * 32));
+                const __m256i c = g2 < ngr ? _mm256_loadu_si256((const __m256i *)(w + (size_t)g2 * kp +
+                                                                                   (size_t)b * BD_BLOCK + (r % 4) * 32))
+                                           : _mm256_setzero_si256();
+                p[r] = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
             }
-            for (int i = 0; i < 4; i++) { /* columns b*128 + 32i .. +31: the 2-bit field i of each byte */
-                __m256i c[8], t[8], s[8];
-                for (int r = 0; r < 8; r++) c[r] = _mm256_and_si256(_mm256_srli_epi16(p[r], 2 * i), m3);
-                /* 8 x 8 transpose of 32-bit quads: row r's quad j -> vector j, lane r */
-                for (int r = 0; r < 8; r += 2) {
-                    t[r] = _mm256_unpacklo_epi32(c[r], c[r + 1]);
-                    t[r + 1] = _mm256_unpackhi_epi32(c[r], c[r + 1]);
-                }
-                for (int r = 0; r < 8; r += 4) {
-                    s[r] = _mm256_unpacklo_epi64(t[r], t[r + 2]);
-                    s[r + 1] = _mm256_unpackhi_epi64(t[r], t[r + 2]);
-                    s[r + 2] = _mm256_unpacklo_epi64(t[r + 1], t[r + 3]);
-                    s[r + 3] = _mm256_unpackhi_epi64(t[r + 1], t[r + 3]);
-                }
-                uint8_t *dst = u + ((size_t)(b * 4 + i) * 8 * nv + v) * 32; /* quad (b*128 + 32i) / 4 */
-                for (int j = 0; j < 4; j++) {
-                    _mm256_storeu_si256((__m256i *)(dst + (size_t)j * nv * 32),
-                                        _mm256_permute2x128_si256(s[j], s[4 + j], 0x20));
-                    _mm256_storeu_si256((__m256i *)(dst + (size_t)(j + 4) * nv * 32),
-                                        _mm256_permute2x128_si256(s[j], s[4 + j], 0x31));
-                }
+            for (int r = 0; r < 8; r += 2) {
+                t[r] = _mm512_unpacklo_epi32(p[r], p[r + 1]);
+                t[r + 1] = _mm512_unpackhi_epi32(p[r], p[r + 1]);
+            }
+            for (int r = 0; r < 8; r += 4) {
+                s[r] = _mm512_unpacklo_epi64(t[r], t[r + 2]);
+                s[r + 1] = _mm512_unpackhi_epi64(t[r], t[r + 2]);
+                s[r + 2] = _mm512_unpacklo_epi64(t[r + 1], t[r + 3]);
+                s[r + 3] = _mm512_unpackhi_epi64(t[r + 1], t[r + 3]);
+            }
+            for (int j = 0; j < 8; j++) {
+                const __m512i q = _mm512_permutex2var_epi64(s[j % 4], j < 4 ? lo : hi, s[4 + j % 4]);
+                for (int i = 0; i < 4; i++)
+                    _mm512_storeu_si512((void *)(u + ((size_t)(b * 32 + 8 * i + j) * nv + v) * 32),
+                                        _mm512_and_si512(_mm512_srli_epi16(q, 2 * i), m3));
             }
         }
+    for (int b = 0; v < nv && b < nb; b++) unpack_vector_t2_avx2(w, ngr, kp, nv, v, b, u); /* a lone last one */
 }
 
 /* NV 8-row vectors x NT tokens of int16 accumulators in registers (2 x 5 = 10 of the 16 ymm, plus the codes and
@@ -1140,11 +1181,12 @@ void bd_gemm_panel_i8_t2(const uint8_t *w, int ngr, int k, int kp, const int8_t 
     if (lvl) {
         /* columns past k are zero activations: the quads up to k are the whole sum (k = 576 packs to 640) */
         const int nv = (ngr + 1) / 2, nq = (k + 3) / 4;
-        unpack_panel_t2_avx2(w, ngr, kp, ubuf);
         if (lvl >= 2) {
+            unpack_panel_t2_avx512(w, ngr, kp, ubuf);
             vnni_panel_tiles(ubuf, nv, nq, kp, x, nt, out, NULL);
             return;
         }
+        unpack_panel_t2_avx2(w, ngr, kp, ubuf);
         for (int t = 0; t < nt; t += 5) {
             const int m = nt - t < 5 ? nt - t : 5;
             PANEL_TILES[nv - 1][m - 1](ubuf, nq, kp, x + (size_t)t * kp, out + (size_t)t * BD_PANEL_ROWS);
@@ -1171,7 +1213,7 @@ static int gemm_panel_scaled(const uint8_t *w, int ngr, int k, int kp, const int
                              const float *gate) {
 #if BD_X86
     if (simd_on() >= 2) {
-        unpack_panel_t2_avx2(w, ngr, kp, ubuf);
+        unpack_panel_t2_avx512(w, ngr, kp, ubuf);
         const vnni_epilogue e = {y, n, rows, xsum, f, bias, gate};
         vnni_panel_tiles(ubuf, (ngr + 1) / 2, (k + 3) / 4, kp, x, nt, NULL, &e);
         return 1;
