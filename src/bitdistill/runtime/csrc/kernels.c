@@ -934,6 +934,22 @@ void bd_gemm4_i8_u8(const uint8_t *u, int kp, const int8_t *x, int nt, int32_t *
  * activations broadcast gives each row's two pair sums in its own 32-bit lane: the rows of a panel are summed
  * in the lanes themselves, with no horizontal sums per output as a row-major dot product needs (those, and the
  * widening per 4x2 tile, cost the old kernel about half its time at k = 576). Rows past ngr groups get code 0. */
+/* the in-lane steps of an 8 x 8 transpose of 32-bit elements (P: _mm256 or _mm512, 128-bit lanes alike): s[j]
+ * holds element j % 4 of rows 0..7, in the 128-bit lane that held rows' elements 0-3 (j < 4) or 4-7 */
+#define TRANSPOSE_QUADS(P, p, t, s)                                                                   \
+    do {                                                                                              \
+        for (int r_ = 0; r_ < 8; r_ += 2) {                                                           \
+            t[r_] = P##_unpacklo_epi32(p[r_], p[r_ + 1]);                                             \
+            t[r_ + 1] = P##_unpackhi_epi32(p[r_], p[r_ + 1]);                                         \
+        }                                                                                             \
+        for (int r_ = 0; r_ < 8; r_ += 4) {                                                           \
+            s[r_] = P##_unpacklo_epi64(t[r_], t[r_ + 2]);                                             \
+            s[r_ + 1] = P##_unpackhi_epi64(t[r_], t[r_ + 2]);                                         \
+            s[r_ + 2] = P##_unpacklo_epi64(t[r_ + 1], t[r_ + 3]);                                     \
+            s[r_ + 3] = P##_unpackhi_epi64(t[r_ + 1], t[r_ + 3]);                                     \
+        }                                                                                             \
+    } while (0)
+
 /* block b (128 columns) of 8-row vector v into the layout of nv vectors */
 BD_AVX2 static inline void unpack_vector_t2_avx2(const uint8_t *w, int ngr, int kp, int nv, int v, int b, uint8_t *u) {
     const __m256i m3 = _mm256_set1_epi8(3);
@@ -946,16 +962,7 @@ BD_AVX2 static inline void unpack_vector_t2_avx2(const uint8_t *w, int ngr, int 
     /* 8 x 8 transpose of the packed 32-bit quads (row r's quad j -> vector j, lane r) once, then the four 2-bit
      * fields of each: byte j of a row holds columns j, j+32, j+64, j+96, so field i of packed quad j is column
      * quad 8i + j of the block (transposing each field's codes instead took four transposes) */
-    for (int r = 0; r < 8; r += 2) {
-        t[r] = _mm256_unpacklo_epi32(p[r], p[r + 1]);
-        t[r + 1] = _mm256_unpackhi_epi32(p[r], p[r + 1]);
-    }
-    for (int r = 0; r < 8; r += 4) {
-        s[r] = _mm256_unpacklo_epi64(t[r], t[r + 2]);
-        s[r + 1] = _mm256_unpackhi_epi64(t[r], t[r + 2]);
-        s[r + 2] = _mm256_unpacklo_epi64(t[r + 1], t[r + 3]);
-        s[r + 3] = _mm256_unpackhi_epi64(t[r + 1], t[r + 3]);
-    }
+    TRANSPOSE_QUADS(_mm256, p, t, s);
     for (int j = 0; j < 4; j++) {
         const __m256i q[2] = {_mm256_permute2x128_si256(s[j], s[4 + j], 0x20),  /* packed quad j */
                               _mm256_permute2x128_si256(s[j], s[4 + j], 0x31)}; /* and j + 4 */
@@ -992,16 +999,7 @@ BD_VNNI static void unpack_panel_t2_avx512(const uint8_t *w, int ngr, int kp, ui
                                            : _mm256_setzero_si256();
                 p[r] = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
             }
-            for (int r = 0; r < 8; r += 2) {
-                t[r] = _mm512_unpacklo_epi32(p[r], p[r + 1]);
-                t[r + 1] = _mm512_unpackhi_epi32(p[r], p[r + 1]);
-            }
-            for (int r = 0; r < 8; r += 4) {
-                s[r] = _mm512_unpacklo_epi64(t[r], t[r + 2]);
-                s[r + 1] = _mm512_unpackhi_epi64(t[r], t[r + 2]);
-                s[r + 2] = _mm512_unpacklo_epi64(t[r + 1], t[r + 3]);
-                s[r + 3] = _mm512_unpackhi_epi64(t[r + 1], t[r + 3]);
-            }
+            TRANSPOSE_QUADS(_mm512, p, t, s);
             for (int j = 0; j < 8; j++) {
                 const __m512i q = _mm512_permutex2var_epi64(s[j % 4], j < 4 ? lo : hi, s[4 + j % 4]);
                 for (int i = 0; i < 4; i++)
