@@ -140,12 +140,13 @@ def test_bench_cli_refuses_unknown_engine_names(capsys) -> None:
 
 
 def test_int8_peak_counts_the_multiply_adds_it_ran() -> None:
-    """bd_int8_peak_macs returns iters * 8 vpmaddubsw * 32 MACs * threads at the AVX2 level and 0 at the
+    """bd_int8_peak_macs returns iters * 8 vpmaddubsw * 32 MACs * threads at the AVX2 level, iters * 8 zmm
+    vpdpbusd * 64 at the VNNI level (an odd count rounded up to the rounds of 16 it runs) and 0 at the
     scalar level (there is no such instruction to measure); int8_peak turns that into a positive rate."""
     import ctypes
 
     from bitdistill.bench.roofline import int8_peak
-    from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, set_simd, simd_level
+    from bitdistill.runtime.native import SIMD_AVX2, SIMD_SCALAR, SIMD_VNNI, set_simd, simd_level
 
     sink = ctypes.c_int32()
     try:
@@ -157,6 +158,10 @@ def test_int8_peak_counts_the_multiply_adds_it_ran() -> None:
         threads = 2 if lib().bd_has_openmp() else 1
         assert lib().bd_int8_peak_macs(1000, 2, ctypes.byref(sink)) == 1000 * 8 * 32 * threads
         assert 1e8 < int8_peak(1, seconds=0.01, reps=1) < 1e13
+        set_simd(True)
+        if simd_level() == SIMD_VNNI:  # 16 zmm vpdpbusd (64 MACs) per round of two iterations
+            assert lib().bd_int8_peak_macs(1000, 2, ctypes.byref(sink)) == 1000 * 8 * 64 * threads
+            assert lib().bd_int8_peak_macs(1001, 2, ctypes.byref(sink)) == 1002 * 8 * 64 * threads
     finally:
         set_simd(True)
 
