@@ -41,7 +41,7 @@ def worker(packed: str, threads: int, prefill: int, decode: int, runs: int, kv_d
     import numpy as np
 
     from bitdistill.runtime.engine import load
-    from bitdistill.runtime.native import SIMD_NAMES, lib, profile_ticks, simd_level
+    from bitdistill.runtime.native import SIMD_NAMES, lib, prefetch_ahead, profile_ticks, simd_level
 
     engine = load(packed, threads=threads, kv_dtype=kv_dtype)
     engine._pick.threads = lambda kind: engine.threads  # the named count on every call (see the docstring)
@@ -64,7 +64,8 @@ def worker(packed: str, threads: int, prefill: int, decode: int, runs: int, kv_d
             logits = engine.forward([int(np.argmax(logits))])
         speeds.append(decode / (time.perf_counter() - t))
         ticks = profile_ticks(threads) if has_profile else None
-    res = {"decode_tok_s": speeds[1:], "prefill_tok_s": prefills[1:], "simd": SIMD_NAMES[simd_level()], "threads": engine.threads}
+    res = {"decode_tok_s": speeds[1:], "prefill_tok_s": prefills[1:], "simd": SIMD_NAMES[simd_level()],
+           "prefetch_bytes": prefetch_ahead(), "threads": engine.threads}
     if ticks:  # last run: each phase's share of thread 0's ticks, times that run's ms per token
         res["phase_ms"] = _phase_ms(ticks, 1e3 / speeds[-1])
     if best_pre:  # the fastest prefill's phases, in ms of that whole prefill

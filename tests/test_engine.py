@@ -215,6 +215,30 @@ def test_long_prompt_in_one_call_equals_token_by_token_on_any_thread_count(tmp_p
             np.testing.assert_array_equal(engine.forward(prompt, all_logits=True), ref)
 
 
+def test_prefetch_distance_changes_no_value(tmp_path) -> None:
+    """The decode GEMVs' software prefetch (BITDISTILL_PREFETCH) only moves weights into the cache earlier:
+    decode logits with none (0), the 1 KiB and 8 KiB defaults and the 64 KiB maximum agree bit for bit."""
+    from bitdistill.runtime.native import lib, prefetch_ahead
+
+    model = _model("llama", subln=True)
+    pack_model(model, tmp_path / "p", head_dtype="int8")
+    engine = load(tmp_path / "p", threads=1)
+    default = prefetch_ahead()
+    outs = []
+    try:
+        for bytes_ahead in (0, 1024, 8192, 1 << 16):
+            lib().bd_set_prefetch_ahead(bytes_ahead)
+            assert prefetch_ahead() == bytes_ahead
+            engine.reset(32)
+            out = [engine.forward([4, 8, 15, 16])[None]] + [engine.forward([t])[None] for t in (23, 42, 7)]
+            outs.append(np.concatenate(out))
+    finally:
+        lib().bd_set_prefetch_ahead(-1)
+    assert prefetch_ahead() == default
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
+
+
 def test_threads_give_identical_results(tmp_path) -> None:
     """Work is split by output rows and kv heads, never inside a sum: 1, 2, 3 and 5 threads agree bit for bit
     (whichever thread takes a chunk from the dispenser). A 9-token prompt has every thread norm and quantize

@@ -51,6 +51,45 @@ def test_read_env_parses_the_native_runtime_settings():
     assert read_env({}).huge_pages is True
     with pytest.raises(BitDistillError, match=r"BITDISTILL_SIMD='sse9'.*scalar, avx2 or avx512-vnni"):
         read_env({"BITDISTILL_SIMD": "sse9"})
+    assert [read_env({"BITDISTILL_PREFETCH": v}).prefetch for v in ("8192", " 0 ", "65536", "", " ")] == [
+        8192, 0, 65536, None, None]  # fmt: skip
+    for bad in ("abc", "-1", "65537", "1.5"):
+        with pytest.raises(BitDistillError, match=r"BITDISTILL_PREFETCH=.*0 to 65536"):
+            read_env({"BITDISTILL_PREFETCH": bad})
+
+
+def _cpu_default_prefetch() -> int | None:
+    """What kernels.c's prefetch_decide should pick here, from /proc/cpuinfo: 8 KiB on AMD family 0x1A
+    (Zen 5) and later, 1 KiB on every other x86 CPU; None off Linux/x86."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in info.splitlines()[:30] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "vendor_id" not in fields:
+        return None
+    amd = fields["vendor_id"] == "AuthenticAMD"
+    return 8192 if amd and int(fields["cpu family"]) >= 0x1A else 1024
+
+
+def test_the_native_library_gets_its_prefetch_distance_from_env_py():
+    code = "from bitdistill.runtime.native import prefetch_ahead; print(prefetch_ahead())"
+    assert _native(code, BITDISTILL_PREFETCH="2048").stdout.split() == ["2048"]
+    expected = _cpu_default_prefetch()
+    if expected is None:
+        pytest.skip("no /proc/cpuinfo x86 fields to check the CPU default against")
+    assert _native(code).stdout.split() == [str(expected)]
+
+
+@pytest.mark.parametrize("var", ["BITDISTILL_PREFETCH=lots", "BITDISTILL_SIMD=sse9"])
+def test_a_bad_setting_is_a_one_line_cli_error(var):
+    """Bad BITDISTILL_* values are found while the CLI's parser is built (serve reads BITDISTILL_API_KEY
+    for a default): exit 2 with one line naming the variable, not a traceback."""
+    name, value = var.split("=")
+    out = _native("import sys; from bitdistill.cli import main; sys.exit(main(['generate', 'x']))", **{name: value})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and f"{name}='{value}'" in out.stderr
 
 
 def test_openmp_default_is_passive_unless_the_user_chose(monkeypatch):

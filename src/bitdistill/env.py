@@ -2,7 +2,7 @@
 
 Callers take an `Env` at their start (a command, a training run, the native library's first load) and pass
 values on, so nothing consults the environment inside a loop, and the C runtime never calls getenv: it
-gets BITDISTILL_SIMD, BITDISTILL_PROFILE and BITDISTILL_HUGEPAGES through setters when runtime/native.py loads it (and runs
+gets BITDISTILL_SIMD, BITDISTILL_PROFILE, BITDISTILL_HUGEPAGES and BITDISTILL_PREFETCH through setters when runtime/native.py loads it (and runs
 with the defaults, best SIMD level and no profiling, when used on its own). `set_openmp_defaults` is the
 one place that writes to the environment, and only a default the user has not set.
 """
@@ -24,6 +24,8 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # written, never read: set_openmp_defaults'
 _DEFAULTED: set[str] = set()  # the variables set_openmp_defaults set in this process (the user had not)
 RUNTIME_LIB = "BITDISTILL_RUNTIME_LIB"  # path of a native runtime library to load instead of the built one
 HUGE_PAGES = "BITDISTILL_HUGEPAGES"  # 0: no MADV_HUGEPAGE advice for the runtime's weights and buffers
+PREFETCH = "BITDISTILL_PREFETCH"  # bytes the decode GEMVs prefetch ahead of their weight stream (CPU default)
+PREFETCH_MAX = 1 << 16
 
 # the SIMD levels of runtime/native.py (0 scalar, 1 AVX2/FMA, 2 AVX-512 VNNI) by the names users write
 SIMD_LEVELS = {"scalar": 0, "0": 0, "avx2": 1, "1": 1, "avx512-vnni": 2, "vnni": 2, "2": 2}
@@ -38,6 +40,7 @@ class Env:
     profile: bool = False
     runtime_lib: str | None = None
     huge_pages: bool = True
+    prefetch: int | None = None  # bytes; None: the CPU's default (runtime/csrc/kernels.c, PREFETCH_AHEAD)
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> Env:
@@ -53,7 +56,23 @@ def read_env(environ: Mapping[str, str] | None = None) -> Env:
         profile=environ.get(PROFILE, "").strip() not in ("", "0"),
         runtime_lib=environ.get(RUNTIME_LIB, "").strip() or None,
         huge_pages=environ.get(HUGE_PAGES, "").strip() != "0",
+        prefetch=_prefetch_bytes(environ.get(PREFETCH, "")),
     )
+
+
+def _prefetch_bytes(text: str) -> int | None:
+    if not text.strip():
+        return None
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = -1
+    if not 0 <= n <= PREFETCH_MAX:
+        raise BitDistillError(
+            f"{PREFETCH}={text!r}: give the bytes to prefetch ahead, 0 to {PREFETCH_MAX} (e.g. 1024 or 8192), or "
+            "unset it for the CPU's default"
+        )
+    return n
 
 
 def _simd_level(text: str) -> int | None:

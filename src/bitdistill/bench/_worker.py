@@ -72,11 +72,11 @@ def _runtime(args) -> dict:
         pre.append(args.prefill / t_pre)
         dec.append(args.decode / t_dec)
     assert "torch" not in sys.modules, "the runtime worker imported torch"
-    from bitdistill.runtime.native import SIMD_NAMES, simd_level
+    from bitdistill.runtime.native import SIMD_NAMES, prefetch_ahead, simd_level
 
     return {
         "decode": dec[1:], "prefill": pre[1:], "peak_rss_mib": _peak_rss_mib(), "torch_loaded": False,
-        "simd": SIMD_NAMES[simd_level()], "threads_used": engine._pick.picks(),
+        "simd": SIMD_NAMES[simd_level()], "prefetch_bytes": prefetch_ahead(), "threads_used": engine._pick.picks(),
     }  # fmt: skip
 
 
@@ -133,7 +133,7 @@ def _timed_runs(args, score) -> dict:
 def _classify_runtime(args) -> dict:
     _stub_packages("quant", "data")
     from bitdistill.runtime.engine import load, load_tokenizer
-    from bitdistill.runtime.native import SIMD_NAMES, simd_level
+    from bitdistill.runtime.native import SIMD_NAMES, prefetch_ahead, simd_level
     from bitdistill.runtime.scoring import iter_label_word_scores
 
     engine, tok = load(args.target, threads=args.threads), load_tokenizer(args.target)
@@ -145,7 +145,7 @@ def _classify_runtime(args) -> dict:
 
     res = _timed_runs(args, score)
     assert "torch" not in sys.modules, "the runtime worker imported torch"
-    return {**res, "peak_rss_mib": _peak_rss_mib(), "simd": SIMD_NAMES[simd_level()]}
+    return {**res, "peak_rss_mib": _peak_rss_mib(), "simd": SIMD_NAMES[simd_level()], "prefetch_bytes": prefetch_ahead()}
 
 
 def _classify_torch(args) -> dict:

@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # a bad BITDISTILL_* variable is found while the parser is built (serve's --api-key default)
+        parser = build_parser()
+    except BitDistillError as err:
+        print(f"bitdistill: error: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except BitDistillError as err:

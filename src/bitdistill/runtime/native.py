@@ -123,6 +123,9 @@ def lib() -> C.CDLL:
     if hasattr(L, "bd_set_huge_pages"):  # absent from older builds an A/B may load
         L.bd_set_huge_pages.argtypes = [i32]
         L.bd_set_huge_pages(int(env.huge_pages))
+    if hasattr(L, "bd_set_prefetch_ahead"):  # absent from older builds an A/B may load
+        L.bd_set_prefetch_ahead.argtypes = [i32]
+        L.bd_set_prefetch_ahead(-1 if env.prefetch is None else env.prefetch)
     _LIB = L
     return L
 
@@ -159,6 +162,13 @@ def set_simd(level: bool | int = True) -> None:
 def simd_level() -> int:
     """The kernels in use: 0 portable scalar, 1 AVX2/FMA, 2 AVX2 + AVX-512 VNNI (runtime dispatch)."""
     return lib().bd_simd_level()
+
+
+def prefetch_ahead() -> int:
+    """Bytes the decode GEMVs prefetch ahead of their weight stream (BITDISTILL_PREFETCH, else the CPU's
+    default: 8 KiB on AMD Zen 5 and later, 1 KiB elsewhere); 0 where there is no x86 prefetch."""
+    L = lib()
+    return L.bd_prefetch_ahead() if hasattr(L, "bd_prefetch_ahead") else 0
 
 
 def usable_cores() -> int:

@@ -73,6 +73,8 @@ void bd_profile_read(unsigned long long *out, int n_threads); /* out [n_threads]
 /* kernels.c */
 int bd_simd_level(void);
 void bd_set_simd(int level);
+void bd_set_prefetch_ahead(int bytes); /* decode GEMVs' prefetch distance; -1: the CPU's default */
+int bd_prefetch_ahead(void);
 int bd_has_openmp(void);
 int bd_max_threads(void);
 void bd_quantize_row(const float *x, int k, int kp, int8_t *xq, float *s, int32_t *sum);

@@ -16,6 +16,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #define BD_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #define BD_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define BD_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -49,8 +50,13 @@ static int simd_decide(void);
 /* called for every row group: the decided level is a plain load, the first call decides */
 static inline int simd_on(void) { return g_simd >= 0 ? g_simd : simd_decide(); }
 
+static int g_prefetch_req = -1; /* bytes asked by bd_set_prefetch_ahead, -1 = the CPU's default */
+static int g_prefetch_ahead = 1024; /* bytes in use (see PREFETCH_AHEAD) */
+static void prefetch_decide(void);
+
 static int simd_decide(void) {
     int lvl = cpu_level();
+    prefetch_decide();
     g_simd = g_simd_cap >= 0 && g_simd_cap < lvl ? g_simd_cap : lvl;
     return g_simd;
 }
@@ -61,6 +67,17 @@ int bd_simd_level(void) { return simd_on(); }
 void bd_set_simd(int level) {
     g_simd_cap = level;
     g_simd = -1;
+}
+
+/* the decode GEMVs' software prefetch distance (see PREFETCH_AHEAD): bytes >= 0, or -1 for the CPU's default */
+void bd_set_prefetch_ahead(int bytes) {
+    g_prefetch_req = bytes;
+    g_simd = -1; /* decided again, with the level, on the next call */
+}
+
+int bd_prefetch_ahead(void) {
+    simd_on();
+    return BD_X86 ? g_prefetch_ahead : 0;
 }
 
 int bd_has_openmp(void) {
@@ -731,13 +748,26 @@ void bd_softmax(float *s, int n) {
 #if BD_X86
 /* Decode streams tens of MB of weights from DRAM once per token, with a few hundred cycles of arithmetic per
  * KiB: the hardware prefetcher alone left the GEMVs at ~60-70 % of a plain read loop's bandwidth on a Zen 3 VM.
- * A software prefetch 1 KiB ahead of the stream (1-2 row groups at k = 576) made SmolLM2 decode ~20 % faster
- * there with one thread and ~10 % with two (1, 2, 4 and 8 KiB compared in one A/B run; 1 KiB best). */
-#ifndef BD_PREFETCH_AHEAD
-#define BD_PREFETCH_AHEAD 1024
+ * A software prefetch ahead of the stream fixes that; how far ahead depends on the core: 1 KiB was best on
+ * Zen 3 (1, 2, 4 and 8 KiB compared in one A/B run: SmolLM2 decode ~20 % faster than none with one thread),
+ * 8 KiB on Zen 5, whose core keeps more reads in flight (Qwen3-0.6B shape, 1 thread: 154.6 tok/s at 1 KiB,
+ * 160.5 / 170.7 / 183.3 / 184.7 / 181.2 at 2 / 4 / 8 / 16 / 32 KiB; SmolLM2 572.6 -> 665.2, 2 threads
+ * 871.1 -> 974.3). g_prefetch_ahead: bytes, decided with the SIMD level (AMD family 0x1A and later: 8 KiB,
+ * else 1 KiB) unless bd_set_prefetch_ahead chose (native.py passes BITDISTILL_PREFETCH). */
+#define PREFETCH_AHEAD(p) _mm_prefetch((const char *)(p) + g_prefetch_ahead, _MM_HINT_T0)
 #endif
-#define PREFETCH_AHEAD(p) _mm_prefetch((const char *)(p) + BD_PREFETCH_AHEAD, _MM_HINT_T0)
+
+static void prefetch_decide(void) {
+#if BD_X86
+    int bytes = 1024;
+    unsigned a, b, c, d;
+    if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541u /* "Auth"enticAMD */ && __get_cpuid(1, &a, &b, &c, &d)) {
+        const unsigned fam = ((a >> 8) & 0xf) + (((a >> 8) & 0xf) == 0xf ? (a >> 20) & 0xff : 0);
+        if (fam >= 0x1a) bytes = 8192;
+    }
+    g_prefetch_ahead = g_prefetch_req >= 0 ? g_prefetch_req : bytes;
 #endif
+}
 
 static void dot4_i8_t2_scalar(const uint8_t *w, const int8_t *x, int nb, int32_t out[4]) {
     int32_t a[4] = {0, 0, 0, 0};
