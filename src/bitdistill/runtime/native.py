@@ -115,7 +115,7 @@ def lib() -> C.CDLL:
         L.bd_int8_peak_macs.restype = C.c_double
     L.bd_attend_test.argtypes = [vp, i32, vp, vp, i32, i32, C.c_float, i32, vp, vp]
     L.bd_rmsnorm.argtypes = [vp, vp, i32, C.c_float, vp]
-    L.bd_wsum.argtypes = [vp, i32, vp, C.c_size_t, vp, i32, i32, i32]
+    L.bd_wsum.argtypes = [vp, i32, vp, C.c_size_t, vp, i32, i32, i32, i32]
     L.bd_rmsnorm.restype = C.c_float
     _SIMD_DEFAULT = -1 if env.simd is None else env.simd
     L.bd_set_simd(_SIMD_DEFAULT)

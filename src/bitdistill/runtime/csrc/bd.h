@@ -88,7 +88,7 @@ void bd_silu_mul_to(float *y, const float *g, const float *u, int n); /* y = sil
 /* attention over a KV cache of float (half = 0) or IEEE half rows of hd values */
 /* nq query heads of one kv head: out[h * os + j] = q[h].k[j] * scale; o[h] = sum_j p[h * ps + j] v[j] */
 void bd_scores(const float *q, int nq, const void *k, int half, int n, int hd, float scale, float *out, size_t os);
-void bd_wsum(float *o, int nq, const float *p, size_t ps, const void *v, int half, int n, int hd);
+void bd_wsum(float *o, int nq, const float *p, size_t ps, const void *v, int half, int n, int hd, int cold);
 void bd_softmax(float *s, int n); /* s = exp(s - max s) / sum, in place */
 /* Dot-product kernels are named <shape>_<activation>_<weight>: dot4 = 4 weight rows against one token, dot = one
  * row, gemm4 = 4 rows against several tokens, gemm_panel = up to 16 rows against several tokens. Types: i8 int8, f32 float, t2 packed 2-bit ternary codes (the layout

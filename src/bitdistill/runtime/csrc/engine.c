@@ -520,7 +520,8 @@ static void cache_kv(const bd_model *m, const bd_layer *L, int li, int kh, int T
  * st->att row i: the rep query heads together (bd_scores/bd_wsum read each key and value once for all of
  * them); their scores are rows of tl->scores, max_seq apart. */
 static void attend_rows(const bd_model *m, const bd_layer *L, int li, int kh, int i0, int i1, const int32_t *keep,
-                        const int32_t *pos, const int32_t *seq0, const float *cs, bd_state *st, bd_tls *tl) {
+                        const int32_t *pos, const int32_t *seq0, const float *cs, int cold, bd_state *st,
+                        bd_tls *tl) {
     const int hd = m->head_dim, rep = m->n_heads / m->n_kv, qd = m->n_heads * hd, half = st->kv16;
     const size_t es = half ? 2 : sizeof(float), base = ((size_t)li * m->n_kv + kh) * st->max_seq * hd;
     const char *kb = (const char *)st->kc + base * es, *vb = (const char *)st->vc + base * es;
@@ -544,7 +545,7 @@ static void attend_rows(const bd_model *m, const bd_layer *L, int li, int kh, in
             bd_softmax(sh, n);
         }
         bd_wsum(st->att + (size_t)i * qd + (size_t)kh * rep * hd, rep, sc + lo, ss, vb + (size_t)lo * hd * es, half,
-                n, hd);
+                n, hd, cold);
     }
 }
 
@@ -577,10 +578,13 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
      * other's second head at the barrier below */
     const float *cs = tl->rope + (size_t)st->rope_of[li] * T * hd; /* see rope_tables */
     const int nrows = keep ? nkeep : T, chunked = nth > 1 && nkv % nth != 0 && nrows >= 2 * ATT_ROWS;
+    /* a one-token call (decode) reads values cached calls ago, from memory: bd_wsum prefetches them. A longer
+     * one (prefill, a classification batch) mostly reads the values it has just cached. */
+    const int cold = T == 1;
     if (!chunked) {
         for (int kh; (kh = grab(st, tl, nkv)) >= 0;) {
             cache_kv(m, L, li, kh, T, pos, seq0, cs, st);
-            attend_rows(m, L, li, kh, 0, nrows, keep, pos, seq0, cs, st, tl);
+            attend_rows(m, L, li, kh, 0, nrows, keep, pos, seq0, cs, cold, st, tl);
         }
     } else {
         for (int kh; (kh = grab(st, tl, nkv)) >= 0;) cache_kv(m, L, li, kh, T, pos, seq0, cs, st);
@@ -589,7 +593,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
         const int nc = (nrows + ATT_ROWS - 1) / ATT_ROWS;
         for (int u; (u = grab(st, tl, nc * nkv)) >= 0;) {
             const int c = nc - 1 - u / nkv, i0 = c * ATT_ROWS, i1 = i0 + ATT_ROWS < nrows ? i0 + ATT_ROWS : nrows;
-            attend_rows(m, L, li, u % nkv, i0, i1, keep, pos, seq0, cs, st, tl);
+            attend_rows(m, L, li, u % nkv, i0, i1, keep, pos, seq0, cs, cold, st, tl);
         }
     }
     PROF(P_ATTN);
@@ -759,7 +763,7 @@ void bd_attend_test(const float *q, int nq, const void *k, const void *v, int n,
                     float *sc, float *o) {
     bd_scores(q, nq, k, kv16, n, hd, scale, sc, (size_t)n);
     for (int h = 0; h < nq; h++) bd_softmax(sc + (size_t)h * n, n);
-    bd_wsum(o, nq, sc, (size_t)n, v, kv16, n, hd);
+    bd_wsum(o, nq, sc, (size_t)n, v, kv16, n, hd, 1);
 }
 
 void bd_quantize(const float *x, int T, int k, int kp, int8_t *xq, float *s, int32_t *sum) {
