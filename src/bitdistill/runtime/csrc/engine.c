@@ -533,6 +533,16 @@ static void attend_rows(const bd_model *m, const bd_layer *L, int li, int kh, in
         int p = pos[t], hi = seq0[t] + p;
         int lo = seq0[t] + ((L->window > 0 && p - L->window + 1 > 0) ? p - L->window + 1 : 0), n = hi - lo + 1;
         float *qh = st->q + (size_t)t * qd + (size_t)kh * rep * hd;
+        if (cold) { /* decode: the first 16 key and value rows of this kv head and the next, which the kernels'
+                     * own prefetches (16 rows on) never cover; Qwen3-0.6B shape, fp16 KV, 1 thread, Zen 5: decode
+                     * attention 1.061 -> 0.929 ms a token (this head alone: 1.019), SmolLM2 0.315 -> 0.274 */
+            const size_t row = (size_t)hd * es, head = st->max_seq * row, span = (size_t)(n < 16 ? n : 16) * row;
+            for (int o = 0; o <= 1 && kh + o < m->n_kv; o++)
+                for (size_t b = 0; b < span; b += 64) {
+                    __builtin_prefetch(kb + o * head + (size_t)lo * row + b, 0, 3);
+                    __builtin_prefetch(vb + o * head + (size_t)lo * row + b, 0, 3);
+                }
+        }
         for (int h = 0; h < rep; h++) {
             if (L->q_norm) bd_rmsnorm(qh + (size_t)h * hd, L->q_norm, hd, m->eps, qh + (size_t)h * hd);
             rope(qh + (size_t)h * hd, cs + (size_t)t * hd, hd);
