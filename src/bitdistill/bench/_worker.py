@@ -145,7 +145,12 @@ def _classify_runtime(args) -> dict:
 
     res = _timed_runs(args, score)
     assert "torch" not in sys.modules, "the runtime worker imported torch"
-    return {**res, "peak_rss_mib": _peak_rss_mib(), "simd": SIMD_NAMES[simd_level()], "prefetch_bytes": prefetch_ahead()}
+    return {
+        **res,
+        "peak_rss_mib": _peak_rss_mib(),
+        "simd": SIMD_NAMES[simd_level()],
+        "prefetch_bytes": prefetch_ahead(),
+    }
 
 
 def _classify_torch(args) -> dict:
