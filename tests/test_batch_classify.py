@@ -19,7 +19,7 @@ from bitdistill.errors import BitDistillError
 from bitdistill.model.convert import to_bitnet
 from bitdistill.runtime.engine import load, load_tokenizer
 from bitdistill.runtime.pack_writer import pack_model
-from bitdistill.runtime.scoring import score_label_words, score_label_words_batch
+from bitdistill.runtime.scoring import score_label_words, score_label_words_batch, shared_prefix
 from test_kernels import simd  # noqa: F401 - the per-SIMD-level fixture
 from tiny_models import tiny_model
 
@@ -124,3 +124,73 @@ def test_forward_seqs_rejects_bad_arguments(packed) -> None:
     ]:
         with pytest.raises(BitDistillError, match=msg):
             engine.forward_seqs(**{**ok, **bad})
+
+
+def test_shared_prefix_is_the_common_head_leaving_each_prompt_a_token() -> None:
+    def naive(ids):  # the longest n with every prompt starting with ids[0][:n] and longer than n
+        n = 0
+        while all(len(p) > n + 1 and p[n] == ids[0][n] for p in ids):
+            n += 1
+        return n
+
+    rng = np.random.default_rng(3)
+    cases = [
+        [[1, 2, 3, 4], [1, 2, 3, 5, 6]],
+        [[1, 2, 3], [1, 2, 3]],
+        [[7], [7, 8]],
+        [[1, 2], [2, 1]],
+        [[4, 4, 4]],
+    ]
+    cases += [[[1, 2] + rng.integers(0, 3, rng.integers(1, 6)).tolist() for _ in range(4)] for _ in range(50)]
+    for ids in cases:
+        assert shared_prefix(ids) == naive(ids), ids
+    assert shared_prefix([]) == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_bit(family, tmp_path) -> None:
+    """The template's head that every prompt starts with is run once and its cached keys/values
+    copied to each prompt (Engine.copy_kv): the scores equal those computed without sharing and prompt by
+    prompt, bit for bit (sliding windows shorter than the prompts included), on 1 and 2 threads; and the
+    native calls computed the prefix once for the run, not once per prompt."""
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(FIX / "tokenizer" / "tokenizer.json"), eos_token="<|endoftext|>"
+    )
+    extra = {"sliding_window": 5, "use_sliding_window": True} if family == "qwen2" else {}
+    model = _bitnet(family, len(tok), **extra)
+    pack_model(model, tmp_path / "p", head_dtype="fp32", tokenizer=tok)
+    head = "Classify the sentiment of the movie review below as negative or positive.\nReview:"
+    prompts = [head + p.split("Sentence:", 1)[1] for p in PROMPTS]
+    for threads in (1, 2):
+        engine, btok = load(tmp_path / "p", threads=threads), load_tokenizer(tmp_path / "p")
+        engine.threads = threads
+        computed = []
+        real = engine.forward_seqs
+
+        def spy(tokens, *args, computed=computed, real=real, **kw):
+            computed.append(len(tokens))
+            return real(tokens, *args, **kw)
+
+        engine.forward_seqs = spy
+        shared = np.array(score_label_words_batch(engine, btok, prompts, WORDS, batch_tokens=200))
+        n_shared = sum(computed)
+        computed.clear()
+        unshared = np.array(
+            score_label_words_batch(engine, btok, prompts, WORDS, batch_tokens=200, share_prefix=False)
+        )
+        alone = np.array([score_label_words(engine, btok, p, WORDS) for p in prompts])
+        np.testing.assert_array_equal(shared, unshared)
+        np.testing.assert_array_equal(shared, alone)
+        P = shared_prefix([btok.encode(p).ids for p in prompts])
+        assert P >= len(btok.encode(head).ids) - 2  # the template's head, up to the BPE seam at "Review:"
+        assert n_shared == sum(computed) - (len(prompts) - 1) * P  # the prefix once, not once per prompt
+
+
+def test_copy_kv_refuses_slots_outside_the_cache(packed) -> None:
+    _, _, path = packed
+    engine = load(path, threads=1)
+    engine.reset(8, max_batch=4)
+    engine.copy_kv(0, 4, 4)  # the last four slots: fine
+    for src, dst, n in [(0, 5, 4), (6, 0, 3), (-1, 0, 1), (0, 0, -1)]:
+        with pytest.raises(BitDistillError, match="leave the 8-slot cache"):
+            engine.copy_kv(src, dst, n)

@@ -330,6 +330,16 @@ class Engine:
         self._pick.record("prefill", nth, (time.perf_counter() - t0) / n)
         return out
 
+    def copy_kv(self, src: int, dst: int, n: int) -> None:
+        """Copy the n cached key/value rows at slots src.. to slots dst.. in every layer (overlap allowed): a
+        prefix shared by several sequences of a forward_seqs batch, computed once."""
+        if self._state is None:
+            raise BitDistillError("copy_kv: call reset(max_seq, max_batch) first to size the cache")
+        if lib().bd_copy_kv(C.byref(self._model), self._state, src, dst, n) != 0:
+            raise BitDistillError(
+                f"copy_kv: slots {src}..{src + n - 1} -> {dst}..{dst + n - 1} leave the {self._state_seq}-slot cache"
+            )
+
     # -- generation ----------------------------------------------------------------------------------------
 
     def stream(

@@ -106,6 +106,9 @@ def lib() -> C.CDLL:
     L.bd_forward.restype = i32
     L.bd_forward_seqs.argtypes = [C.POINTER(Model), vp, vp, i32, vp, vp, vp, i32, vp, i32]
     L.bd_forward_seqs.restype = i32
+    if hasattr(L, "bd_copy_kv"):  # absent from older builds an A/B may load
+        L.bd_copy_kv.argtypes = [C.POINTER(Model), vp, i32, i32, i32]
+        L.bd_copy_kv.restype = i32
     L.bd_to_f16.argtypes = [vp, vp, i32]
     L.bd_silu_mul.argtypes = [vp, vp, i32]
     L.bd_read_xor.argtypes = [vp, C.c_size_t, i32]

@@ -130,6 +130,17 @@ def _batches(prepared: list, budget: int) -> Iterator[list[int]]:
         yield batch
 
 
+def shared_prefix(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one of its own (its last logits come from it)."""
+    if not ids:
+        return 0
+    n = min(len(p) for p in ids) - 1
+    first = ids[0]
+    for p in ids[1:]:
+        n = min(n, next((i for i in range(n) if p[i] != first[i]), n))
+    return max(n, 0)
+
+
 def iter_label_word_scores(
     engine: Engine,
     tokenizer,
@@ -137,6 +148,7 @@ def iter_label_word_scores(
     label_words: Sequence[str],
     max_length: int = 1024,
     batch_tokens: int = BATCH_TOKENS,
+    share_prefix: bool = True,
 ) -> Iterator[np.ndarray]:
     """score_label_words for many prompts, yielded in order, with many prompts per native forward.
 
@@ -145,19 +157,33 @@ def iter_label_word_scores(
     whole batch and returns each prompt's last logits (every label word's first token); each label word
     with more tokens then runs one more forward for the whole batch, its tokens continuing every prompt's
     cached rows (slots reserved after each prompt), as the per-prompt scorer does.
+
+    share_prefix: the tokens all prompts start with (a template's head, e.g. SST-2's "Sentence:") are
+    computed once per batch and their cached keys/values copied to the start of each prompt (Engine.copy_kv);
+    a row's keys and values depend only on the rows before it, so the scores are the same bits either way.
     """
     if batch_tokens < 1:
         raise BitDistillError(f"batch_tokens={batch_tokens}: must be at least 1")
     prepared = [_prepare(engine, tokenizer, p, label_words, max_length) for p in prompts]
-    for idx in _batches(prepared, batch_tokens):
+    P = shared_prefix([p for p, _ in prepared]) if share_prefix else 0
+    batches = list(_batches(prepared, batch_tokens))
+    # one cache for every batch, so the prefix in slots [0, P) is computed once for the whole run
+    need = [sum(len(prepared[i][0]) + max(len(t) for t in prepared[i][1]) - 1 for i in idx) for idx in batches]
+    own_max = max((sum(len(prepared[i][0]) - P for i in idx) for idx in batches), default=1)
+    engine.reset(max(P + max(need, default=1), batch_tokens), max_batch=max(own_max, P, batch_tokens))
+    if P:
+        engine.forward_seqs(prepared[0][0][:P], np.arange(P), np.zeros(P), [P - 1])
+    for idx in batches:
         items = [prepared[i] for i in idx]
         lens = np.array([len(p) for p, _ in items])
         slots = lens + np.array([max(len(t) for t in ts) for _, ts in items]) - 1
-        base = np.concatenate([[0], np.cumsum(slots)[:-1]])
-        engine.reset(max(int(slots.sum()), batch_tokens), max_batch=max(int(lens.sum()), batch_tokens))
-        tokens = np.concatenate([p for p, _ in items])
-        pos = np.concatenate([np.arange(n) for n in lens])
-        first = engine.forward_seqs(tokens, pos, np.repeat(base, lens), np.cumsum(lens) - 1)
+        base = P + np.concatenate([[0], np.cumsum(slots)[:-1]])  # slots [0, P): the shared prefix
+        own = lens - P  # the tokens each prompt computes itself
+        for b in base if P else ():
+            engine.copy_kv(0, int(b), P)
+        tokens = np.concatenate([p[P:] for p, _ in items])
+        pos = np.concatenate([np.arange(P, n) for n in lens])
+        first = engine.forward_seqs(tokens, pos, np.repeat(base, own), np.cumsum(own) - 1)
         norm = _log_norm(first)
         scores = np.array([[first[s, t[0]] - norm[s] for t in ts] for s, (_, ts) in enumerate(items)])
         for w in range(len(label_words)):
@@ -185,7 +211,10 @@ def score_label_words_batch(
     label_words: Sequence[str],
     max_length: int = 1024,
     batch_tokens: int = BATCH_TOKENS,
+    share_prefix: bool = True,
 ) -> list[np.ndarray]:
     """Summed log-likelihood of each label word after each prompt ([len(label_words)] float64 per prompt),
     equal to score_label_words prompt by prompt but with many prompts per forward (iter_label_word_scores)."""
-    return list(iter_label_word_scores(engine, tokenizer, prompts, label_words, max_length, batch_tokens))
+    return list(
+        iter_label_word_scores(engine, tokenizer, prompts, label_words, max_length, batch_tokens, share_prefix)
+    )

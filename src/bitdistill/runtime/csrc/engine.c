@@ -765,6 +765,23 @@ int bd_forward(const bd_model *m, bd_state *st, const int32_t *tokens, int T, in
                            all_logits ? T : 1, logits, nthreads);
 }
 
+/* Copy n cached key/value rows from slot src to slot dst in every layer and kv head: a prompt prefix that many
+ * sequences of a batch share is computed once and copied to the start of each (runtime/scoring.py). A row's
+ * keys and values depend only on its token and the rows before it, so the copies are the bits each sequence
+ * would have computed. 0, or -1 when a range leaves the cache (nothing copied). */
+int bd_copy_kv(const bd_model *m, bd_state *st, int src, int dst, int n) {
+    if (!m || !st || n < 0 || src < 0 || dst < 0 || (long)src + n > st->max_seq || (long)dst + n > st->max_seq)
+        return -1;
+    const size_t row = (size_t)m->head_dim * (st->kv16 ? 2 : sizeof(float)), len = (size_t)n * row;
+    for (int li = 0; li < m->n_layers; li++)
+        for (int kh = 0; kh < m->n_kv; kh++) {
+            const size_t head = ((size_t)li * m->n_kv + kh) * st->max_seq * row;
+            memmove((char *)st->kc + head + (size_t)dst * row, (char *)st->kc + head + (size_t)src * row, len);
+            memmove((char *)st->vc + head + (size_t)dst * row, (char *)st->vc + head + (size_t)src * row, len);
+        }
+    return 0;
+}
+
 /* ---- entry points for tests and micro-benchmarks of single kernels ---- */
 
 /* attention of nq query heads (one kv head's) over n cached keys/values (float or half), for tests:
