@@ -559,6 +559,29 @@ def test_cli_kv_dtype_reaches_the_engine(bitnet_dir, tmp_path, capsys) -> None:
     assert bad.value.code == 2 and "fp8" in capsys.readouterr().err
 
 
+def test_short_calls_keep_their_own_thread_picker_records(tmp_path) -> None:
+    """call_kind: 1 token is decode, fewer than SHORT_CALL tokens a short call, more a prefill; a short
+    forward_seqs call (a classification's shared prompt prefix) is timed into the short records only, so its
+    fixed costs per token cannot make the picker move the long batches to one thread."""
+    from bitdistill.runtime.engine import SHORT_CALL, call_kind
+
+    assert [call_kind(n) for n in (1, 2, SHORT_CALL - 1, SHORT_CALL, 512)] == [
+        "decode", "short", "short", "prefill", "prefill"]  # fmt: skip
+    model = _model("llama", subln=True)
+    pack_model(model, tmp_path / "p", head_dtype="int8")
+    engine = load(tmp_path / "p", threads=2)
+    engine.threads = engine._pick.max = 2  # a 1-core CI machine would clamp the picker to one thread
+    engine.reset(128, max_batch=64)
+    engine.forward_seqs([4, 8, 15], [0, 1, 2], [0, 0, 0], [2])
+    assert set(engine._pick.recent) == {("short", 2)}
+    engine.forward_seqs(list(range(40)), list(range(40)), [64] * 40, [39])
+    assert set(engine._pick.recent) == {("short", 2), ("prefill", 2)}
+    engine.reset(128)
+    engine.forward([1, 2, 3])
+    engine.forward([4])
+    assert ("decode", 2) in engine._pick.recent and len(engine._pick.recent[("short", 1)]) == 1
+
+
 def test_thread_picker_probes_less_while_the_same_count_stays_faster() -> None:
     """Probe pairs start at calls 0 and PROBE; then each pair whose records name the same faster count doubles
     the gap to the next (x8 when the slower count took at least twice as long), up to PROBE_MAX, and a

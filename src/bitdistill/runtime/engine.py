@@ -69,6 +69,18 @@ class GenerationStats:
         return steps / self.decode_s if self.decode_s > 0 else 0.0
 
 
+SHORT_CALL = 32  # tokens: shorter forward calls keep their own ThreadPicker records (call_kind)
+
+
+def call_kind(tokens: int) -> str:
+    """The ThreadPicker kind of a forward call of `tokens` tokens. Its records compare seconds per token,
+    which a call's fixed costs (every weight streamed once, the head's rows) inflate for a short call: the
+    3-token prompt prefix a classification run computes first, timed on two threads against a 512-token batch
+    on one, made the whole run go on one thread at ~55 % of its speed. So one token (decode), short calls and
+    long ones (a prompt's prefill, classification batches) are compared only among their own kind."""
+    return "decode" if tokens == 1 else "short" if tokens < SHORT_CALL else "prefill"
+
+
 class ThreadPicker:
     """How many of the engine's threads a forward call uses: all of them, unless one thread has recently
     been clearly faster for that kind of call. On a machine where another process holds a core, every
@@ -260,7 +272,7 @@ class Engine:
             )
         ids32 = ids.astype(np.int32)
         outs = []
-        kind = "decode" if ids32.size == 1 else "prefill"
+        kind = call_kind(ids32.size)
         nth = self._pick.threads(kind)
         t0 = time.perf_counter()
         for start in range(0, ids32.size, self._state_t):
@@ -320,14 +332,15 @@ class Engine:
         if out_rows.min() < 0 or out_rows.max() >= n:
             raise BitDistillError(f"forward_seqs: out_rows must index the {n} tokens")
         out = np.empty((out_rows.size, v), np.float32)
-        nth, t0 = self._pick.threads("prefill"), time.perf_counter()
+        kind = call_kind(n)
+        nth, t0 = self._pick.threads(kind), time.perf_counter()
         rc = lib().bd_forward_seqs(
             C.byref(self._model), self._state, ptr(tokens), n, ptr(pos), ptr(seq0), ptr(out_rows),
             out_rows.size, ptr(out), nth,
         )  # fmt: skip
         if rc != 0:
             raise BitDistillError(f"native forward rejected its arguments (code {rc})")
-        self._pick.record("prefill", nth, (time.perf_counter() - t0) / n)
+        self._pick.record(kind, nth, (time.perf_counter() - t0) / n)
         return out
 
     def copy_kv(self, src: int, dst: int, n: int) -> None:
