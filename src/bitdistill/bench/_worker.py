@@ -150,6 +150,7 @@ def _classify_runtime(args) -> dict:
         "peak_rss_mib": _peak_rss_mib(),
         "simd": SIMD_NAMES[simd_level()],
         "prefetch_bytes": prefetch_ahead(),
+        "threads_used": engine._pick.picks(),  # calls per "kind threads": a run gone to one thread shows here
     }
 
 
