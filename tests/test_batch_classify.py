@@ -120,7 +120,7 @@ def test_forward_seqs_rejects_bad_arguments(packed) -> None:
         (dict(seq0=[0, 7]), "do not fit"),
         (dict(tokens=[1] * 5, pos=list(range(5)), seq0=[0] * 5), "do not fit"),
         (dict(out_rows=[2]), "out_rows"),
-        (dict(out_rows=[]), "no rows"),
+        (dict(tokens=[], pos=[], seq0=[]), "no tokens"),
     ]:
         with pytest.raises(BitDistillError, match=msg):
             engine.forward_seqs(**{**ok, **bad})
@@ -184,6 +184,13 @@ def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_bit(family, tmp_
         P = shared_prefix([btok.encode(p).ids for p in prompts])
         assert P >= len(btok.encode(head).ids) - 2  # the template's head, up to the BPE seam at "Review:"
         assert n_shared == sum(computed) - (len(prompts) - 1) * P  # the prefix once, not once per prompt
+        # one prompt alone saves nothing (MIN_SHARED_TOKENS): no extra cache-only call
+        calls = []
+        for share in (True, False):
+            computed.clear()
+            score_label_words_batch(engine, btok, prompts[:1], WORDS, share_prefix=share)
+            calls.append(list(computed))
+        assert calls[0] == calls[1]
 
 
 def test_copy_kv_refuses_slots_outside_the_cache(packed) -> None:
@@ -194,3 +201,25 @@ def test_copy_kv_refuses_slots_outside_the_cache(packed) -> None:
     for src, dst, n in [(0, 5, 4), (6, 0, 3), (-1, 0, 1), (0, 0, -1)]:
         with pytest.raises(BitDistillError, match="leave the 8-slot cache"):
             engine.copy_kv(src, dst, n)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3"])
+def test_forward_seqs_without_output_rows_only_fills_the_cache(family, simd, tmp_path) -> None:  # noqa: F811
+    """No out_rows: the call caches every token's keys/values (the last layer stops there, no head) and
+    returns no logits; continuing the sequence from that cache gives the logits of one whole pass, bit for
+    bit (a sliding window shorter than the sequence; 1 and 2 threads, 20 cached rows split by rows)."""
+    extra = {"sliding_window": 6} if family == "mistral" else {}
+    model = _bitnet(family, 128, **extra)
+    pack_model(model, tmp_path / "p", head_dtype="fp32")
+    seq = np.random.default_rng(1).integers(0, 128, 29)
+    for threads in (1, 2):
+        engine = load(tmp_path / "p", threads=threads)
+        engine.threads = threads
+        engine.reset(40, max_batch=29)
+        whole = engine.forward(seq.tolist(), all_logits=True)
+        engine.reset(40, max_batch=29)
+        k = 20
+        none = engine.forward_seqs(seq[:k], np.arange(k), np.full(k, 3), [])
+        assert none.shape == (0, 128)
+        rest = engine.forward_seqs(seq[k:], np.arange(k, 29), np.full(29 - k, 3), np.arange(29 - k))
+        np.testing.assert_array_equal(rest, whole[k:])

@@ -310,15 +310,16 @@ class Engine:
         """Tokens of several sequences in one native call (padding-free batching): token i sits at position
         pos[i] of the sequence whose KV rows start at cache slot seq0[i], writes its keys/values to slot
         seq0[i] + pos[i] and attends only to slots seq0[i] .. seq0[i] + pos[i]. Returns the logits of the
-        tokens listed in out_rows ([len(out_rows), vocab]). The cache must hold every slot (see reset):
+        tokens listed in out_rows ([len(out_rows), vocab]; none: the call only fills the cache, and skips the
+        last layer's rows after its keys/values and the head). The cache must hold every slot (see reset):
         sequences laid side by side in the cache never see each other."""
         if self._state is None:
             raise BitDistillError("forward_seqs: call reset(max_seq, max_batch) first to size the cache")
         arrays = [np.ascontiguousarray(a, dtype=np.int32).reshape(-1) for a in (tokens, pos, seq0, out_rows)]
         tokens, pos, seq0, out_rows = arrays
         n = tokens.size
-        if n == 0 or out_rows.size == 0:
-            raise BitDistillError("forward_seqs: no tokens given, or no rows to return logits for")
+        if n == 0:
+            raise BitDistillError("forward_seqs: no tokens given")
         if pos.size != n or seq0.size != n:
             raise BitDistillError(f"forward_seqs: {n} tokens but {pos.size} positions and {seq0.size} seq0")
         v = self.arch["vocab"]
@@ -329,7 +330,7 @@ class Engine:
                 f"forward_seqs: {n} tokens up to cache slot {int((seq0 + pos).max())} do not fit the state "
                 f"({self._state_t} tokens per call, {self._state_seq} slots); call reset() larger"
             )
-        if out_rows.min() < 0 or out_rows.max() >= n:
+        if out_rows.size and (out_rows.min() < 0 or out_rows.max() >= n):
             raise BitDistillError(f"forward_seqs: out_rows must index the {n} tokens")
         out = np.empty((out_rows.size, v), np.float32)
         kind = call_kind(n)

@@ -113,6 +113,9 @@ def score_label_words(
 
 
 BATCH_TOKENS = 512
+# a shared prompt prefix is computed once when that saves at least this many tokens: its own call streams
+# every weight once (~3-5 tokens' time on SmolLM2) and copies its rows to each prompt
+MIN_SHARED_TOKENS = 32
 
 
 def _batches(prepared: list, budget: int) -> Iterator[list[int]]:
@@ -166,13 +169,15 @@ def iter_label_word_scores(
         raise BitDistillError(f"batch_tokens={batch_tokens}: must be at least 1")
     prepared = [_prepare(engine, tokenizer, p, label_words, max_length) for p in prompts]
     P = shared_prefix([p for p, _ in prepared]) if share_prefix else 0
+    if (len(prepared) - 1) * P < MIN_SHARED_TOKENS:  # what it saves would not pay for its own native call
+        P = 0
     batches = list(_batches(prepared, batch_tokens))
     # one cache for every batch, so the prefix in slots [0, P) is computed once for the whole run
     need = [sum(len(prepared[i][0]) + max(len(t) for t in prepared[i][1]) - 1 for i in idx) for idx in batches]
     own_max = max((sum(len(prepared[i][0]) - P for i in idx) for idx in batches), default=1)
     engine.reset(max(P + max(need, default=1), batch_tokens), max_batch=max(own_max, P, batch_tokens))
     if P:
-        engine.forward_seqs(prepared[0][0][:P], np.arange(P), np.zeros(P), [P - 1])
+        engine.forward_seqs(prepared[0][0][:P], np.arange(P), np.zeros(P), [])  # the cache only, no head
     for idx in batches:
         items = [prepared[i] for i in idx]
         lens = np.array([len(p) for p, _ in items])

@@ -608,6 +608,7 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
     }
     PROF(P_ATTN);
     BARRIER
+    if (keep && nkeep == 0) return; /* a cache-only call (bd_forward_seqs, nout = 0): its keys/values are in */
     if (keep) {
         keep_rows(keep, nkeep, H, R, st, tid, nth);
         T = nkeep;
@@ -673,11 +674,12 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
 
 /* Tokens of several sequences in one call (padding-free batching): token t is at position pos[t] of the
  * sequence whose KV rows start at cache slot seq0[t] (see layer_forward). Logits are computed for the nout
- * tokens listed in out_rows, into logits[nout][vocab]. Returns 0 on success, a negative code when the
+ * tokens listed in out_rows, into logits[nout][vocab]; nout = 0 only fills the cache (a shared prompt prefix:
+ * the last layer then stops after caching its keys and values, and there is no head). Returns 0 on success, a negative code when the
  * arguments do not fit the state (checked before any work). */
 int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int T, const int32_t *pos,
                     const int32_t *seq0, const int32_t *out_rows, int nout, float *logits, int nthreads) {
-    if (!m || !st || T < 1 || T > st->max_t || nout < 1 || nout > T) return -1;
+    if (!m || !st || T < 1 || T > st->max_t || nout < 0 || nout > T) return -1;
     if (nthreads < 1 || nthreads > st->nthreads) return -2;
     for (int t = 0; t < T; t++) {
         if (tokens[t] < 0 || tokens[t] >= m->vocab) return -3;
@@ -733,7 +735,7 @@ int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int 
         }
         PROF(P_HEADPREP);
         const int nq = (V + 3) / 4, nc = n_chunks(nq, nth, 64);
-        for (int c; (c = grab(st, tl, nc)) >= 0;) {
+        for (int c; nout > 0 && (c = grab(st, tl, nc)) >= 0;) {
             int a, b;
             part(nq, c, nc, &a, &b);
             int r1 = b * 4 < V ? b * 4 : V;
