@@ -2,8 +2,9 @@
 
 Callers take an `Env` at their start (a command, a training run, the native library's first load) and pass
 values on, so nothing consults the environment inside a loop, and the C runtime never calls getenv: it
-gets BITDISTILL_SIMD, BITDISTILL_PROFILE, BITDISTILL_HUGEPAGES and BITDISTILL_PREFETCH through setters when runtime/native.py loads it (and runs
-with the defaults, best SIMD level and no profiling, when used on its own). `set_openmp_defaults` is the
+gets BITDISTILL_SIMD, BITDISTILL_PROFILE, BITDISTILL_HUGEPAGES and BITDISTILL_PREFETCH through setters when
+runtime/native.py loads it (and runs with the defaults, best SIMD level and no profiling, when used on its
+own). `set_openmp_defaults` is the
 one place that writes to the environment, and only a default the user has not set.
 """
 

@@ -118,12 +118,18 @@ BATCH_TOKENS = 512
 MIN_SHARED_TOKENS = 32
 
 
+def _slots(item) -> int:
+    """Cache slots one prepared prompt takes: its tokens + its longest label word but that word's last token."""
+    p_ids, targets = item
+    return len(p_ids) + max(len(t) for t in targets) - 1
+
+
 def _batches(prepared: list, budget: int) -> Iterator[list[int]]:
-    """Consecutive prompt indices whose cache slots (prompt + longest label word but its last token) fit
-    `budget`; a prompt longer than the budget gets a batch of its own."""
+    """Consecutive prompt indices whose cache slots (_slots) fit `budget`; a prompt longer than the budget
+    gets a batch of its own."""
     batch, used = [], 0
-    for i, (p_ids, targets) in enumerate(prepared):
-        need = len(p_ids) + max(len(t) for t in targets) - 1
+    for i, item in enumerate(prepared):
+        need = _slots(item)
         if batch and used + need > budget:
             yield batch
             batch, used = [], 0
@@ -162,8 +168,10 @@ def iter_label_word_scores(
     cached rows (slots reserved after each prompt), as the per-prompt scorer does.
 
     share_prefix: the tokens all prompts start with (a template's head, e.g. SST-2's "Sentence:") are
-    computed once per batch and their cached keys/values copied to the start of each prompt (Engine.copy_kv);
-    a row's keys and values depend only on the rows before it, so the scores are the same bits either way.
+    computed once for the whole call and their cached keys/values copied to the start of each prompt
+    (Engine.copy_kv); a row's keys and values depend only on the rows before it, so the scores are the same
+    bits either way. The prefix stays in the engine's cache from batch to batch: nothing else may use the
+    engine until the iterator is exhausted (its callers consume it in one loop).
     """
     if batch_tokens < 1:
         raise BitDistillError(f"batch_tokens={batch_tokens}: must be at least 1")
@@ -173,7 +181,7 @@ def iter_label_word_scores(
         P = 0
     batches = list(_batches(prepared, batch_tokens))
     # one cache for every batch, so the prefix in slots [0, P) is computed once for the whole run
-    need = [sum(len(prepared[i][0]) + max(len(t) for t in prepared[i][1]) - 1 for i in idx) for idx in batches]
+    need = [sum(_slots(prepared[i]) for i in idx) for idx in batches]
     own_max = max((sum(len(prepared[i][0]) - P for i in idx) for idx in batches), default=1)
     engine.reset(max(P + max(need, default=1), batch_tokens), max_batch=max(own_max, P, batch_tokens))
     if P:
@@ -181,7 +189,7 @@ def iter_label_word_scores(
     for idx in batches:
         items = [prepared[i] for i in idx]
         lens = np.array([len(p) for p, _ in items])
-        slots = lens + np.array([max(len(t) for t in ts) for _, ts in items]) - 1
+        slots = np.array([_slots(item) for item in items])
         base = P + np.concatenate([[0], np.cumsum(slots)[:-1]])  # slots [0, P): the shared prefix
         own = lens - P  # the tokens each prompt computes itself
         for b in base if P else ():
@@ -221,5 +229,7 @@ def score_label_words_batch(
     """Summed log-likelihood of each label word after each prompt ([len(label_words)] float64 per prompt),
     equal to score_label_words prompt by prompt but with many prompts per forward (iter_label_word_scores)."""
     return list(
-        iter_label_word_scores(engine, tokenizer, prompts, label_words, max_length, batch_tokens, share_prefix)
+        iter_label_word_scores(
+            engine, tokenizer, prompts, label_words, max_length, batch_tokens, share_prefix
+        )
     )

@@ -309,7 +309,6 @@ static inline int n_chunks(int n, int nth, int min) {
     return c < 1 ? 1 : c;
 }
 
-
 /* The per-token steps of a long batch on several threads (embedding, residual adds, norms, activation
  * quantization: ~10 % of a 128-token prefill on 2 threads, done by every thread in full) are split by rows:
  * chunks of rows from the dispenser (so a thread that lost its core takes fewer instead of holding everyone at
@@ -675,8 +674,8 @@ static void layer_forward(const bd_model *m, const bd_layer *L, int li, int T, c
 /* Tokens of several sequences in one call (padding-free batching): token t is at position pos[t] of the
  * sequence whose KV rows start at cache slot seq0[t] (see layer_forward). Logits are computed for the nout
  * tokens listed in out_rows, into logits[nout][vocab]; nout = 0 only fills the cache (a shared prompt prefix:
- * the last layer then stops after caching its keys and values, and there is no head). Returns 0 on success, a negative code when the
- * arguments do not fit the state (checked before any work). */
+ * the last layer then stops after caching its keys and values, and there is no head). Returns 0 on success,
+ * a negative code when the arguments do not fit the state (checked before any work). */
 int bd_forward_seqs(const bd_model *m, bd_state *st, const int32_t *tokens, int T, const int32_t *pos,
                     const int32_t *seq0, const int32_t *out_rows, int nout, float *logits, int nthreads) {
     if (!m || !st || T < 1 || T > st->max_t || nout < 0 || nout > T) return -1;
